@@ -1,0 +1,487 @@
+"""Frame kinds and the CBOR frame codec (spec/frames.md).
+
+Theory of operation
+-------------------
+After the handshake, the plaintext of every record is one or more *frames*
+concatenated. Each frame is one deterministic-CBOR array ``[kind, fields...]``
+(``m2mproto.cbor``), so a record is parsed by calling ``decode_prefix`` until
+the plaintext is used up. Decoding is strict and never allocates more than the
+bytes received (the CBOR decoder checks every declared length first).
+
+Kinds ``0..63`` are the *core range*: a kind in it that this version does not
+define is ``PROTOCOL_ERROR``. Kinds ``>= 64`` are the *extension range*: a
+receiver that does not know the kind ignores the frame (it still has to be
+valid CBOR within the depth bound).
+
+Errors (all :class:`~m2mproto.errors.RemoteProtocolError`):
+
+* ``DECODE_ERROR``: not CBOR, not an array, wrong field count or types;
+* ``PROTOCOL_ERROR``: unknown core kind, stream ID above 2^62-1, zero window
+  increment, empty resource, out-of-range error code, KEY_UPDATE not last;
+* ``FRAME_SIZE_ERROR``: a bounded field (reason, resource, ping payload,
+  token) is too long;
+* ``FLOW_CONTROL_ERROR``: a window increment above 2^62-1;
+* ``FINAL_SIZE_ERROR``: a final size above 2^62-1.
+
+This module is pure codec: stream states, windows and budgets are checked by
+``streams`` and ``connection``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from . import cbor
+from .errors import DecodeError, ErrorCode, LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "EXTENSION_KIND_MIN",
+    "FRAME_MAX_DEPTH",
+    "MAX_CODE",
+    "MAX_PING_PAYLOAD",
+    "MAX_REASON_BYTES",
+    "MAX_RESOURCE_BYTES",
+    "MAX_TOKEN_BYTES",
+    "MAX_VARINT",
+    "CloseFrame",
+    "ExtensionFrame",
+    "Frame",
+    "FrameKind",
+    "KeyUpdateFrame",
+    "MessageFrame",
+    "OpenFrame",
+    "PingFrame",
+    "PongFrame",
+    "ResetFrame",
+    "StreamFrame",
+    "TokenFrame",
+    "WindowUpdateFrame",
+    "decode_frame",
+    "decode_frames",
+    "encode_frame",
+    "frame_overhead",
+]
+
+#: Largest stream ID, window, increment, offset or final size (2^62-1).
+MAX_VARINT = 2**62 - 1
+#: Largest error code in RESET and CLOSE frames.
+MAX_CODE = 0xFFFF
+#: Largest CLOSE reason, in UTF-8 bytes.
+MAX_REASON_BYTES = 256
+#: Largest OPEN resource name, in UTF-8 bytes.
+MAX_RESOURCE_BYTES = 256
+#: Largest PING/PONG payload.
+MAX_PING_PAYLOAD = 64
+#: Largest TOKEN frame token (the configuration may set a lower limit).
+MAX_TOKEN_BYTES = 16384
+#: CBOR nesting bound inside frames.
+FRAME_MAX_DEPTH = 16
+#: First kind of the extension range (ignored when unknown).
+EXTENSION_KIND_MIN = 64
+
+
+class FrameKind(IntEnum):
+    """Frame kinds of the core range (spec/frames.md)."""
+
+    #: Stream bytes, with an end-of-stream flag.
+    STREAM = 1
+    #: Opens a stream on a resource.
+    OPEN = 2
+    #: A fragment of a CBOR message on a stream.
+    MESSAGE = 3
+    #: Aborts a stream in both directions.
+    RESET = 4
+    #: Grants flow-control credit (stream, or connection when the ID is null).
+    WINDOW_UPDATE = 5
+    #: Liveness probe; answered with PONG.
+    PING = 6
+    #: Answer to PING, echoing the payload.
+    PONG = 7
+    #: Presents a capability token on a live connection.
+    TOKEN = 8
+    #: The sender's next record uses the next sending key.
+    KEY_UPDATE = 9
+    #: Closes the connection with a code and reason.
+    CLOSE = 10
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFrame:
+    """``[1, stream_id, data, end_stream]``."""
+
+    stream_id: int
+    data: bytes
+    end_stream: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OpenFrame:
+    """``[2, stream_id, resource]``."""
+
+    stream_id: int
+    resource: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFrame:
+    """``[3, stream_id, fragment, last, end_stream]`` (end_stream only with last)."""
+
+    stream_id: int
+    fragment: bytes
+    last: bool = True
+    end_stream: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ResetFrame:
+    """``[4, stream_id, code, final_size]``."""
+
+    stream_id: int
+    code: int
+    final_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class WindowUpdateFrame:
+    """``[5, stream_id / null, increment]``; null means the connection window."""
+
+    stream_id: int | None
+    increment: int
+
+
+@dataclass(frozen=True, slots=True)
+class PingFrame:
+    """``[6, payload]``."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PongFrame:
+    """``[7, payload]``."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TokenFrame:
+    """``[8, token]``."""
+
+    token: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUpdateFrame:
+    """``[9, update_requested]``."""
+
+    update_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CloseFrame:
+    """``[10, code, reason]``."""
+
+    code: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ExtensionFrame:
+    """A frame of the extension range (kind >= 64); ignored by this version."""
+
+    kind: int
+    fields: tuple[Any, ...] = ()
+
+
+Frame = (
+    StreamFrame
+    | OpenFrame
+    | MessageFrame
+    | ResetFrame
+    | WindowUpdateFrame
+    | PingFrame
+    | PongFrame
+    | TokenFrame
+    | KeyUpdateFrame
+    | CloseFrame
+    | ExtensionFrame
+)
+
+
+# --------------------------------------------------------------------------
+# Encoding
+# --------------------------------------------------------------------------
+
+
+def _head(major: int, value: int) -> bytes:
+    mt = major << 5
+    if value < 24:
+        return bytes((mt | value,))
+    if value < 0x100:
+        return bytes((mt | 24, value))
+    if value < 0x10000:
+        return bytes((mt | 25,)) + value.to_bytes(2, "big")
+    if value < 0x100000000:
+        return bytes((mt | 26,)) + value.to_bytes(4, "big")
+    return bytes((mt | 27,)) + value.to_bytes(8, "big")
+
+
+def _bad(message: str) -> LocalProtocolError:
+    return LocalProtocolError(message, ErrorCode.INVALID_ARGUMENT)
+
+
+def frame_overhead(stream_id: int, payload_len: int) -> int:
+    """Bytes a STREAM or MESSAGE frame adds around a payload of *payload_len*."""
+    return 2 + len(_head(0, stream_id)) + len(_head(2, payload_len)) + 2
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """Encode one frame as deterministic CBOR.
+
+    Raises:
+        LocalProtocolError: (``INVALID_ARGUMENT``) if a field is out of range,
+            so that this side never emits a frame the peer must reject.
+    """
+    if isinstance(frame, StreamFrame):
+        _check_id(frame.stream_id)
+        # Fast path: the hot frame, built without an intermediate list.
+        return b"".join(
+            (
+                b"\x84\x01",
+                _head(0, frame.stream_id),
+                _head(2, len(frame.data)),
+                frame.data,
+                b"\xf5" if frame.end_stream else b"\xf4",
+            )
+        )
+    if isinstance(frame, MessageFrame):
+        _check_id(frame.stream_id)
+        if frame.end_stream and not frame.last:
+            raise _bad("end_stream requires the last fragment")
+        return b"".join(
+            (
+                b"\x85\x03",
+                _head(0, frame.stream_id),
+                _head(2, len(frame.fragment)),
+                frame.fragment,
+                b"\xf5" if frame.last else b"\xf4",
+                b"\xf5" if frame.end_stream else b"\xf4",
+            )
+        )
+    fields: list[Any]
+    if isinstance(frame, OpenFrame):
+        _check_id(frame.stream_id)
+        size = len(frame.resource.encode("utf-8"))
+        if not 1 <= size <= MAX_RESOURCE_BYTES:
+            raise _bad(f"resource must be 1..{MAX_RESOURCE_BYTES} UTF-8 bytes")
+        fields = [FrameKind.OPEN, frame.stream_id, frame.resource]
+    elif isinstance(frame, ResetFrame):
+        _check_id(frame.stream_id)
+        _check_code(frame.code)
+        if not 0 <= frame.final_size <= MAX_VARINT:
+            raise _bad("final size out of range")
+        fields = [FrameKind.RESET, frame.stream_id, frame.code, frame.final_size]
+    elif isinstance(frame, WindowUpdateFrame):
+        if frame.stream_id is not None:
+            _check_id(frame.stream_id)
+        if not 1 <= frame.increment <= MAX_VARINT:
+            raise _bad("window increment must be 1..2^62-1")
+        fields = [FrameKind.WINDOW_UPDATE, frame.stream_id, frame.increment]
+    elif isinstance(frame, (PingFrame, PongFrame)):
+        if len(frame.payload) > MAX_PING_PAYLOAD:
+            raise _bad(f"ping payload is limited to {MAX_PING_PAYLOAD} bytes")
+        kind = FrameKind.PING if isinstance(frame, PingFrame) else FrameKind.PONG
+        fields = [kind, frame.payload]
+    elif isinstance(frame, TokenFrame):
+        if len(frame.token) > MAX_TOKEN_BYTES:
+            raise _bad(f"token is limited to {MAX_TOKEN_BYTES} bytes")
+        fields = [FrameKind.TOKEN, frame.token]
+    elif isinstance(frame, KeyUpdateFrame):
+        fields = [FrameKind.KEY_UPDATE, bool(frame.update_requested)]
+    elif isinstance(frame, CloseFrame):
+        _check_code(frame.code)
+        if len(frame.reason.encode("utf-8")) > MAX_REASON_BYTES:
+            raise _bad(f"close reason is limited to {MAX_REASON_BYTES} UTF-8 bytes")
+        fields = [FrameKind.CLOSE, frame.code, frame.reason]
+    elif isinstance(frame, ExtensionFrame):
+        if frame.kind < EXTENSION_KIND_MIN or frame.kind > 2**64 - 1:
+            raise _bad("extension kinds are 64..2^64-1")
+        fields = [frame.kind, *frame.fields]
+    else:  # pragma: no cover - exhaustive over Frame
+        raise _bad(f"not a frame: {type(frame).__name__}")
+    return cbor.encode([int(fields[0]), *fields[1:]])
+
+
+def _check_id(stream_id: int) -> None:
+    if not isinstance(stream_id, int) or not 0 <= stream_id <= MAX_VARINT:
+        raise _bad("stream ID must be 0..2^62-1")
+
+
+def _check_code(code: int) -> None:
+    if not isinstance(code, int) or not 0 <= code <= MAX_CODE:
+        raise _bad("error code must be 0..0xFFFF")
+
+
+# --------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------
+
+
+def _uint(value: Any, what: str) -> int:
+    if type(value) is not int or value < 0:
+        raise DecodeError(f"frame field {what} must be an unsigned integer")
+    return value
+
+
+def _bytes(value: Any, what: str) -> bytes:
+    if type(value) is not bytes:
+        raise DecodeError(f"frame field {what} must be a byte string")
+    return value
+
+
+def _text(value: Any, what: str) -> str:
+    if type(value) is not str:
+        raise DecodeError(f"frame field {what} must be a text string")
+    return value
+
+
+def _bool(value: Any, what: str) -> bool:
+    if type(value) is not bool:
+        raise DecodeError(f"frame field {what} must be true or false")
+    return value
+
+
+def _stream_id(value: Any) -> int:
+    sid = _uint(value, "stream_id")
+    if sid > MAX_VARINT:
+        raise RemoteProtocolError("stream ID above 2^62-1", ErrorCode.PROTOCOL_ERROR)
+    return sid
+
+
+def _code(value: Any) -> int:
+    code = _uint(value, "code")
+    if code > MAX_CODE:
+        raise RemoteProtocolError("error code above 0xFFFF", ErrorCode.PROTOCOL_ERROR)
+    return code
+
+
+_ARITY = {
+    FrameKind.STREAM: 4,
+    FrameKind.OPEN: 3,
+    FrameKind.MESSAGE: 5,
+    FrameKind.RESET: 4,
+    FrameKind.WINDOW_UPDATE: 3,
+    FrameKind.PING: 2,
+    FrameKind.PONG: 2,
+    FrameKind.TOKEN: 2,
+    FrameKind.KEY_UPDATE: 2,
+    FrameKind.CLOSE: 3,
+}
+
+
+def _from_items(items: Any) -> Frame:
+    if type(items) is not list or not items:
+        raise DecodeError("a frame is a non-empty CBOR array")
+    kind = _uint(items[0], "kind")
+    if kind >= EXTENSION_KIND_MIN:
+        return ExtensionFrame(kind, tuple(items[1:]))
+    try:
+        fk = FrameKind(kind)
+    except ValueError:
+        raise RemoteProtocolError(
+            f"unknown frame kind {kind} in the core range", ErrorCode.PROTOCOL_ERROR
+        ) from None
+    if len(items) != _ARITY[fk]:
+        raise DecodeError(f"{fk.name} frame has {len(items) - 1} fields, expected {_ARITY[fk] - 1}")
+    if fk is FrameKind.STREAM:
+        return StreamFrame(
+            _stream_id(items[1]), _bytes(items[2], "data"), _bool(items[3], "end_stream")
+        )
+    if fk is FrameKind.MESSAGE:
+        last = _bool(items[3], "last")
+        end = _bool(items[4], "end_stream")
+        sid = _stream_id(items[1])
+        fragment = _bytes(items[2], "fragment")
+        if end and not last:
+            raise RemoteProtocolError(
+                "MESSAGE end_stream without last fragment", ErrorCode.PROTOCOL_ERROR
+            )
+        return MessageFrame(sid, fragment, last, end)
+    if fk is FrameKind.OPEN:
+        sid = _stream_id(items[1])
+        resource = _text(items[2], "resource")
+        size = len(resource.encode("utf-8"))
+        if size == 0:
+            raise RemoteProtocolError("empty resource name", ErrorCode.PROTOCOL_ERROR)
+        if size > MAX_RESOURCE_BYTES:
+            raise RemoteProtocolError("resource name too long", ErrorCode.FRAME_SIZE_ERROR)
+        return OpenFrame(sid, resource)
+    if fk is FrameKind.RESET:
+        sid = _stream_id(items[1])
+        code = _code(items[2])
+        final = _uint(items[3], "final_size")
+        if final > MAX_VARINT:
+            raise RemoteProtocolError("final size above 2^62-1", ErrorCode.FINAL_SIZE_ERROR)
+        return ResetFrame(sid, code, final)
+    if fk is FrameKind.WINDOW_UPDATE:
+        wsid = None if items[1] is None else _stream_id(items[1])
+        inc = _uint(items[2], "increment")
+        if inc == 0:
+            raise RemoteProtocolError("window increment of 0", ErrorCode.PROTOCOL_ERROR)
+        if inc > MAX_VARINT:
+            raise RemoteProtocolError("window increment above 2^62-1", ErrorCode.FLOW_CONTROL_ERROR)
+        return WindowUpdateFrame(wsid, inc)
+    if fk is FrameKind.PING or fk is FrameKind.PONG:
+        payload = _bytes(items[1], "payload")
+        if len(payload) > MAX_PING_PAYLOAD:
+            raise RemoteProtocolError("ping payload too long", ErrorCode.FRAME_SIZE_ERROR)
+        return PingFrame(payload) if fk is FrameKind.PING else PongFrame(payload)
+    if fk is FrameKind.TOKEN:
+        token = _bytes(items[1], "token")
+        if len(token) > MAX_TOKEN_BYTES:
+            raise RemoteProtocolError("token too long", ErrorCode.FRAME_SIZE_ERROR)
+        return TokenFrame(token)
+    if fk is FrameKind.KEY_UPDATE:
+        return KeyUpdateFrame(_bool(items[1], "update_requested"))
+    # CLOSE
+    code = _code(items[1])
+    reason = _text(items[2], "reason")
+    if len(reason.encode("utf-8")) > MAX_REASON_BYTES:
+        raise RemoteProtocolError("close reason too long", ErrorCode.FRAME_SIZE_ERROR)
+    return CloseFrame(code, reason)
+
+
+def decode_frame(data: bytes | memoryview, offset: int = 0) -> tuple[Frame, int]:
+    """Decode the frame at *offset*; return ``(frame, next_offset)``.
+
+    Raises:
+        RemoteProtocolError: with the code listed in the module docstring.
+    """
+    items, end = cbor.decode_prefix(data, offset, max_depth=FRAME_MAX_DEPTH)
+    return _from_items(items), end
+
+
+def decode_frames(plaintext: bytes | memoryview) -> list[Frame]:
+    """Decode every frame of one record plaintext (possibly none).
+
+    The whole record is validated before anything is returned, so a record
+    with one bad frame changes nothing. A KEY_UPDATE frame must be the last
+    frame of its record.
+
+    Raises:
+        RemoteProtocolError: with the code listed in the module docstring.
+    """
+    frames: list[Frame] = []
+    offset = 0
+    end = len(plaintext)
+    while offset < end:
+        frame, offset = decode_frame(plaintext, offset)
+        frames.append(frame)
+    for frame in frames[:-1]:
+        if isinstance(frame, KeyUpdateFrame):
+            raise RemoteProtocolError(
+                "KEY_UPDATE must be the last frame of its record", ErrorCode.PROTOCOL_ERROR
+            )
+    return frames
