@@ -137,7 +137,10 @@ def _code_of(raw: bytes) -> ErrorCode:
         (b"\x82\x06\xd8\x1c\x41\x01", ErrorCode.DECODE_ERROR),  # tag 28
         (b"\x82\x06\xd9\x01\x00\x41\x01", ErrorCode.DECODE_ERROR),  # tag 256
         (b"\xd9\xd9\xf7\x82\x06\x40", ErrorCode.DECODE_ERROR),  # tag 55799
-        (b"\x84\x01\x01\x5b\x7f\xff\xff\xff\xff\xff\xff\xff" + b"\x00" * 88, ErrorCode.DECODE_ERROR),
+        (
+            b"\x84\x01\x01\x5b\x7f\xff\xff\xff\xff\xff\xff\xff" + b"\x00" * 88,
+            ErrorCode.DECODE_ERROR,
+        ),
         (b"\x9a\xff\xff\xff\xff" + b"\x00" * 95, ErrorCode.DECODE_ERROR),  # 2^32 items
         (encode_frame(PingFrame(b"")) + b"\xff", ErrorCode.DECODE_ERROR),  # trailing garbage
         (encode_frame(PingFrame(b""))[:-1], ErrorCode.DECODE_ERROR),  # truncated
