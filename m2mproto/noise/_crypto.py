@@ -1,0 +1,223 @@
+"""Noise DH, cipher and hash functions (Noise rev 34, sections 4 and 12) on ``cryptography``.
+
+Hazmat level: these are the raw building blocks of the Noise engine. Nothing
+here is home-made cryptography: X25519/X448, ChaCha20-Poly1305, AES-GCM, the
+hash functions and HMAC all come from ``cryptography``; ``hkdf`` is the
+HMAC-based construction that the Noise specification itself defines (§4.3).
+
+No randomness is drawn here: key generation takes an ``entropy`` callable.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Protocol
+
+from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives.asymmetric.x448 import X448PrivateKey, X448PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from ..errors import AuthenticationError, ErrorCode, LocalProtocolError
+
+__all__ = [
+    "CIPHERS",
+    "DH_FUNCTIONS",
+    "HASHES",
+    "CipherFunctions",
+    "DHFunctions",
+    "HashFunctions",
+    "KeyPair",
+    "generate_x25519_private",
+    "x25519_public_key",
+]
+
+Entropy = Callable[[int], bytes]
+
+_RAW = Encoding.Raw
+_RAW_PUB = PublicFormat.Raw
+
+
+class _PrivateKey(Protocol):
+    def exchange(self, peer_public_key: X25519PublicKey) -> bytes: ...
+
+
+class KeyPair:
+    """A DH key pair: the ``cryptography`` private key object and the public key bytes."""
+
+    __slots__ = ("private", "public")
+
+    def __init__(self, private: X25519PrivateKey | X448PrivateKey, public: bytes) -> None:
+        self.private = private
+        self.public = public
+
+    def __repr__(self) -> str:
+        return f"KeyPair(public={self.public.hex()})"
+
+
+class DHFunctions:
+    """One DH function of Noise §12.1/§12.2 (``25519`` or ``448``)."""
+
+    __slots__ = ("_priv_cls", "_pub_cls", "dhlen", "name")
+
+    def __init__(
+        self,
+        name: str,
+        dhlen: int,
+        priv_cls: type[X25519PrivateKey] | type[X448PrivateKey],
+        pub_cls: type[X25519PublicKey] | type[X448PublicKey],
+    ) -> None:
+        self.name = name
+        self.dhlen = dhlen
+        self._priv_cls = priv_cls
+        self._pub_cls = pub_cls
+
+    def keypair_from_private(self, private: bytes) -> KeyPair:
+        """Build a key pair from raw private key bytes.
+
+        Raises:
+            LocalProtocolError: (INVALID_ARGUMENT) the key is not ``dhlen`` bytes.
+        """
+        if not isinstance(private, bytes | bytearray) or len(private) != self.dhlen:
+            raise LocalProtocolError(
+                f"a {self.name} private key must be {self.dhlen} bytes",
+                ErrorCode.INVALID_ARGUMENT,
+            )
+        key = self._priv_cls.from_private_bytes(bytes(private))
+        return KeyPair(key, key.public_key().public_bytes(_RAW, _RAW_PUB))
+
+    def generate_keypair(self, entropy: Entropy) -> KeyPair:
+        """GENERATE_KEYPAIR() with the private key drawn from *entropy*.
+
+        Raises:
+            LocalProtocolError: (INVALID_ARGUMENT) *entropy* returned the wrong length.
+        """
+        raw = entropy(self.dhlen)
+        if not isinstance(raw, bytes | bytearray) or len(raw) != self.dhlen:
+            raise LocalProtocolError(
+                f"entropy source must return {self.dhlen} bytes", ErrorCode.INVALID_ARGUMENT
+            )
+        return self.keypair_from_private(bytes(raw))
+
+    def dh(self, keypair: KeyPair, public: bytes) -> bytes:
+        """DH(key_pair, public_key).
+
+        Raises:
+            AuthenticationError: (AUTH_LOW_ORDER_KEY) *public* is a low-order or
+                invalid point, so the shared secret would be all zeros.
+        """
+        try:
+            peer = self._pub_cls.from_public_bytes(public)
+            return keypair.private.exchange(peer)  # type: ignore[arg-type]
+        except ValueError:
+            raise AuthenticationError(
+                f"low-order or invalid {self.name} public key", ErrorCode.AUTH_LOW_ORDER_KEY
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"DHFunctions({self.name})"
+
+
+AeadFactory = Callable[[bytes], ChaCha20Poly1305 | AESGCM]
+
+
+class CipherFunctions:
+    """One cipher of Noise §12.3/§12.4: an AEAD class and its nonce encoding."""
+
+    __slots__ = ("aead", "name", "pack_nonce")
+
+    def __init__(self, name: str, aead: AeadFactory, nonce_format: str) -> None:
+        self.name = name
+        self.aead = aead
+        #: n (int) -> 12-byte AEAD nonce: 32 zero bits then the 64-bit counter.
+        self.pack_nonce: Callable[[int], bytes] = struct.Struct(nonce_format).pack
+
+    def __repr__(self) -> str:
+        return f"CipherFunctions({self.name})"
+
+
+class HashFunctions:
+    """One hash function of Noise §12.5-§12.8, with HMAC-HASH and HKDF (§4.3)."""
+
+    __slots__ = ("_algorithm", "blocklen", "hashlen", "name")
+
+    def __init__(self, name: str, algorithm: hashes.HashAlgorithm, blocklen: int) -> None:
+        self.name = name
+        self._algorithm = algorithm
+        self.hashlen: int = algorithm.digest_size
+        self.blocklen = blocklen
+
+    def hash(self, *parts: bytes) -> bytes:
+        """HASH(concatenation of *parts*)."""
+        h = hashes.Hash(self._algorithm)
+        for part in parts:
+            h.update(part)
+        return h.finalize()
+
+    def hmac(self, key: bytes, data: bytes) -> bytes:
+        """HMAC-HASH(key, data) per RFC 2104."""
+        h = hmac.HMAC(key, self._algorithm)
+        h.update(data)
+        return h.finalize()
+
+    def hkdf2(self, chaining_key: bytes, ikm: bytes) -> tuple[bytes, bytes]:
+        """HKDF(chaining_key, input_key_material, 2)."""
+        temp = self.hmac(chaining_key, ikm)
+        out1 = self.hmac(temp, b"\x01")
+        return out1, self.hmac(temp, out1 + b"\x02")
+
+    def hkdf3(self, chaining_key: bytes, ikm: bytes) -> tuple[bytes, bytes, bytes]:
+        """HKDF(chaining_key, input_key_material, 3)."""
+        temp = self.hmac(chaining_key, ikm)
+        out1 = self.hmac(temp, b"\x01")
+        out2 = self.hmac(temp, out1 + b"\x02")
+        return out1, out2, self.hmac(temp, out2 + b"\x03")
+
+    def __repr__(self) -> str:
+        return f"HashFunctions({self.name})"
+
+
+#: Noise DH names -> functions.
+DH_FUNCTIONS: dict[str, DHFunctions] = {
+    "25519": DHFunctions("25519", 32, X25519PrivateKey, X25519PublicKey),
+    "448": DHFunctions("448", 56, X448PrivateKey, X448PublicKey),
+}
+
+#: Noise cipher names -> functions (ChaChaPoly: little-endian counter; AESGCM: big-endian).
+CIPHERS: dict[str, CipherFunctions] = {
+    "ChaChaPoly": CipherFunctions("ChaChaPoly", ChaCha20Poly1305, "<4xQ"),
+    "AESGCM": CipherFunctions("AESGCM", AESGCM, ">4xQ"),
+}
+
+#: Noise hash names -> functions.
+HASHES: dict[str, HashFunctions] = {
+    "SHA256": HashFunctions("SHA256", hashes.SHA256(), 64),
+    "SHA512": HashFunctions("SHA512", hashes.SHA512(), 128),
+    "BLAKE2s": HashFunctions("BLAKE2s", hashes.BLAKE2s(32), 64),
+    "BLAKE2b": HashFunctions("BLAKE2b", hashes.BLAKE2b(64), 128),
+}
+
+_X25519 = DH_FUNCTIONS["25519"]
+
+
+def x25519_public_key(private: bytes) -> bytes:
+    """Return the X25519 public key (32 bytes) of a raw 32-byte private key.
+
+    Raises:
+        LocalProtocolError: (INVALID_ARGUMENT) *private* is not 32 bytes.
+    """
+    return _X25519.keypair_from_private(private).public
+
+
+def generate_x25519_private(entropy: Entropy) -> bytes:
+    """Return a fresh raw X25519 private key (32 bytes) drawn from *entropy*.
+
+    Raises:
+        LocalProtocolError: (INVALID_ARGUMENT) *entropy* returned the wrong length.
+    """
+    raw = entropy(32)
+    if not isinstance(raw, bytes | bytearray) or len(raw) != 32:
+        raise LocalProtocolError("entropy source must return 32 bytes", ErrorCode.INVALID_ARGUMENT)
+    return bytes(raw)
