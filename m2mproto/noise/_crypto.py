@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Protocol
-
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric.x448 import X448PrivateKey, X448PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -38,10 +36,6 @@ Entropy = Callable[[int], bytes]
 
 _RAW = Encoding.Raw
 _RAW_PUB = PublicFormat.Raw
-
-
-class _PrivateKey(Protocol):
-    def exchange(self, peer_public_key: X25519PublicKey) -> bytes: ...
 
 
 class KeyPair:

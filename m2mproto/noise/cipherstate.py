@@ -82,9 +82,7 @@ class CipherState:
             self._aead = None
         else:
             if not isinstance(key, bytes | bytearray) or len(key) != 32:
-                raise LocalProtocolError(
-                    "cipher key must be 32 bytes", ErrorCode.INVALID_ARGUMENT
-                )
+                raise LocalProtocolError("cipher key must be 32 bytes", ErrorCode.INVALID_ARGUMENT)
             self._k = bytes(key)
             self._aead = self._cipher.aead(self._k)
         self._n = 0
@@ -187,7 +185,7 @@ class SymmetricState:
     ``SymmetricState(protocol)`` performs InitializeSymmetric(protocol.name).
     """
 
-    __slots__ = ("_hash", "_protocol", "ck", "cipher_state", "h")
+    __slots__ = ("_hash", "_protocol", "cipher_state", "ck", "h")
 
     def __init__(self, protocol: NoiseProtocol) -> None:
         self._protocol = protocol

@@ -153,9 +153,7 @@ class HandshakeState:
 
         psk_list = list(psks)
         if len(psk_list) != pattern.psk_count:
-            raise _bad_arg(
-                f"{protocol.name} needs {pattern.psk_count} PSK(s), got {len(psk_list)}"
-            )
+            raise _bad_arg(f"{protocol.name} needs {pattern.psk_count} PSK(s), got {len(psk_list)}")
         for psk in psk_list:
             if not isinstance(psk, bytes | bytearray) or len(psk) != 32:
                 raise _bad_arg("each PSK must be 32 bytes")
@@ -434,9 +432,7 @@ class HandshakeState:
             elif token == "s":
                 n = dhlen + (TAG_LEN if ss.cipher_state.has_key() else 0)
                 if len(message) - pos < n:
-                    raise DecodeError(
-                        f"handshake message {self._index} too short for a static key"
-                    )
+                    raise DecodeError(f"handshake message {self._index} too short for a static key")
                 self._rs = ss.decrypt_and_hash(message[pos : pos + n])
                 pos += n
             elif token == "psk":

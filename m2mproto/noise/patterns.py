@@ -129,9 +129,7 @@ def _parse(name: str, notation: str) -> HandshakePattern:
         if not TOKENS.issuperset(tokens):  # pragma: no cover - table check
             raise AssertionError(f"pattern {name}: unknown token in {tokens}")
         messages.append(tokens)
-    return HandshakePattern(
-        name, pre["->"], pre["<-"], tuple(messages), name in ONE_WAY_PATTERNS
-    )
+    return HandshakePattern(name, pre["->"], pre["<-"], tuple(messages), name in ONE_WAY_PATTERNS)
 
 
 #: Every pattern the engine knows, without modifiers.
@@ -169,9 +167,7 @@ def apply_modifiers(base: HandshakePattern, modifiers: tuple[str, ...]) -> Hands
         seen.add(mod)
         pos = int(match.group(1))
         if pos > len(messages):
-            raise _unsupported(
-                f"{mod}: pattern {base.name} has only {len(messages)} message(s)"
-            )
+            raise _unsupported(f"{mod}: pattern {base.name} has only {len(messages)} message(s)")
         if pos == 0:
             messages[0].insert(0, "psk")
         else:

@@ -55,9 +55,7 @@ class NoiseProtocol:
         self.dh = dh
         self.cipher = cipher
         self.hash = hash
-        self.name = (
-            f"Noise_{pattern}{'+'.join(modifiers)}_{dh.name}_{cipher.name}_{hash.name}"
-        )
+        self.name = f"Noise_{pattern}{'+'.join(modifiers)}_{dh.name}_{cipher.name}_{hash.name}"
         raw = self.name.encode("ascii")
         # InitializeSymmetric: h = name padded with zeros, or HASH(name) if longer than HASHLEN.
         if len(raw) <= hash.hashlen:
