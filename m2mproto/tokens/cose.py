@@ -59,8 +59,8 @@ ALG_EDDSA = -8
 #: Header labels this implementation understands (for ``crit``).
 _UNDERSTOOD = frozenset({HDR_ALG, HDR_CRIT, HDR_CONTENT_TYPE, HDR_KID})
 _ALLOWED_TAGS = frozenset({COSE_SIGN1_TAG})
-#: Nesting bound for token CBOR (the conformance notes allow up to 32).
-MAX_DEPTH = 16
+#: Nesting bound for token CBOR (spec/README.md: 32 in tokens).
+MAX_DEPTH = 32
 
 
 @dataclass(frozen=True, slots=True)
