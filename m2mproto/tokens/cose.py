@@ -89,8 +89,6 @@ def _check_crit(protected: Mapping[Any, Any], unprotected: Mapping[Any, Any]) ->
     for label in crit:
         if isinstance(label, bool) or not isinstance(label, (int, str)):
             raise _malformed("crit labels must be integers or text")
-        if label not in protected:
-            raise _malformed(f"crit names label {label!r} absent from the protected header")
     if len(set(crit)) != len(crit):
         raise _malformed("crit lists a label twice")
     for label in crit:
@@ -98,6 +96,8 @@ def _check_crit(protected: Mapping[Any, Any], unprotected: Mapping[Any, Any]) ->
             raise TokenError(
                 f"critical header {label!r} not understood", ErrorCode.UNKNOWN_CRITICAL
             )
+        if label not in protected:
+            raise _malformed(f"crit names label {label!r} absent from the protected header")
 
 
 def _check_alg(protected: Mapping[Any, Any], unprotected: Mapping[Any, Any]) -> None:
