@@ -1,0 +1,235 @@
+"""The binding of one sans-IO Connection to an anyio ByteStream.
+
+Theory of operation
+-------------------
+The Connection never does I/O; this module is the only place its bytes meet a
+transport. A :class:`Pump` runs two tasks for one connection:
+
+* the *reader* awaits ``transport.receive()``, feeds the bytes to
+  ``conn.receive_data`` and pulls every event with ``conn.next_event()`` until
+  it reports ``NEED_DATA``, handing each event to the session's callback.
+  End of stream and transport failures are fed to the core as EOF
+  (``receive_data(b"")``), so the core decides what they mean (a clean end after
+  CLOSE, otherwise ``TRUNCATED``).
+* the *writer* is the only task that ever calls ``transport.send``. It drains
+  ``conn.data_to_send()``; when there is nothing to send it sleeps until it is
+  woken (:meth:`Pump.wake`, called after every state change made by the
+  session) or until the core's timer (``conn.get_timer()``, on anyio's clock)
+  expires, and then calls ``conn.handle_timer(now)``.
+
+Because application tasks only change the Connection synchronously and never
+touch the transport, cancelling an application task at any await leaves the
+Connection and the byte stream consistent: a record is either entirely in the
+outbox or entirely written. Backpressure toward the application is the
+``flushed`` signal: it fires each time the writer took bytes from the outbox,
+which is when queued stream data moves (the session waits on it while a
+stream's send buffer is above its high-water mark). A writer blocked on a full
+transport therefore blocks senders, and credit-starved streams stay queued in
+the core, never here.
+
+After the core reports the connection closed, the writer flushes what is left
+(the CLOSE frame), half-closes the transport, and the reader lingers for the
+peer's EOF for at most ``linger`` seconds, so that closing never resets a TCP
+connection with unread data in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from anyio.abc import ByteStream
+
+from ..errors import M2MError
+
+__all__ = ["Pump", "Signal"]
+
+#: Bytes asked of the transport per receive call.
+RECEIVE_SIZE = 65536
+
+
+class Signal:
+    """A re-armable broadcast: ``wait()`` returns at the next ``notify()``."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def notify(self) -> None:
+        """Wake every current waiter."""
+        self._event.set()
+        self._event = anyio.Event()
+
+    async def wait(self) -> None:
+        """Wait for the next :meth:`notify`."""
+        await self._event.wait()
+
+
+class Pump:
+    """Moves bytes between ``conn`` and ``transport`` and drives the core's timer.
+
+    ``on_event`` is called (synchronously, in the pump's task) for each event
+    the connection produces. ``conn`` is duck-typed to the Connection driver API
+    (``receive_data``, ``next_event``, ``data_to_send``, ``get_timer``,
+    ``handle_timer``), so the pump has no opinion about events.
+    """
+
+    def __init__(
+        self,
+        conn: Any,
+        transport: ByteStream,
+        on_event: Callable[[Any], None],
+        need_data: object,
+        log: logging.LoggerAdapter[logging.Logger] | logging.Logger,
+        *,
+        linger: float = 2.0,
+    ) -> None:
+        self.conn = conn
+        self.transport = transport
+        self._on_event = on_event
+        self._need_data = need_data
+        self._log = log
+        self._linger = linger
+        self._wake = Signal()
+        #: Fires each time the writer drained the outbox (send backpressure).
+        self.flushed = Signal()
+        #: Set when both tasks have finished and the transport is closed.
+        self.finished = anyio.Event()
+        #: The transport exception that ended the connection, if any.
+        self.transport_error: BaseException | None = None
+        self._closing = False
+        self._processing = False
+        self._eof_fed = False
+        self._scope = anyio.CancelScope()
+        self._reader_scope = anyio.CancelScope()
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    # -- called by the session ---------------------------------------------------
+
+    def wake(self) -> None:
+        """Process new events and let the writer flush and re-arm the timer."""
+        self.process()
+        self._wake.notify()
+
+    def process(self) -> None:
+        """Pull every pending event from the core and dispatch it, in order.
+
+        Re-entrant calls (an event handler changing the connection) return at
+        once: the outer loop picks up whatever the change produced.
+        """
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            for _ in iter(int, 1):  # bounded: each event consumes buffered input or state
+                try:
+                    event = self.conn.next_event()
+                except M2MError as exc:  # the core failed closed; nothing more to parse
+                    self._log.warning("connection failed: %s", exc)
+                    self.finish()
+                    return
+                if event is self._need_data:
+                    return
+                self._on_event(event)
+        finally:
+            self._processing = False
+
+    def finish(self) -> None:
+        """The core is closed: flush what is left, half-close, linger, stop."""
+        if not self._closing:
+            self._closing = True
+            self._wake.notify()
+
+    def abort(self) -> None:
+        """Stop both tasks now and close the transport without flushing."""
+        self._closing = True
+        self._scope.cancel()
+
+    # -- the tasks -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run the reader and writer until the connection is over. Never raises
+        (except cancellation of the enclosing scope)."""
+        try:
+            with self._scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._reader)
+                    await self._writer()
+                    # writer done: the reader lingers for the peer's EOF, bounded
+                    self._reader_scope.deadline = anyio.current_time() + self._linger
+        except Exception:  # pragma: no cover - defensive: the pump must never crash the session
+            self._log.exception("transport pump failed")
+        finally:
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(Exception):  # closing a broken transport
+                    await anyio.aclose_forcefully(self.transport)
+                self._feed_eof()
+                self.finished.set()
+                self.flushed.notify()
+
+    def _feed_eof(self) -> None:
+        if not self._eof_fed:
+            self._eof_fed = True
+            with contextlib.suppress(M2MError):
+                self.conn.receive_data(b"")
+            self.process()
+
+    async def _reader(self) -> None:
+        with self._reader_scope:
+            for _ in iter(int, 1):  # until EOF, failure, or the linger deadline
+                try:
+                    data = await self.transport.receive(RECEIVE_SIZE)
+                except anyio.EndOfStream:
+                    data = b""
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                    if not self._closing:
+                        self.transport_error = exc
+                        self._log.info("transport failed while reading: %r", exc)
+                    data = b""
+                if not data:
+                    self._feed_eof()
+                    self.finish()
+                    return
+                self.bytes_received += len(data)
+                try:
+                    self.conn.receive_data(data)
+                except M2MError as exc:  # data after the core closed: ignore
+                    self._log.debug("dropped %d bytes: %s", len(data), exc)
+                self.wake()
+
+    async def _writer(self) -> None:
+        for _ in iter(int, 1):  # until closed and flushed, or the transport fails
+            data = self.conn.data_to_send()
+            if data:
+                self.flushed.notify()
+                try:
+                    await self.transport.send(data)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                    if not self._closing:
+                        self.transport_error = exc
+                        self._log.info("transport failed while writing: %r", exc)
+                    self._feed_eof()
+                    self._reader_scope.cancel()
+                    return
+                self.bytes_sent += len(data)
+                continue
+            if self._closing:
+                try:
+                    await self.transport.send_eof()
+                except Exception:
+                    self._reader_scope.deadline = -math.inf
+                return
+            timer = self.conn.get_timer()
+            deadline = math.inf if timer is None else float(timer)
+            with anyio.CancelScope(deadline=deadline):
+                await self._wake.wait()
+            now = anyio.current_time()
+            if timer is not None and now >= deadline:
+                self.conn.handle_timer(now)
+                self.process()
