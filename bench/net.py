@@ -42,7 +42,7 @@ import anyio
 
 from .common import Settings
 
-__all__ = ["MESSAGE", "CHUNK", "Channel", "Client", "ServerProcess", "measure_network"]
+__all__ = ["CHUNK", "MESSAGE", "Channel", "Client", "ServerProcess", "measure_network"]
 
 HOST = "127.0.0.1"
 #: The small message: a CBOR map whose encoding is exactly 256 bytes.
