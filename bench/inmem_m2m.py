@@ -1,0 +1,115 @@
+"""m2mproto in memory (no sockets): handshakes/s and transport throughput.
+
+* Handshake: two :class:`m2mproto.handshake.Handshake` objects (XX, no
+  tokens, empty transport parameters) exchange their output until both
+  produce a result, with the identity binding checked on both sides: the
+  same work as :mod:`bench.noise_anchor`. Each side's static X25519 key is
+  made once per process and passed in (as a server would), entropy is
+  ``os.urandom`` (the edge of the system, where it belongs).
+* Transport: one message of 64 KiB or 256 B from one side to the other
+  through m2mproto's sans-IO connection (frames, records, AEAD), once that
+  exists in this checkout; until then :class:`Unavailable`. The record layer
+  alone (seal + open, no frames) is reported separately as ``records_*``,
+  which is a lower bound on the connection's cost, not its figure.
+
+Everything m2mproto is imported lazily, so ``python -m bench`` runs (with
+these figures marked "not yet available") on a checkout without them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .common import Settings, Unavailable, rate
+from .primitives import SIZES
+
+__all__ = ["measure"]
+
+
+def _handshake_pair() -> Any:
+    try:
+        from m2mproto.handshake import Handshake
+        from m2mproto.identity import Identity
+    except ImportError as exc:
+        raise Unavailable(f"m2mproto handshake not importable: {exc}") from None
+
+    ini_id, res_id = Identity.generate(), Identity.generate()
+    ini_static, res_static = os.urandom(32), os.urandom(32)
+    entropy = os.urandom
+
+    def once() -> Any:
+        ini = Handshake(True, ini_id, entropy=entropy, static_key=ini_static)
+        res = Handshake(False, res_id, entropy=entropy, static_key=res_static)
+        results: list[Any] = [None, None]
+        # XX is three flights; 8 turns is a generous bound.
+        for _ in range(8):
+            data = ini.data_to_send()
+            if results[1] is None:
+                if data:
+                    res.receive_data(data)
+                results[1] = res.next_event()
+            data = res.data_to_send()
+            if results[0] is None:
+                if data:
+                    ini.receive_data(data)
+                results[0] = ini.next_event()
+            if results[0] is not None and results[1] is not None:
+                break
+        r_ini, r_res = results
+        if r_ini is None or r_res is None or r_ini.handshake_hash != r_res.handshake_hash:
+            raise RuntimeError("m2mproto in-memory handshake did not complete")
+        return r_ini, r_res
+
+    return once
+
+
+def _records(size: int, duration: float, max_iters: int) -> float:
+    """Messages/s of ``size`` bytes through RecordWriter.seal + RecordReader (both ends)."""
+    from m2mproto.records import MAX_RECORD_PLAINTEXT, RecordReader, RecordWriter
+
+    once = _handshake_pair()
+    r_ini, r_res = once()
+    big = 1 << 62
+    writer = RecordWriter(r_ini.send_cipher, key_update_after=big, max_records_per_key=big)
+    reader = RecordReader(r_res.recv_cipher, max_records_per_key=big)
+    payload = bytes(size)
+    pieces = [payload[i : i + MAX_RECORD_PLAINTEXT] for i in range(0, size, MAX_RECORD_PLAINTEXT)]
+
+    def one() -> None:
+        for piece in pieces:
+            reader.feed(writer.seal(piece))
+        for _ in pieces:
+            if reader.next_record() is None:
+                raise RuntimeError("record layer lost a record")
+
+    return rate(one, duration, max_iters=max_iters)
+
+
+def _connection_transport(size: int, duration: float, max_iters: int) -> float:
+    """Messages/s of ``size`` bytes through the sans-IO connection (plug-in point)."""
+    raise Unavailable("m2mproto sans-IO connection not yet available to the bench")
+
+
+def measure(settings: Settings) -> dict[str, Any]:
+    """All in-memory m2mproto figures; ``None`` (with a reason) for what is unavailable."""
+    d = max(settings.duration / 2, 0.01)
+    it = settings.max_iters
+    out: dict[str, Any] = {"unavailable": {}}
+    try:
+        once = _handshake_pair()
+        out["handshakes_s"] = rate(once, d, max_iters=it)
+    except Unavailable as exc:
+        out["handshakes_s"] = None
+        out["unavailable"]["handshakes_s"] = str(exc)
+    for name, size in SIZES.items():
+        for key, fn in (("transport", _connection_transport), ("records", _records)):
+            try:
+                msgs = fn(size, d, it)
+            except (Unavailable, ImportError) as exc:
+                out[f"{key}{name}_msgs_s"] = out[f"{key}{name}_mb_s"] = None
+                out["unavailable"][f"{key}{name}"] = str(exc)
+                continue
+            out[f"{key}{name}_msgs_s"] = msgs
+            out[f"{key}{name}_mb_s"] = msgs * size / 1e6
+    return out
