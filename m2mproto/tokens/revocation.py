@@ -213,6 +213,11 @@ class FileRevocationStore(InMemoryRevocationStore):
     def reload_if_changed(self) -> bool:
         """Re-read the file if it changed since the last read; return True if it did.
 
+        "Changed" means a different inode, size or modification time. A rewrite
+        of the same size within the file system's timestamp granularity is not
+        seen; writers should append (as :meth:`add` does) or replace the file
+        by renaming a new one over it.
+
         Raises:
             TokenError: (``MALFORMED`` / ``TOO_LARGE`` / ``BAD_SIGNATURE``) if the
                 file cannot be read or holds a bad statement; the previous
