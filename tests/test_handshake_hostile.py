@@ -20,6 +20,7 @@ from m2mproto.errors import (
     DecodeError,
     ErrorCode,
     LimitExceeded,
+    LocalProtocolError,
     M2MError,
     RemoteProtocolError,
 )
@@ -709,3 +710,56 @@ def test_truncation_then_eof_is_truncated(pattern: str, which: int, cut: int) ->
     assert err is not None and type(err) is RemoteProtocolError
     assert err.code is ErrorCode.TRUNCATED
     assert not target.is_complete
+
+
+# --------------------------------------------------------------------------- robustness
+
+
+@settings(max_examples=150)
+@given(
+    pattern=st.sampled_from(["XX", "IK"]),
+    junk=st.binary(max_size=300),
+    eof=st.booleans(),
+)
+def test_random_bytes_raise_only_m2m_errors(pattern: str, junk: bytes, eof: bool) -> None:
+    r = responder()
+    r.receive_data(MAGIC + frame(offer(pattern=pattern)))
+    assert r.next_event() is None
+    if junk:
+        r.receive_data(junk)
+    if eof:
+        r.receive_data(b"")
+    try:
+        assert r.next_event() is None
+    except M2MError:
+        assert r.failed
+    i = initiator(remote_static=PUB_R if pattern == "IK" else None)
+    i.data_to_send()
+    i.receive_data(MAGIC + junk)
+    if eof:
+        i.receive_data(b"")
+    try:
+        assert i.next_event() is None
+    except M2MError:
+        assert i.failed
+
+
+def test_input_after_eof_is_misuse() -> None:
+    r = responder()
+    r.receive_data(b"")
+    with pytest.raises(LocalProtocolError):
+        r.receive_data(MAGIC)
+
+
+def test_callback_bug_still_fails_closed() -> None:
+    def broken(_peer: Any) -> None:
+        raise ZeroDivisionError
+
+    r = responder()
+    i = initiator(authenticate_peer=broken)
+    r.receive_data(i.data_to_send())
+    r.next_event()
+    i.receive_data(r.data_to_send())
+    with pytest.raises(ZeroDivisionError):
+        i.next_event()
+    assert i.failed and i.data_to_send() == b""
