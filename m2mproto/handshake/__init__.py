@@ -8,9 +8,18 @@ send whatever :meth:`Handshake.data_to_send` returns.
 from ._handshake import Handshake, HandshakeAborted, HandshakeResult
 from ._payload import BINDING_PREFIX, binding_message
 from ._state import Role, State
-from ._wire import MAGIC, PATTERNS, SUPPORTED_VERSIONS, encode_abort, wire_code
+from ._wire import (
+    ABORT_LENGTH,
+    MAGIC,
+    PATTERNS,
+    SUPPORTED_VERSIONS,
+    decode_abort_code,
+    encode_abort,
+    wire_code,
+)
 
 __all__ = [
+    "ABORT_LENGTH",
     "BINDING_PREFIX",
     "MAGIC",
     "PATTERNS",
@@ -21,6 +30,7 @@ __all__ = [
     "Role",
     "State",
     "binding_message",
+    "decode_abort_code",
     "encode_abort",
     "wire_code",
 ]
