@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 
 from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from .frames import MAX_VARINT, Frame, MessageFrame, StreamFrame, frame_overhead
+from .frames import MAX_VARINT, MessageFrame, StreamFrame, frame_overhead
 
 __all__ = [
     "TRANSITIONS",
@@ -257,7 +257,7 @@ class Stream:
         self.send_buffered = 0
         return dropped
 
-    def next_frame(self, max_payload: int, conn_credit: int) -> Frame | None:
+    def next_frame(self, max_payload: int, conn_credit: int) -> StreamFrame | MessageFrame | None:
         """Pop the next STREAM/MESSAGE frame that credit allows, or None.
 
         *max_payload* bounds the frame's payload (record space); *conn_credit*

@@ -1,0 +1,227 @@
+"""Connection configuration, transport parameters and the authorization hook.
+
+Every limit is configuration with a safe default (spec/streams.md §7). The
+defaults follow ../shared/CONFORMANCE.md §3: 1 MiB messages, 100 concurrent
+streams per direction, 256 KiB stream and 1 MiB connection windows, 10 s
+handshake deadline, at most 256 queued control responses, 32 consecutive
+non-productive frames, 32 key updates without data, and a stream open/reset
+budget of 200 refilled at 50/s.
+
+``entropy`` is the only source of randomness in the core; ``os.urandom`` is
+named here and nowhere else in it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from .frames import MAX_TOKEN_BYTES, MAX_VARINT
+from .identity import AgentId
+
+__all__ = [
+    "AuthorizationPolicy",
+    "Authorizer",
+    "Configuration",
+    "TransportParameters",
+]
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+class Authorizer(Protocol):
+    """The authorization hook the connection calls (implemented by ``m2mproto.tokens``).
+
+    ``now`` is Unix time: the caller's monotonic ``now`` plus
+    ``Configuration.clock_offset``.
+    """
+
+    def accept_tokens(self, peer: AgentId, tokens: Sequence[bytes], now: float) -> object:
+        """Verify *tokens* presented by *peer*; return an opaque grant summary.
+
+        Raises:
+            TokenError: with the precise reason code if a token is invalid.
+        """
+        ...
+
+    def authorize(self, peer: AgentId, resource: str, ability: str, now: float) -> object:
+        """Return the grant that allows *ability* on *resource* now.
+
+        Raises:
+            AuthorizationError: if no presented capability covers it.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthorizationPolicy:
+    """Which ability each incoming operation needs on the stream's resource."""
+
+    #: Ability required for the peer to open a stream on a resource.
+    open_stream: str = "stream/open"
+    #: Ability required for each message the peer sends on a stream.
+    send_message: str = "msg/send"
+
+
+def _positive(name: str, value: Any, maximum: int = MAX_VARINT) -> None:
+    if type(value) is not int or not 1 <= value <= maximum:
+        raise LocalProtocolError(
+            f"{name} must be an integer 1..{maximum}", ErrorCode.INVALID_ARGUMENT
+        )
+
+
+def _timeout(name: str, value: Any, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise LocalProtocolError(f"{name} must be a positive number", ErrorCode.INVALID_ARGUMENT)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Configuration:
+    """Limits, windows, timers and hooks of one connection (all with safe defaults).
+
+    Raises:
+        LocalProtocolError: (``INVALID_ARGUMENT``) for an out-of-range value.
+    """
+
+    #: ``entropy(n) -> n random bytes``: keys, ping payloads. Inject for reproducible tests.
+    entropy: Callable[[int], bytes] = os.urandom
+    #: Added to the caller's monotonic ``now`` to get Unix time for token checks.
+    clock_offset: float = 0.0
+    #: Largest message (CBOR bytes) accepted from the peer; advertised to it.
+    max_message_size: int = 1 * MiB
+    #: Streams the peer may have open concurrently; advertised to it.
+    max_concurrent_streams: int = 100
+    #: Credit granted per stream (bytes); advertised to it.
+    initial_stream_window: int = 256 * KiB
+    #: Credit granted for the whole connection (bytes); advertised to it.
+    initial_connection_window: int = 1 * MiB
+    #: Return credit automatically as events are delivered (else: ``acknowledge_data``).
+    auto_window_update: bool = True
+    #: Seconds from ``start(now)`` to handshake completion.
+    handshake_timeout: float = 10.0
+    #: Seconds without any received record before closing with IDLE_TIMEOUT (None: off).
+    idle_timeout: float | None = 300.0
+    #: Send a PING after this many quiet seconds (None: off).
+    keepalive_interval: float | None = None
+    #: Seconds a close may wait: for queued data to drain, then for the peer's CLOSE.
+    close_timeout: float = 5.0
+    #: Queued control responses (PONGs etc.) before ENHANCE_YOUR_CALM.
+    max_queued_control: int = 256
+    #: Consecutive non-productive frames before ENHANCE_YOUR_CALM.
+    max_no_progress_frames: int = 32
+    #: Peer key updates without application data before ENHANCE_YOUR_CALM.
+    max_key_updates_without_data: int = 32
+    #: Peer stream resets and refused opens: burst size of the budget.
+    stream_churn_burst: int = 200
+    #: Peer stream resets and refused opens: refill per second.
+    stream_churn_rate: float = 50.0
+    #: Send KEY_UPDATE automatically after this many records under one key.
+    key_update_after_records: int = 2**24
+    #: Hard limit of records under one key, either direction (KEY_UPDATE_ERROR).
+    max_records_per_key: int = 2**32
+    #: Largest token accepted in a TOKEN frame.
+    max_token_size: int = 8 * KiB
+    #: Total bytes of partial incoming messages held across all streams.
+    max_reassembly_bytes: int = 16 * MiB
+    #: Total bytes the application may queue for sending before send() refuses.
+    max_send_buffer: int = 4 * MiB
+    #: Put the precise token reason code on the wire instead of TOKEN_INVALID.
+    wire_token_reason: bool = False
+    #: Abilities required for incoming stream opens and messages.
+    policy: AuthorizationPolicy = field(default_factory=AuthorizationPolicy)
+    #: Our Noise static X25519 private key (default: fresh per connection from ``entropy``).
+    static_key: bytes | None = None
+    #: Largest handshake message accepted.
+    max_handshake_message: int = 65535
+
+    def __post_init__(self) -> None:
+        if not callable(self.entropy):
+            raise LocalProtocolError("entropy must be callable", ErrorCode.INVALID_ARGUMENT)
+        _positive("max_message_size", self.max_message_size)
+        _positive("max_concurrent_streams", self.max_concurrent_streams)
+        _positive("initial_stream_window", self.initial_stream_window)
+        _positive("initial_connection_window", self.initial_connection_window)
+        _positive("max_queued_control", self.max_queued_control)
+        _positive("max_no_progress_frames", self.max_no_progress_frames)
+        _positive("max_key_updates_without_data", self.max_key_updates_without_data)
+        _positive("stream_churn_burst", self.stream_churn_burst)
+        _positive("key_update_after_records", self.key_update_after_records)
+        _positive("max_records_per_key", self.max_records_per_key, 2**64 - 2)
+        _positive("max_token_size", self.max_token_size, MAX_TOKEN_BYTES)
+        _positive("max_reassembly_bytes", self.max_reassembly_bytes)
+        _positive("max_send_buffer", self.max_send_buffer)
+        _timeout("handshake_timeout", self.handshake_timeout, False)
+        _timeout("idle_timeout", self.idle_timeout, True)
+        _timeout("keepalive_interval", self.keepalive_interval, True)
+        _timeout("close_timeout", self.close_timeout, False)
+        _timeout("stream_churn_rate", self.stream_churn_rate, False)
+        if self.key_update_after_records >= self.max_records_per_key:
+            raise LocalProtocolError(
+                "key_update_after_records must be below max_records_per_key",
+                ErrorCode.INVALID_ARGUMENT,
+            )
+
+    def transport_parameters(self) -> TransportParameters:
+        """The parameters this side advertises."""
+        return TransportParameters(
+            max_concurrent_streams=self.max_concurrent_streams,
+            initial_stream_window=self.initial_stream_window,
+            initial_connection_window=self.initial_connection_window,
+            max_message_size=self.max_message_size,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransportParameters:
+    """Limits each side advertises in its handshake payload (spec/streams.md §2).
+
+    Carried as a CBOR map with uint keys; unknown keys are ignored, absent
+    keys take the defaults below.
+    """
+
+    #: Key 1: streams the sender lets its peer open concurrently.
+    max_concurrent_streams: int = 100
+    #: Key 2: credit the sender grants per stream.
+    initial_stream_window: int = 256 * KiB
+    #: Key 3: credit the sender grants for the connection.
+    initial_connection_window: int = 1 * MiB
+    #: Key 4: largest message the sender accepts.
+    max_message_size: int = 1 * MiB
+
+    _KEYS = (
+        (1, "max_concurrent_streams"),
+        (2, "initial_stream_window"),
+        (3, "initial_connection_window"),
+        (4, "max_message_size"),
+    )
+
+    def to_params(self) -> dict[int, Any]:
+        """The ``{uint: value}`` map for the handshake payload."""
+        return {key: getattr(self, name) for key, name in self._KEYS}
+
+    @classmethod
+    def from_params(cls, params: Mapping[int, Any]) -> TransportParameters:
+        """Validate the peer's parameters.
+
+        Raises:
+            RemoteProtocolError: ``PROTOCOL_ERROR`` if a known key has a value
+                that is not an integer in ``0..2^62-1`` (``1..`` for sizes).
+        """
+        values: dict[str, int] = {}
+        for key, name in cls._KEYS:
+            if key not in params:
+                continue
+            value = params[key]
+            low = 0 if key == 1 else 1
+            if type(value) is not int or not low <= value <= MAX_VARINT:
+                raise RemoteProtocolError(
+                    f"transport parameter {key} ({name}) out of range", ErrorCode.PROTOCOL_ERROR
+                )
+            values[name] = value
+        return cls(**values)
