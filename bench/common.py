@@ -55,6 +55,7 @@ class Settings:
         levels: tuple[int, ...] | None = None,
         mem_conns: int | None = None,
     ) -> Settings:
+        lv: tuple[int, ...]
         if quick:
             d, lv, mc = 0.4, (1, 10, 100), 200
         else:

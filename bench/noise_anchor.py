@@ -42,7 +42,7 @@ class _Side:
     """One agent: identity key, static X25519 key pair (noiseprotocol object), cached sig."""
 
     def __init__(self) -> None:
-        from noise.backends.default.keypairs import KeyPair25519
+        from noise.backends.default.keypairs import KeyPair25519  # type: ignore[import-untyped,unused-ignore]
 
         self.identity = Ed25519PrivateKey.generate()
         self.identity_pub = self.identity.public_key().public_bytes_raw()
@@ -72,7 +72,7 @@ def handshake_once(initiator: _Side, responder: _Side, prologue: bytes, sign: bo
         cryptography.exceptions.InvalidSignature, noise.exceptions.NoiseError:
             if the anchor itself is broken (never in a correct run).
     """
-    from noise.connection import NoiseConnection
+    from noise.connection import NoiseConnection  # type: ignore[import-untyped,unused-ignore]
 
     ini = NoiseConnection.from_name(PROTOCOL_NAME)
     ini.set_as_initiator()
@@ -103,7 +103,7 @@ def handshake_once(initiator: _Side, responder: _Side, prologue: bytes, sign: bo
 
 def measure(settings: Settings) -> dict[str, Any]:
     """Handshakes/s (both variants) and 256-byte transport messages/s of ``noiseprotocol``."""
-    from noise.connection import NoiseConnection
+    from noise.connection import NoiseConnection  # type: ignore[import-untyped,unused-ignore]
 
     d = max(settings.duration / 2, 0.01)
     a, b = _Side(), _Side()
