@@ -276,9 +276,9 @@ def write_json(results: dict[str, Any], path: Path) -> None:
 
 def check_plot_available() -> str | None:
     """``None`` if matplotlib can be imported, else a one-line error message."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
         return "--plot needs matplotlib, which is not installed (pip install matplotlib)"
     return None
 
