@@ -23,11 +23,12 @@ Nothing here reads a clock: ``now`` is an argument.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ErrorCode, TokenError
+from ..errors import ErrorCode, LocalProtocolError, TokenError
 from ..identity import AgentId
 from .capabilities import Capability, Caveats, covers_all
 from .claims import Link, parse_chain
@@ -115,6 +116,13 @@ class Grant:
         }
 
 
+def _check_clock(now: float, skew: float) -> None:
+    if not math.isfinite(now) or not math.isfinite(skew) or skew < 0:
+        raise LocalProtocolError(
+            "now must be finite and clock_skew finite and >= 0", ErrorCode.INVALID_ARGUMENT
+        )
+
+
 def _check_window(link: Link, now: float, skew: float) -> None:
     if now < link.not_before - skew:
         raise TokenError("token is not yet valid", ErrorCode.NOT_YET_VALID)
@@ -133,7 +141,9 @@ def check_live(
 
     Raises:
         TokenError: ``NOT_YET_VALID``, ``EXPIRED`` or ``REVOKED``.
+        LocalProtocolError: (``INVALID_ARGUMENT``) for a non-finite *now*.
     """
+    _check_clock(now, clock_skew)
     if now < grant.not_before - clock_skew:
         raise TokenError("grant is not yet valid", ErrorCode.NOT_YET_VALID)
     if now > grant.expires + clock_skew:
@@ -180,7 +190,10 @@ def verify(
 
     Raises:
         TokenError: with the precise reason code (see the module docstring).
+        LocalProtocolError: (``INVALID_ARGUMENT``) for a non-finite *now* or a
+            negative *clock_skew* (caller misuse, not bad input).
     """
+    _check_clock(now, clock_skew)
     limits = limits or TokenLimits()
     if not isinstance(token, (bytes, bytearray, memoryview)):
         raise TokenError("a token must be bytes", ErrorCode.MALFORMED)

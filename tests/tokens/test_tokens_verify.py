@@ -585,3 +585,12 @@ def test_resign_helper_changes_only_what_is_asked() -> None:
     token = root_token()
     again = resign(token, ROOT, {})
     assert again == token
+
+
+@pytest.mark.parametrize(
+    ("now", "skew"), [(float("nan"), 60), (float("inf"), 60), (NOW, -1), (NOW, float("nan"))]
+)
+def test_bad_clock_is_local_misuse(now: float, skew: float) -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        verify(root_token(), trust_roots=ROOTS, now=now, holder=ALICE.agent_id, clock_skew=skew)
+    assert info.value.code == ErrorCode.INVALID_ARGUMENT
