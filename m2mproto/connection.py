@@ -235,10 +235,15 @@ class Connection:
         s = self._get(stream_id)
         return min(s.send_credit.available, self._conn_send.available)
 
-    @property
-    def send_buffered(self) -> int:
-        """Bytes queued by the application and not yet framed."""
-        return self._send_buffered
+    def send_buffered(self, stream_id: int | None = None) -> int:
+        """Bytes queued by the application and not yet framed (one stream, or all).
+
+        Unknown or finished streams have nothing buffered.
+        """
+        if stream_id is None:
+            return self._send_buffered
+        s = self._table.streams.get(stream_id)
+        return 0 if s is None else s.send_buffered
 
     # ------------------------------------------------------------ input
 
@@ -969,6 +974,8 @@ class Connection:
         Raises:
             LocalProtocolError: ``INVALID_ARGUMENT`` for an unknown stream.
         """
+        if self.config.auto_window_update:
+            return  # credit is returned as events are delivered
         s = self._get(stream_id)
         self._conn_recv.consume(n)
         inc = self._conn_recv.update_due()
@@ -978,6 +985,9 @@ class Connection:
         inc = s.recv_window.update_due()
         if inc and s.can_receive():
             self._control.append(WindowUpdateFrame(stream_id, inc))
+
+    #: Alias of :meth:`acknowledge_data`.
+    consume = acknowledge_data
 
     # ------------------------------------------------------------ API: control
 
