@@ -44,7 +44,7 @@ from typing import Any
 import anyio
 from anyio.abc import ByteStream
 
-from ..errors import M2MError
+from ..errors import ErrorCode, M2MError
 
 __all__ = ["Pump", "Signal"]
 
@@ -130,8 +130,9 @@ class Pump:
             for _ in iter(int, 1):  # bounded: each event consumes buffered input or state
                 try:
                     event = self.conn.next_event()
-                except M2MError as exc:  # the core failed closed; nothing more to parse
-                    self._log.warning("connection failed: %s", exc)
+                except M2MError as exc:  # the core is closed; nothing more to parse
+                    if exc.code != ErrorCode.CONNECTION_CLOSED:
+                        self._log.warning("connection failed: %s", exc)
                     self.finish()
                     return
                 if event is self._need_data:
@@ -146,10 +147,15 @@ class Pump:
             self._closing = True
             self._wake.notify()
 
-    def abort(self) -> None:
-        """Stop both tasks now and close the transport without flushing."""
+    def abort(self, grace: float = 0.0) -> None:
+        """Stop both tasks and close the transport; *grace* seconds may flush a CLOSE."""
         self._closing = True
-        self._scope.cancel()
+        if grace <= 0:
+            self._scope.cancel()
+            return
+        deadline = anyio.current_time() + grace
+        self._scope.deadline = min(self._scope.deadline, deadline)
+        self._wake.notify()
 
     # -- the tasks -----------------------------------------------------------------
 
@@ -177,7 +183,7 @@ class Pump:
         if not self._eof_fed:
             self._eof_fed = True
             with contextlib.suppress(M2MError):
-                self.conn.receive_data(b"")
+                self.conn.receive_data(b"", anyio.current_time())
             self.process()
 
     async def _reader(self) -> None:
@@ -198,7 +204,7 @@ class Pump:
                     return
                 self.bytes_received += len(data)
                 try:
-                    self.conn.receive_data(data)
+                    self.conn.receive_data(data, anyio.current_time())
                 except M2MError as exc:  # data after the core closed: ignore
                     self._log.debug("dropped %d bytes: %s", len(data), exc)
                 self.wake()

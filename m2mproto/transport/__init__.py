@@ -1,0 +1,45 @@
+"""anyio transports and the high-level agent API (asyncio and trio).
+
+``connect`` opens a :class:`Session` to a peer (TCP, Unix socket, or any
+anyio byte stream); :class:`Server` authenticates connections and dispatches
+their streams to handlers; :func:`memory_pair` connects two sessions in
+memory. See ``README.md`` for a complete client and server.
+"""
+
+from .attributes import M2MAttribute
+from .client import SessionOpener, connect
+from .memory import MemoryByteStream, MemoryPair, memory_pair, memory_stream_pair
+from .server import Route, Router, Server
+from .session import (
+    ConnectionClosedError,
+    Context,
+    DataStream,
+    Incoming,
+    MessageStream,
+    Peer,
+    RequestTimeout,
+    Session,
+    StreamResetError,
+)
+
+__all__ = [
+    "ConnectionClosedError",
+    "Context",
+    "DataStream",
+    "Incoming",
+    "M2MAttribute",
+    "MemoryByteStream",
+    "MemoryPair",
+    "MessageStream",
+    "Peer",
+    "RequestTimeout",
+    "Route",
+    "Router",
+    "Server",
+    "Session",
+    "SessionOpener",
+    "StreamResetError",
+    "connect",
+    "memory_pair",
+    "memory_stream_pair",
+]
