@@ -65,7 +65,7 @@ def exit_code_for(exc: BaseException) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import demo, interop, keys
+    from . import demo, interop, keys, token
 
     parser = argparse.ArgumentParser(
         prog="m2m",
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"m2m {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (keys, demo, interop):
+    for module in (keys, token, demo, interop):
         module.register(sub)
     return parser
 

@@ -1,0 +1,248 @@
+"""``m2m token issue|delegate|inspect|verify|revoke``.
+
+A token file holds the raw token bytes (a tagged COSE_Sign1, spec/tokens.md).
+A revocation file holds concatenated signed revocation statements; ``revoke
+--out`` on an existing file appends to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import ErrorCode, LocalProtocolError
+from ..identity import AgentId, Identity
+from ..tokens import (
+    FileRevocationStore,
+    TokenLimits,
+    delegate,
+    inspect,
+    issue,
+    revoke,
+    verify,
+)
+
+__all__ = ["parse_duration", "read_token", "register", "write_file"]
+
+#: Largest file read as a token (the verifier's own limit applies after reading).
+MAX_TOKEN_FILE = 1024 * 1024
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """Parse ``90``, ``90s``, ``15m``, ``1h``, ``7d``, ``2w`` into seconds."""
+    match = _DURATION.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise LocalProtocolError(
+            f"invalid duration {text!r} (use e.g. 90s, 15m, 1h, 7d)", ErrorCode.INVALID_ARGUMENT
+        )
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def read_token(path: str) -> bytes:
+    """Read a token file (raw bytes), with a clear error for user mistakes."""
+    target = Path(path)
+    try:
+        size = target.stat().st_size
+        if size > MAX_TOKEN_FILE:
+            raise LocalProtocolError(
+                f"{path}: too large for a token file", ErrorCode.INVALID_ARGUMENT
+            )
+        return target.read_bytes()
+    except OSError as exc:
+        raise LocalProtocolError(
+            f"{path}: cannot read token file ({exc.strerror})", ErrorCode.INVALID_ARGUMENT
+        ) from None
+
+
+def write_file(path: str, data: bytes, *, mode: int = 0o644) -> None:
+    """Write *data* to *path* atomically (write to a temporary file, then rename)."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise LocalProtocolError(
+            f"{path}: cannot write ({exc.strerror})", ErrorCode.INVALID_ARGUMENT
+        ) from None
+
+
+def _agent(text: str) -> AgentId:
+    return AgentId.parse(text)
+
+
+def _now(args: argparse.Namespace) -> float:
+    at: float | None = getattr(args, "at", None)
+    return time.time() if at is None else at
+
+
+def _add_common_issue_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key", required=True, metavar="FILE", help="the signer's private key file")
+    p.add_argument("--to", required=True, metavar="AGENT_ID", help="the holder's agent ID")
+    p.add_argument(
+        "--cap",
+        action="append",
+        required=True,
+        metavar="RESOURCE=ABILITY",
+        help="a capability, e.g. orders/eu/*=msg/send (repeatable)",
+    )
+    p.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
+    p.add_argument("--aud", metavar="AGENT_ID", help="the only peer that may accept the token")
+    p.add_argument(
+        "--max-message-size", type=int, metavar="BYTES", help="caveat: largest message allowed"
+    )
+    p.add_argument(
+        "--allowed-peer",
+        action="append",
+        metavar="AGENT_ID",
+        help="caveat: a peer the token may be used with (repeatable)",
+    )
+    p.add_argument("--out", required=True, metavar="FILE", help="where to write the token")
+    p.add_argument("--json", action="store_true", help="print the new token's view as JSON")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("token", help="issue, delegate, inspect, verify and revoke tokens")
+    tsub = p.add_subparsers(dest="token_command", metavar="SUBCOMMAND")
+    p.set_defaults(handler=lambda args: (p.print_help(sys.stderr), 2)[1])
+
+    q = tsub.add_parser("issue", help="issue a root capability token")
+    _add_common_issue_args(q)
+    q.set_defaults(handler=cmd_issue)
+
+    q = tsub.add_parser("delegate", help="delegate a narrower token from one you hold")
+    q.add_argument("--parent", required=True, metavar="FILE", help="the token you hold")
+    _add_common_issue_args(q)
+    q.set_defaults(handler=cmd_delegate)
+
+    q = tsub.add_parser("inspect", help="show a token's contents (no verification)")
+    q.add_argument("file", metavar="FILE")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(handler=cmd_inspect)
+
+    q = tsub.add_parser("verify", help="verify a token and its chain; print what it grants")
+    q.add_argument("file", metavar="FILE")
+    q.add_argument(
+        "--root", action="append", required=True, metavar="AGENT_ID", help="a trust root"
+    )
+    q.add_argument("--holder", metavar="AGENT_ID", help="check the token is bound to this agent")
+    q.add_argument("--aud", metavar="AGENT_ID", help="verify as this audience")
+    q.add_argument("--revocations", metavar="FILE", help="a revocation file to consult")
+    q.add_argument("--at", type=float, metavar="UNIX_TIME", help="verify at this time")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(handler=cmd_verify)
+
+    q = tsub.add_parser("revoke", help="sign a revocation of tokens and add it to a file")
+    q.add_argument("--key", required=True, metavar="FILE", help="the revoker's private key file")
+    q.add_argument("tokens", nargs="+", metavar="TOKEN_FILE", help="tokens to revoke")
+    q.add_argument("--out", required=True, metavar="FILE", help="revocation file (appended)")
+    q.add_argument("--json", action="store_true", help="print the revoked IDs as JSON")
+    q.set_defaults(handler=cmd_revoke)
+
+
+def _caveats(args: argparse.Namespace) -> dict[str, Any] | None:
+    caveats: dict[str, Any] = {}
+    if args.max_message_size is not None:
+        caveats["max_message_size"] = args.max_message_size
+    if args.allowed_peer:
+        caveats["allowed_peers"] = [_agent(a) for a in args.allowed_peer]
+    return caveats or None
+
+
+def _report_new(args: argparse.Namespace, token: bytes) -> None:
+    view = inspect(token)
+    if args.json:
+        print(json.dumps({"file": args.out, "size": len(token), **view}))
+    else:
+        claims = view.get("claims", {})
+        print(f"wrote {args.out} ({len(token)} bytes, cti {claims.get('cti', '?')})")
+
+
+def cmd_issue(args: argparse.Namespace) -> int:
+    issuer = Identity.load(args.key)
+    token = issue(
+        issuer,
+        _agent(args.to),
+        args.cap,
+        now=time.time(),
+        ttl=parse_duration(args.ttl),
+        audience=_agent(args.aud) if args.aud else None,
+        caveats=_caveats(args),
+    )
+    write_file(args.out, token)
+    _report_new(args, token)
+    return 0
+
+
+def cmd_delegate(args: argparse.Namespace) -> int:
+    holder = Identity.load(args.key)
+    token = delegate(
+        holder,
+        read_token(args.parent),
+        _agent(args.to),
+        args.cap,
+        now=time.time(),
+        ttl=parse_duration(args.ttl),
+        audience=_agent(args.aud) if args.aud else None,
+        caveats=_caveats(args),
+    )
+    write_file(args.out, token)
+    _report_new(args, token)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    view = inspect(read_token(args.file))
+    if args.json:
+        print(json.dumps(view))
+    else:
+        print(json.dumps(view, indent=2))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    revocations = FileRevocationStore(args.revocations) if args.revocations else None
+    grant = verify(
+        read_token(args.file),
+        trust_roots=[_agent(r) for r in args.root],
+        now=_now(args),
+        holder=_agent(args.holder) if args.holder else None,
+        audience=_agent(args.aud) if args.aud else None,
+        revocations=revocations,
+        limits=TokenLimits(),
+    )
+    if args.json:
+        print(json.dumps({"valid": True, **grant.to_json()}))
+    else:
+        print(f"valid: held by {grant.holder.short}, rooted at {grant.root.short}")
+        for cap in grant.capabilities:
+            print(f"  {cap}")
+        print(f"  expires {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(grant.expires))}")
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    revoker = Identity.load(args.key)
+    statement = revoke(revoker, [read_token(t) for t in args.tokens], now=time.time())
+    store = FileRevocationStore(args.out)
+    parsed = store.add(statement)
+    ids = [cti.hex() for cti in parsed.token_ids]
+    if args.json:
+        print(json.dumps({"file": args.out, "revoked": ids, "revoker": revoker.agent_id.text}))
+    else:
+        print(f"revoked {', '.join(ids)} -> {args.out}")
+    return 0
