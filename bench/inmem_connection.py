@@ -53,7 +53,7 @@ def bench_messages(n: int = 20000) -> float:
     t0 = time.perf_counter()
     got = 0
     batch = 64
-    for i in range(0, n, batch):
+    for _i in range(0, n, batch):
         for _ in range(batch):
             a.send_message(sid, value)
         got += _pump(a, b)[0]
