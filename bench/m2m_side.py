@@ -1,59 +1,168 @@
 """m2mproto's side of the loopback harness (plug-in for :mod:`bench.net`).
 
-Provides what the harness needs from a protocol: ``make_material(dir)``
-(identities, a trust root and a token for the client), ``make_client(dir)``
-(a client whose ``connect`` returns a channel with ``oneway``, ``request``,
-``bulk``, ``flush``, ``aclose``) and ``serve(dir, ready)`` (a server with an
-echo request handler, a message sink and a stream sink).
+Provides what the harness needs from a protocol:
 
-The m2mproto anyio transport is imported lazily; while it is missing from the
-checkout every entry point raises :class:`bench.common.Unavailable`, and the
-figures are reported as "not yet available".
+* ``make_material(dir)``: an authority identity (the trust root), a server
+  identity, a client identity and a token issued by the authority to the
+  client for the server (``bench/*`` with ``stream/open`` and ``msg/send``);
+* ``make_client(dir)``: a client whose ``connect`` authenticates with the
+  identity and the token (checking the server's agent ID) and returns a
+  channel with ``oneway`` (``session.send``), ``request`` (``session.request``),
+  ``bulk`` (writes on one byte stream), ``flush`` and ``aclose``;
+* ``serve(dir, ready)``: an m2mproto ``Server`` trusting the authority, with
+  an echo request handler (``bench/echo``), a message sink (``bench/sink``)
+  and a byte-stream sink (``bench/bulk``) that acknowledges end of stream.
+
+The m2mproto transport is imported lazily; while it is missing from the
+checkout every entry point raises :class:`bench.common.Unavailable`.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from .common import Unavailable
 
-__all__ = ["make_client", "make_material", "serve"]
+__all__ = ["M2MClient", "make_client", "make_material", "serve"]
+
+ECHO, SINK, BULK = "bench/echo", "bench/sink", "bench/bulk"
+_ACK = b"k"
 
 
-def _transport() -> Any:
+def _require() -> Any:
     try:
-        from m2mproto.transport import connect, serve  # type: ignore[attr-defined]
+        import m2mproto.transport as transport
     except ImportError as exc:
         raise Unavailable(f"m2mproto transport not importable: {exc}") from None
-    return connect, serve
+    if not hasattr(transport, "connect") or not hasattr(transport, "Server"):
+        raise Unavailable("m2mproto transport lacks connect/Server")
+    return transport
 
 
 def make_material(directory: Path) -> None:
-    """Write identities, trust roots and the client's token into ``directory``.
+    """Write identities, the trust root and the client's token into ``directory``.
 
     Raises:
         Unavailable: while the m2mproto transport is missing.
     """
-    _transport()
-    raise Unavailable("m2mproto transport API not yet wired into the bench")
+    _require()
+    from m2mproto.identity import Identity
+    from m2mproto.tokens.issue import issue
+
+    authority, server, client = Identity.generate(), Identity.generate(), Identity.generate()
+    authority.save(directory / "authority.pem")
+    server.save(directory / "server.pem")
+    client.save(directory / "client.pem")
+    token = issue(
+        authority,
+        client.agent_id,
+        ["bench/*=stream/open", "bench/*=msg/send"],
+        now=time.time(),
+        ttl=24 * 3600,
+        audience=server.agent_id,
+    )
+    (directory / "client.token").write_bytes(token)
 
 
-def make_client(directory: Path) -> Any:
+class M2MChannel:
+    """One m2mproto session as a harness channel."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self._bulk: Any = None
+
+    async def oneway(self, obj: Any) -> None:
+        await self._session.send(SINK, obj)
+
+    async def request(self, obj: Any) -> Any:
+        return await self._session.request(ECHO, obj)
+
+    async def bulk(self, chunk: bytes) -> None:
+        if self._bulk is None:
+            self._bulk = await self._session.open_stream(BULK)
+        await self._bulk.send(chunk)
+
+    async def flush(self) -> None:
+        if self._bulk is not None:
+            stream, self._bulk = self._bulk, None
+            await stream.send_eof()
+            if await stream.receive() != _ACK:
+                raise anyio.BrokenResourceError("bulk sink did not acknowledge")
+            await stream.aclose()
+        await self._session.request(ECHO, 0)
+
+    async def aclose(self) -> None:
+        await self._session.aclose()
+
+
+class M2MClient:
+    """Connects authenticated m2mproto sessions (identity + token, expected server ID)."""
+
+    name = "m2m"
+
+    def __init__(self, directory: Path) -> None:
+        transport = _require()
+        from m2mproto.identity import Identity
+
+        self._connect = transport.connect
+        self._identity = Identity.load(directory / "client.pem")
+        self._token = (directory / "client.token").read_bytes()
+        self._server_id = Identity.load(directory / "server.pem").agent_id
+
+    async def connect(self, host: str, port: int) -> M2MChannel:
+        session = await self._connect(
+            (host, port), identity=self._identity, tokens=[self._token], peer=self._server_id
+        )
+        return M2MChannel(session)
+
+
+def make_client(directory: Path) -> M2MClient:
     """Return the harness client for m2mproto.
 
     Raises:
         Unavailable: while the m2mproto transport is missing.
     """
-    _transport()
-    raise Unavailable("m2mproto transport API not yet wired into the bench")
+    return M2MClient(directory)
 
 
 async def serve(directory: Path, ready: Any) -> None:
-    """Serve m2mproto on 127.0.0.1 for the harness.
+    """Serve m2mproto on 127.0.0.1 (ephemeral port); call ``ready(port)`` once listening.
 
     Raises:
         Unavailable: while the m2mproto transport is missing.
     """
-    _transport()
-    raise Unavailable("m2mproto transport API not yet wired into the bench")
+    transport = _require()
+    from m2mproto.identity import Identity
+
+    authority = Identity.load(directory / "authority.pem")
+    server = transport.Server(
+        Identity.load(directory / "server.pem"),
+        trust_roots=[authority.agent_id],
+        max_connections=5000,
+        max_pending_handshakes=256,
+    )
+
+    @server.request(ECHO)
+    async def echo(value: Any, ctx: Any) -> Any:
+        return value
+
+    @server.message(SINK)
+    async def sink(value: Any, ctx: Any) -> None:
+        return None
+
+    @server.stream(BULK)
+    async def bulk(stream: Any, ctx: Any) -> None:
+        for _ in range(1 << 40):
+            try:
+                await stream.receive()
+            except anyio.EndOfStream:
+                break
+        await stream.send(_ACK)
+
+    async with anyio.create_task_group() as tg:
+        _host, port = await tg.start(server.serve_tcp, "127.0.0.1", 0)
+        ready(port)

@@ -35,6 +35,8 @@ import selectors
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -145,28 +147,44 @@ class ServerProcess:
             proc.stdout.close()
 
 
-async def open_many(client: Client, port: int, n: int) -> list[Channel]:
-    """Open ``n`` authenticated connections (at most 64 handshakes in flight), each doing a
-    request so that authentication has completed on both sides."""
+@asynccontextmanager
+async def connections(client: Client, port: int, n: int) -> AsyncIterator[list[Channel]]:
+    """Open ``n`` authenticated connections and yield them; close them all on exit.
+
+    Each connection is opened, used for one request (so authentication has
+    completed on both sides) and closed by its own *owner* task: some
+    transports (m2mproto's sessions) must be closed in the task that opened
+    them. At most 64 handshakes are in flight at once.
+    """
     channels: list[Channel] = []
+    ready, release = anyio.Event(), anyio.Event()
     limiter = anyio.CapacityLimiter(_CONNECT_PARALLEL)
 
-    async def one() -> None:
-        async with limiter:
+    async def owner() -> None:
+        # No cancel scope may be entered between connect and aclose: an m2mproto
+        # session owns a task group entered in this task, and scopes nest.
+        await limiter.acquire()
+        try:
             ch = await client.connect(HOST, port)
-            channels.append(ch)
+        finally:
+            limiter.release()
+        try:
             await ch.request(0)
+            channels.append(ch)
+            if len(channels) == n:
+                ready.set()
+            await release.wait()
+        finally:
+            await ch.aclose()
 
     async with anyio.create_task_group() as tg:
         for _ in range(n):
-            tg.start_soon(one)
-    return channels
-
-
-async def close_all(channels: list[Channel]) -> None:
-    async with anyio.create_task_group() as tg:
-        for ch in channels:
-            tg.start_soon(ch.aclose)
+            tg.start_soon(owner)
+        await ready.wait()
+        try:
+            yield channels
+        finally:
+            release.set()
 
 
 async def handshake_rate(client: Client, port: int, duration: float, cap: int) -> float:
@@ -236,11 +254,14 @@ async def _throughput(client: Client, port: int, settings: Settings) -> dict[str
     levels: dict[str, Any] = {}
     for n in settings.levels:
         with anyio.fail_after(settings.phase_timeout):
-            channels = await open_many(client, port, n)
             row = {}
-            for kind, key in (("bulk", "bulk_mb_s"), ("oneway", "oneway_msgs_s"), ("rr", "rr_s")):
-                row[key] = await drive(channels, kind, settings.duration, settings.max_iters)
-            await close_all(channels)
+            async with connections(client, port, n) as channels:
+                for kind, key in (
+                    ("bulk", "bulk_mb_s"),
+                    ("oneway", "oneway_msgs_s"),
+                    ("rr", "rr_s"),
+                ):
+                    row[key] = await drive(channels, kind, settings.duration, settings.max_iters)
         levels[str(n)] = row
     out["concurrency"] = levels
     first = levels[str(settings.levels[0])] if settings.levels else {}
@@ -251,14 +272,13 @@ async def _throughput(client: Client, port: int, settings: Settings) -> dict[str
 
 async def _memory(client: Client, server: ServerProcess, settings: Settings) -> dict[str, Any]:
     with anyio.fail_after(settings.phase_timeout):
-        warm = await open_many(client, server.port, 1)
-        await close_all(warm)
+        async with connections(client, server.port, 1):
+            pass
         await anyio.sleep(0.3)
         before = server.rss_bytes()
-        channels = await open_many(client, server.port, settings.mem_conns)
-        await anyio.sleep(0.3)
-        after = server.rss_bytes()
-        await close_all(channels)
+        async with connections(client, server.port, settings.mem_conns):
+            await anyio.sleep(0.3)
+            after = server.rss_bytes()
     if before is None or after is None:
         return {"memory_bytes_per_conn": None, "memory_conns": settings.mem_conns}
     return {
