@@ -135,11 +135,12 @@ async def serve(directory: Path, ready: Any) -> None:
     Raises:
         Unavailable: while the m2mproto transport is missing.
     """
-    transport = _require()
+    _require()
     from m2mproto.identity import Identity
+    from m2mproto.transport import Server
 
     authority = Identity.load(directory / "authority.pem")
-    server = transport.Server(
+    server = Server(
         Identity.load(directory / "server.pem"),
         trust_roots=[authority.agent_id],
         max_connections=5000,
