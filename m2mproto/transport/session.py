@@ -822,9 +822,10 @@ class Session:
     async def send(self, resource: str, value: Any, *, confirm: bool = False) -> None:
         """Send a one-way message to *resource*.
 
-        Returns once the message is queued for the peer (in order with
-        everything sent before it on this session); with ``confirm=True``,
-        once the peer's handler has run.
+        Returns once the message is queued for the peer; with
+        ``confirm=True``, once the peer's handler has run. Each message is its
+        own stream, so the peer may handle messages concurrently: use
+        :meth:`open_message_stream` when order matters.
 
         Raises:
             AuthorizationError: (with ``confirm``) the peer refused the message.
