@@ -118,11 +118,13 @@ async def test_unexpected_peer_is_refused() -> None:
 async def test_messages_carry_peer_and_grant() -> None:
     server, seen = echo_server()
     with anyio.fail_after(10):
-        async with running_tcp(server) as address:
-            async with await connect(address, identity=CLIENT_ID, tokens=[token(ALL)]) as s:
-                for i in range(20):
-                    await s.send("log/app", {"n": i})
-                await s.send("log/audit", "last", confirm=True)
+        async with (
+            running_tcp(server) as address,
+            await connect(address, identity=CLIENT_ID, tokens=[token(ALL)]) as s,
+        ):
+            for i in range(20):
+                await s.send("log/app", {"n": i})
+            await s.send("log/audit", "last", confirm=True)
     # each message is its own stream: handlers run concurrently, in no set order
     resources = [r for r, _m, _c in seen]
     assert resources.count("log/app") == 20 and resources.count("log/audit") == 1
@@ -159,14 +161,16 @@ async def test_request_errors_are_distinct() -> None:
 async def test_no_token_means_no_access() -> None:
     server, _ = echo_server()
     with anyio.fail_after(10):
-        async with running_tcp(server) as address:
-            async with await connect(address, identity=CLIENT_ID) as s:
-                with pytest.raises(AuthorizationError) as info:
-                    await s.request("echo", 1)
-                assert info.value.code == ErrorCode.UNAUTHORIZED
-                stream = await s.open_stream("files/a")
-                with pytest.raises(AuthorizationError):
-                    await stream.receive()
+        async with (
+            running_tcp(server) as address,
+            await connect(address, identity=CLIENT_ID) as s,
+        ):
+            with pytest.raises(AuthorizationError) as info:
+                await s.request("echo", 1)
+            assert info.value.code == ErrorCode.UNAUTHORIZED
+            stream = await s.open_stream("files/a")
+            with pytest.raises(AuthorizationError):
+                await stream.receive()
 
 
 async def test_token_for_someone_else_is_rejected_at_handshake() -> None:
@@ -186,9 +190,10 @@ async def test_token_for_someone_else_is_rejected_at_handshake() -> None:
 async def test_token_refresh_on_live_session() -> None:
     server, _ = echo_server()
     with anyio.fail_after(10):
-        async with running_tcp(server) as address, await connect(
-            address, identity=CLIENT_ID, tokens=[token(["echo=*"])]
-        ) as s:
+        async with (
+            running_tcp(server) as address,
+            await connect(address, identity=CLIENT_ID, tokens=[token(["echo=*"])]) as s,
+        ):
             with pytest.raises(AuthorizationError):
                 await s.send("log/app", "before", confirm=True)
             await s.present_token(token(["log/*=*"]))
@@ -202,15 +207,18 @@ async def test_upload_several_megabytes_with_checksum() -> None:
     server, _ = echo_server()
     payload = hashlib.shake_256(b"m2m").digest(3 * 1024 * 1024 + 17)
     with anyio.fail_after(30):
-        async with running_tcp(server) as address:
-            async with await connect(address, identity=CLIENT_ID, tokens=[token(ALL)]) as s:
-                async with await s.open_stream("files/big") as stream:
-                    for offset in range(0, len(payload), 100_000):
-                        await stream.send(payload[offset : offset + 100_000])
-                    await stream.send_eof()
-                    answer = b""
-                    async for chunk in stream:
-                        answer += chunk
+        async with (
+            running_tcp(server) as address,
+            await connect(address, identity=CLIENT_ID, tokens=[token(ALL)]) as s,
+        ):
+            stream = await s.open_stream("files/big")
+            async with stream:
+                for offset in range(0, len(payload), 100_000):
+                    await stream.send(payload[offset : offset + 100_000])
+                await stream.send_eof()
+                answer = b""
+                async for chunk in stream:
+                    answer += chunk
     assert answer[:32] == hashlib.sha256(payload).digest()
     assert int.from_bytes(answer[32:], "big") == len(payload)
 
@@ -219,27 +227,29 @@ async def test_hundred_concurrent_streams() -> None:
     server, _ = echo_server()
     results: dict[int, bytes] = {}
     with anyio.fail_after(30):
-        async with running_tcp(server) as address:
-            async with await connect(address, identity=CLIENT_ID, tokens=[token(ALL)]) as s:
+        async with (
+            running_tcp(server) as address,
+            await connect(address, identity=CLIENT_ID, tokens=[token(ALL)]) as s,
+        ):
 
-                async def one(i: int) -> None:
-                    data = bytes([i]) * (20_000 + i * 97)
-                    async with await s.open_stream(f"files/{i}") as stream:
-                        await stream.send(data)
-                        await stream.send_eof()
-                        answer = b""
-                        async for chunk in stream:
-                            answer += chunk
-                    assert answer[:32] == hashlib.sha256(data).digest()
-                    results[i] = answer
+            async def one(i: int) -> None:
+                data = bytes([i]) * (20_000 + i * 97)
+                async with await s.open_stream(f"files/{i}") as stream:
+                    await stream.send(data)
+                    await stream.send_eof()
+                    answer = b""
+                    async for chunk in stream:
+                        answer += chunk
+                assert answer[:32] == hashlib.sha256(data).digest()
+                results[i] = answer
 
-                async def ask(i: int) -> None:
-                    assert (await s.request("echo", i))["echo"] == i
+            async def ask(i: int) -> None:
+                assert (await s.request("echo", i))["echo"] == i
 
-                async with anyio.create_task_group() as tg:
-                    for i in range(100):
-                        tg.start_soon(one, i)
-                        tg.start_soon(ask, i)
+            async with anyio.create_task_group() as tg:
+                for i in range(100):
+                    tg.start_soon(one, i)
+                    tg.start_soon(ask, i)
     assert sorted(results) == list(range(100))
 
 
