@@ -2,7 +2,8 @@
 
 Each handshake uses fresh static and ephemeral keys, runs the 3 messages and
 split(), with both peers in this process. Also reports 64-byte transport
-messages per second (encrypt + decrypt) for both engines.
+messages per second (encrypt + decrypt) for both engines. The two engines are
+measured in alternating rounds and the best round of each is reported.
 
     python bench/inmem_noise.py [--seconds S]
 """
@@ -100,20 +101,28 @@ def rate(fn: Callable[[], None], seconds: float) -> float:
             return n / (now - start)
 
 
+def compare(a: Callable[[], None], b: Callable[[], None], seconds: float) -> tuple[float, float]:
+    """Best rate of each of *a* and *b* over alternating rounds (fairer on a busy machine)."""
+    rounds = 5
+    best_a = best_b = 0.0
+    for _ in range(rounds):
+        best_a = max(best_a, rate(a, seconds / rounds))
+        best_b = max(best_b, rate(b, seconds / rounds))
+    return best_a, best_b
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     assert len(x25519_public_key(os.urandom(32))) == 32
-    ours = rate(ours_handshake, args.seconds)
-    theirs = rate(theirs_handshake, args.seconds)
+    ours, theirs = compare(ours_handshake, theirs_handshake, args.seconds)
     print(f"{NAME}, in memory, fresh keys, 3 messages + split")
     print(f"  m2mproto       {ours:10.0f} handshakes/s")
     print(f"  noiseprotocol  {theirs:10.0f} handshakes/s")
     print(f"  ratio          {ours / theirs:10.2f}x")
-    ours_t = rate(ours_transport(), args.seconds)
-    theirs_t = rate(theirs_transport(), args.seconds)
+    ours_t, theirs_t = compare(ours_transport(), theirs_transport(), args.seconds)
     print("64-byte transport messages (encrypt + decrypt)")
     print(f"  m2mproto       {ours_t:10.0f} msgs/s")
     print(f"  noiseprotocol  {theirs_t:10.0f} msgs/s")
