@@ -1,0 +1,150 @@
+"""Shared helpers for the m2mproto fuzz targets (atheris) and their pytest replay.
+
+Theory of operation
+-------------------
+Every target file ``fuzz/fuzz_<name>.py`` defines ``check_<name>(data: bytes) -> None``:
+it feeds *data* to one entry point that takes untrusted bytes and returns when
+the input was accepted or rejected with an ``m2mproto.errors.M2MError``. Any
+other exception (``KeyError``, ``RecursionError``, ``AssertionError`` from an
+invariant check, ...) escapes and is a crash. Time and memory are bounded by
+libFuzzer (``-timeout``, ``-rss_limit_mb``) under atheris and by a per-input
+deadline in ``tests/test_fuzz_regressions.py``.
+
+This module imports nothing from ``m2mproto`` at import time, so that a
+target can import the package inside :func:`instrumented` and have atheris
+instrument every m2mproto module. Fixtures that need m2mproto import it
+lazily (by then the target has already imported it, instrumented).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "FUZZ_DIR",
+    "ByteReader",
+    "DeterministicEntropy",
+    "corpus_dir",
+    "fuzz_main",
+    "instrumented",
+]
+
+FUZZ_DIR = Path(__file__).resolve().parent
+
+
+def corpus_dir(target: str) -> Path:
+    """The seed corpus directory of *target* (e.g. ``"cbor"``)."""
+    return FUZZ_DIR / "corpus" / target
+
+
+@contextlib.contextmanager
+def instrumented(module_name: str) -> Iterator[None]:
+    """Instrument the m2mproto imports of a target when it runs as the fuzz main.
+
+    Under pytest (module imported, not run) this does nothing.
+    """
+    if module_name != "__main__":
+        yield
+        return
+    import atheris
+
+    with atheris.instrument_imports(include=["m2mproto"]):
+        yield
+
+
+def fuzz_main(check: Callable[[bytes], None]) -> None:
+    """Run *check* under atheris with the libFuzzer flags from ``sys.argv``."""
+    import atheris
+
+    atheris.Setup(sys.argv, check)
+    atheris.Fuzz()
+
+
+class DeterministicEntropy:
+    """``entropy(n)``: a SHA-256 counter stream from a fixed label (reproducible keys)."""
+
+    def __init__(self, label: bytes) -> None:
+        self._label = label
+        self._counter = 0
+
+    def __call__(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            out += hashlib.sha256(self._label + self._counter.to_bytes(8, "big")).digest()
+            self._counter += 1
+        return bytes(out[:n])
+
+
+class ByteReader:
+    """A tiny FuzzedDataProvider that needs no atheris (so pytest can replay inputs).
+
+    Every method is total: once the input is used up it returns zeros/empty
+    values, so a grammar built on it always terminates.
+    """
+
+    __slots__ = ("_data", "_pos")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+
+    @property
+    def remaining(self) -> int:
+        """Bytes not consumed yet."""
+        return len(self._data) - self._pos
+
+    def u8(self) -> int:
+        """One byte (0 when exhausted)."""
+        if self._pos >= len(self._data):
+            return 0
+        self._pos += 1
+        return self._data[self._pos - 1]
+
+    def u16(self) -> int:
+        """Two bytes, big-endian."""
+        return (self.u8() << 8) | self.u8()
+
+    def uint(self, nbytes: int) -> int:
+        """*nbytes* bytes, big-endian."""
+        value = 0
+        for _ in range(nbytes):
+            value = (value << 8) | self.u8()
+        return value
+
+    def choice(self, options: Any) -> Any:
+        """One element of the non-empty sequence *options*."""
+        return options[self.u8() % len(options)]
+
+    def take(self, n: int) -> bytes:
+        """Up to *n* bytes (fewer when exhausted)."""
+        chunk = self._data[self._pos : self._pos + n]
+        self._pos += len(chunk)
+        return chunk
+
+    def blob(self, limit: int) -> bytes:
+        """A length byte-pair (capped at *limit*) then that many bytes."""
+        return self.take(self.u16() % (limit + 1))
+
+    def rest(self) -> bytes:
+        """Everything not consumed yet."""
+        return self.take(self.remaining)
+
+
+def split_points(data: bytes, reader: ByteReader, max_pieces: int = 16) -> list[bytes]:
+    """Cut *data* into pieces whose sizes come from *reader* (bounded count)."""
+    pieces: list[bytes] = []
+    pos = 0
+    for _ in range(max_pieces - 1):
+        if pos >= len(data):
+            break
+        size = 1 + reader.u8() % 64 if reader.remaining else len(data) - pos
+        pieces.append(data[pos : pos + size])
+        pos += size
+    if pos < len(data):
+        pieces.append(data[pos:])
+    return pieces
