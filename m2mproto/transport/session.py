@@ -271,6 +271,7 @@ class Session:
         self._closing = False
         self._handlers = 0
         self._handlers_idle = anyio.Event()
+        self._handler_scopes: set[anyio.CancelScope] = set()
         self._pings: dict[bytes, anyio.Event] = {}
         self._tg: TaskGroup | None = None
         self._peer: Peer | None = None
@@ -627,16 +628,21 @@ class Session:
     # -- helpers used by streams and handlers ------------------------------------------------
 
     def _spawn(self, func: Callable[..., Any], *args: Any) -> None:
-        assert self._tg is not None
+        if self._tg is None or self._closed.is_set():
+            return
         self._handlers += 1
         if self._handlers_idle.is_set():
             self._handlers_idle = anyio.Event()
         self._tg.start_soon(self._handler_task, func, *args)
 
     async def _handler_task(self, func: Callable[..., Any], *args: Any) -> None:
+        scope = anyio.CancelScope()
+        self._handler_scopes.add(scope)
         try:
-            await func(*args)
+            with scope:
+                await func(*args)
         finally:
+            self._handler_scopes.discard(scope)
             self._handlers -= 1
             if not self._handlers:
                 self._handlers_idle.set()
@@ -769,12 +775,12 @@ class Session:
                 self._acknowledge(chan.stream_id, size)
                 self._pump.wake()
                 return True, value
-            if chan.reset is not None:
-                raise _reset_error(chan.stream_id, *chan.reset)
-            if chan.recv_ended:
+            if chan.recv_ended:  # a reset after the peer's end only affects sending
                 self._maybe_forget(chan)
                 return False, None
-            self._check_open()
+            self._check_open()  # a closed session wins over the resets the close caused
+            if chan.reset is not None:
+                raise _reset_error(chan.stream_id, *chan.reset)
             await chan.changed.wait()
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -981,12 +987,7 @@ class Session:
         await self._exit()
 
     async def _exit(self) -> None:
-        if self._exited:
-            with anyio.CancelScope(shield=True):
-                await self._pump.finished.wait()
-            return
-        self._exited = True
-        tg = self._tg
+        """Wait for the pump, let handlers finish (graceful close only), stop them."""
         with anyio.CancelScope(shield=True):
             # the pump ends by itself after the close handshake (bounded by the
             # core's close timeout and the pump's linger); this is a backstop
@@ -998,18 +999,27 @@ class Session:
             if graceful and self._handlers:
                 with anyio.move_on_after(self._conn.config.close_timeout):
                     await self._handlers_idle.wait()
-        if tg is not None:
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
+        for scope in list(self._handler_scopes):
+            scope.cancel()
 
     async def __aenter__(self) -> Session:
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc is not None and not isinstance(exc, Exception):
-            await self.abort()  # cancelled or interrupted: do not linger
-        else:
-            await self.aclose()
+        """Close (gracefully, or by abort if the block was cancelled) and leave the
+        session's task group: the only place it is left, so ``aclose``/``abort``
+        may be called from anywhere inside the block."""
+        try:
+            if exc is not None and not isinstance(exc, Exception):
+                await self.abort()  # cancelled or interrupted: do not linger
+            else:
+                await self.aclose()
+        finally:
+            tg, self._tg = self._tg, None
+            if tg is not None and not self._exited:
+                self._exited = True
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(None, None, None)
 
     def __repr__(self) -> str:
         who = self._peer.short_id if self._peer else "?"
@@ -1075,9 +1085,9 @@ class _StreamBase:
 
     def _check_send(self) -> None:
         chan = self._chan
+        self._session._check_open()
         if chan.reset is not None:
             raise _reset_error(chan.stream_id, *chan.reset)
-        self._session._check_open()
         if chan.send_ended:
             raise anyio.ClosedResourceError
 
