@@ -81,9 +81,9 @@ from .frames import (
     decode_frames,
     encode_frame,
 )
-from .handshake import Handshake, HandshakeAborted, HandshakeResult
+from .handshake import Handshake, HandshakeAborted, HandshakeResult, decode_abort_code
 from .identity import AgentId, Identity
-from .records import MAX_RECORD_PLAINTEXT, RecordReader, RecordWriter
+from .records import MAX_RECORD_PLAINTEXT, AbortReceived, RecordReader, RecordWriter
 from .streams import RecvWindow, SendCredit, Stream, StreamInput, StreamState, StreamTable
 from .streams import payload_room as _payload_room
 
@@ -333,6 +333,13 @@ class Connection:
         assert self._reader is not None
         try:
             plaintext = self._reader.next_record()
+        except AbortReceived as exc:
+            # spec/handshake.md §2.7: the peer failed the handshake after we finished it.
+            # It has no transport keys, so nothing is answered; report its code.
+            self._control.clear()
+            code = decode_abort_code(exc.raw_code.to_bytes(2, "big"))
+            self._terminate(code, "peer aborted the handshake", remote=True)
+            return None
         except RemoteProtocolError as exc:
             raise _Fail(exc.code, exc.message) from None
         if plaintext is None:
@@ -380,7 +387,9 @@ class Connection:
             key_update_after=cfg.key_update_after_records,
             max_records_per_key=cfg.max_records_per_key,
         )
-        self._reader = RecordReader(res.recv_cipher, max_records_per_key=cfg.max_records_per_key)
+        self._reader = RecordReader(
+            res.recv_cipher, max_records_per_key=cfg.max_records_per_key, accept_abort=True
+        )
         self._reader.feed(res.trailing_data)
         if self._eof:
             pass  # the EOF flag is seen after the trailing records are consumed

@@ -11,7 +11,12 @@ record plaintext (whole frames, spec/frames.md), so the plaintext is at most
 65519 bytes. Nonces are the implicit Noise counters: a dropped, replayed or
 reordered record fails authentication (``DECRYPT_ERROR``) and the connection
 closes. A length below 16 (shorter than the tag) is ``FRAME_SIZE_ERROR``,
-detected as soon as the two length bytes arrive.
+detected as soon as the two length bytes arrive, with one exception: a reader
+built with ``accept_abort=True`` treats a length of exactly 2 as the peer's
+cleartext handshake ABORT (``00 02 || code``, spec/handshake.md §2.7) when it
+is the *first* thing after the handshake, and raises :class:`AbortReceived`.
+The peer that finishes the handshake first (XX initiator, IK responder) can
+receive the other side's ABORT there.
 
 Key update is a one-way ratchet per direction, like TLS 1.3 KeyUpdate: the
 sender puts a KEY_UPDATE frame last in a record, then calls Noise ``Rekey()``
@@ -39,6 +44,7 @@ __all__ = [
     "MAX_RECORD_LENGTH",
     "MAX_RECORD_PLAINTEXT",
     "TAG_LENGTH",
+    "AbortReceived",
     "CipherLike",
     "RecordReader",
     "RecordWriter",
@@ -51,6 +57,22 @@ TAG_LENGTH = 16
 #: Largest record plaintext.
 MAX_RECORD_PLAINTEXT = MAX_RECORD_LENGTH - TAG_LENGTH
 _EMPTY_AD = b""
+#: Length field of a cleartext handshake ABORT (spec/handshake.md §2.7).
+ABORT_BODY_LENGTH = 2
+
+
+class AbortReceived(RemoteProtocolError):
+    """The peer's first post-handshake bytes are a cleartext ABORT.
+
+    ``raw_code`` is the 16-bit code it carried, unmapped (the handshake layer's
+    ``decode_abort_code`` maps it); ``code`` is ``HANDSHAKE_FAILURE``.
+    """
+
+    def __init__(self, raw_code: int) -> None:
+        super().__init__(
+            f"peer aborted after the handshake (code {raw_code})", ErrorCode.HANDSHAKE_FAILURE
+        )
+        self.raw_code = raw_code
 
 
 class CipherLike(Protocol):
@@ -119,10 +141,21 @@ class RecordWriter:
 class RecordReader:
     """Buffers received bytes and opens one record at a time."""
 
-    __slots__ = ("_buf", "_cipher", "_pos", "max_records_per_key", "records", "updates")
+    __slots__ = (
+        "_accept_abort",
+        "_buf",
+        "_cipher",
+        "_pos",
+        "max_records_per_key",
+        "records",
+        "updates",
+    )
 
-    def __init__(self, cipher: CipherLike, *, max_records_per_key: int) -> None:
+    def __init__(
+        self, cipher: CipherLike, *, max_records_per_key: int, accept_abort: bool = False
+    ) -> None:
         self._cipher = cipher
+        self._accept_abort = accept_abort
         self._buf = bytearray()
         self._pos = 0
         self.max_records_per_key = max_records_per_key
@@ -147,6 +180,7 @@ class RecordReader:
         """Open the next complete record; None if more bytes are needed.
 
         Raises:
+            AbortReceived: (``accept_abort`` only) the first bytes are an ABORT.
             RemoteProtocolError: ``FRAME_SIZE_ERROR`` for a length below 16,
                 ``DECRYPT_ERROR`` if authentication fails, ``KEY_UPDATE_ERROR``
                 if the peer passed ``max_records_per_key`` under one key. The
@@ -157,6 +191,11 @@ class RecordReader:
             return None
         length = (self._buf[self._pos] << 8) | self._buf[self._pos + 1]
         if length < TAG_LENGTH:
+            if length == ABORT_BODY_LENGTH and self._accept_abort and self._first:
+                if avail < 4:
+                    return None
+                p = self._pos + 2
+                raise AbortReceived((self._buf[p] << 8) | self._buf[p + 1])
             raise RemoteProtocolError(
                 f"record length {length} is shorter than the tag", ErrorCode.FRAME_SIZE_ERROR
             )
@@ -181,6 +220,10 @@ class RecordReader:
         self._pos = start + length
         self.records += 1
         return plaintext
+
+    @property
+    def _first(self) -> bool:
+        return self.records == 0 and self.updates == 0
 
     def rekey(self) -> None:
         """Ratchet the receiving key (after the record with KEY_UPDATE)."""

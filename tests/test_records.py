@@ -180,7 +180,7 @@ def test_record_limits_boundary_pair() -> None:
 
 def test_nonce_exhaustion_never_sends() -> None:
     s, _ = cipher_pair()
-    s.nonce = 2**64 - 1
+    s.set_nonce(2**64 - 1)
     w = RecordWriter(s, key_update_after=BIG, max_records_per_key=BIG)
     with pytest.raises(LocalProtocolError) as info:
         w.seal(b"x")
@@ -198,3 +198,57 @@ def test_buffer_is_compacted_and_bounded() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 64 * 1024
+
+
+def test_abort_is_recognised_only_when_enabled_and_first() -> None:
+    from m2mproto.records import AbortReceived
+
+    _, r = cipher_pair()
+    reader = RecordReader(r, max_records_per_key=BIG, accept_abort=True)
+    reader.feed(b"\x00\x02\x00")
+    assert reader.next_record() is None  # waits for the second code byte
+    reader.feed(b"\x07")
+    with pytest.raises(AbortReceived) as info:
+        reader.next_record()
+    assert info.value.raw_code == 7
+    # after one record, the same bytes are a short record
+    s2, r2 = cipher_pair()
+    reader2 = RecordReader(r2, max_records_per_key=BIG, accept_abort=True)
+    reader2.feed(RecordWriter(s2, key_update_after=BIG, max_records_per_key=BIG).seal(b"x"))
+    assert reader2.next_record() == b"x"
+    reader2.feed(b"\x00\x02\x00\x07")
+    with pytest.raises(RemoteProtocolError) as info2:
+        reader2.next_record()
+    assert not isinstance(info2.value, AbortReceived)
+    assert info2.value.code is ErrorCode.FRAME_SIZE_ERROR
+
+
+def test_records_from_a_real_handshake() -> None:
+    """Split() CipherStates of a completed m2mproto handshake carry records both ways."""
+    from helpers import ALICE, BOB, seeded_entropy
+
+    from m2mproto.handshake import Handshake
+
+    i = Handshake(True, ALICE, entropy=seeded_entropy(1))
+    r = Handshake(False, BOB, entropy=seeded_entropy(2))
+    results = {}
+    for _ in range(6):
+        for src, dst in ((i, r), (r, i)):
+            data = src.data_to_send()
+            if not data or dst.is_complete:
+                continue
+            dst.receive_data(data)
+            res = dst.next_event()
+            if res is not None:
+                results[dst] = res
+    ri, rr = results[i], results[r]
+    assert ri.handshake_hash == rr.handshake_hash
+    for src_res, dst_res in ((ri, rr), (rr, ri)):
+        w = RecordWriter(src_res.send_cipher, key_update_after=BIG, max_records_per_key=BIG)
+        rd = RecordReader(dst_res.recv_cipher, max_records_per_key=BIG)
+        rd.feed(w.seal(b"one") + w.seal(b"two"))
+        assert _drain(rd) == [b"one", b"two"]
+        w.rekey()
+        rd.rekey()
+        rd.feed(w.seal(b"three"))
+        assert _drain(rd) == [b"three"]
