@@ -16,6 +16,7 @@ from .._version import __version__
 from ..errors import (
     AuthenticationError,
     AuthorizationError,
+    ErrorCode,
     LimitExceeded,
     LocalProtocolError,
     M2MError,
@@ -23,7 +24,7 @@ from ..errors import (
     TokenError,
 )
 
-__all__ = ["EXIT_CODES", "exit_code_for", "main"]
+__all__ = ["EXIT_CODES", "error_name", "exit_code_for", "main", "report"]
 
 #: Exit status per failure class (stable: scripts rely on them).
 EXIT_CODES: dict[str, int] = {
@@ -43,8 +44,41 @@ EXIT_CODES: dict[str, int] = {
 Handler = Callable[[argparse.Namespace], int]
 
 
+_CLOSE_CLASSES = {
+    ErrorCode.TOKEN_INVALID: "token",
+    ErrorCode.UNAUTHORIZED: "authorization",
+    ErrorCode.HANDSHAKE_FAILURE: "authentication",
+    ErrorCode.HANDSHAKE_TIMEOUT: "timeout",
+    ErrorCode.IDLE_TIMEOUT: "timeout",
+    ErrorCode.ENHANCE_YOUR_CALM: "limit",
+    ErrorCode.TRUNCATED: "network",
+    ErrorCode.NO_ERROR: "network",
+}
+
+
+def _close_code(exc: BaseException) -> ErrorCode | None:
+    """The registry code a closed connection carried, if *exc* reports one."""
+    close_code = getattr(exc, "close_code", None)
+    if close_code is None:
+        return None
+    try:
+        return ErrorCode(close_code)
+    except ValueError:
+        return None
+
+
 def exit_code_for(exc: BaseException) -> int:
     """Map an exception to the documented exit status."""
+    close_code = _close_code(exc)
+    if close_code is not None:
+        return EXIT_CODES[_CLOSE_CLASSES.get(close_code, "protocol")]
+    code = getattr(exc, "code", None)
+    if code is ErrorCode.TIMEOUT or isinstance(exc, TimeoutError):
+        return EXIT_CODES["timeout"]
+    if code in (ErrorCode.TOKEN_INVALID,):
+        return EXIT_CODES["token"]
+    if code in (ErrorCode.CONNECTION_CLOSED,):
+        return EXIT_CODES["network"]
     if isinstance(exc, TokenError):
         return EXIT_CODES["token"]
     if isinstance(exc, AuthorizationError):
@@ -57,15 +91,44 @@ def exit_code_for(exc: BaseException) -> int:
         return EXIT_CODES["protocol"]
     if isinstance(exc, LocalProtocolError):
         return EXIT_CODES["local"]
-    if isinstance(exc, TimeoutError):
-        return EXIT_CODES["timeout"]
     if isinstance(exc, OSError):
         return EXIT_CODES["network"]
     return EXIT_CODES["failure"]
 
 
+def _leaf(exc: BaseException) -> BaseException:
+    """The first meaningful exception inside (nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        members: list[BaseException] = list(exc.exceptions)
+        inner = [e for e in members if isinstance(e, (M2MError, OSError))]
+        exc = (inner or members)[0]
+    return exc
+
+
+def error_name(exc: BaseException) -> str:
+    """The registry name that best describes *exc* (a peer's close code wins)."""
+    close_code = _close_code(exc)
+    if close_code not in (None, ErrorCode.NO_ERROR):
+        assert close_code is not None
+        return close_code.name
+    code = getattr(exc, "code", None)
+    return code.name if isinstance(code, ErrorCode) else type(exc).__name__
+
+
+def report(exc: BaseException) -> int:
+    """Print one line for *exc* on stderr; return its exit status."""
+    exc = _leaf(exc)
+    if isinstance(exc, M2MError):
+        print(f"m2m: {error_name(exc)}: {exc.message}", file=sys.stderr)
+    elif isinstance(exc, OSError):
+        print(f"m2m: {exc.strerror or exc}", file=sys.stderr)
+    else:
+        print(f"m2m: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return exit_code_for(exc)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from . import demo, interop, keys, token
+    from . import demo, interop, keys, peer, token
 
     parser = argparse.ArgumentParser(
         prog="m2m",
@@ -73,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"m2m {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (keys, token, demo, interop):
+    for module in (keys, token, peer, demo, interop):
         module.register(sub)
     return parser
 
@@ -88,11 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CODES["usage"]
     try:
         return handler(args)
-    except M2MError as exc:
-        print(f"m2m: {exc.code.name}: {exc.message}", file=sys.stderr)
-        return exit_code_for(exc)
-    except OSError as exc:
-        print(f"m2m: {exc.strerror or exc}", file=sys.stderr)
-        return exit_code_for(exc)
     except KeyboardInterrupt:
         return 130
+    except (M2MError, OSError, TimeoutError) as exc:
+        return report(exc)
+    except BaseExceptionGroup as group:
+        leaf = _leaf(group)
+        if isinstance(leaf, (M2MError, OSError, TimeoutError)):
+            return report(leaf)
+        raise

@@ -1,0 +1,186 @@
+"""The reference peer through the real entry point, in subprocesses on loopback.
+
+keygen -> issue -> delegate -> serve -> send/request -> revoke -> refused, the
+failure exit codes, serve on both backends, and ``m2m demo``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from m2mproto.cli import EXIT_CODES
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def m2m(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "m2mproto", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=ENV,
+    )
+
+
+def ok(*args: str, cwd: Path) -> str:
+    result = m2m(*args, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+class Peer:
+    def __init__(self, proc: subprocess.Popen[str], address: str, stderr: Path) -> None:
+        self.proc, self.address, self.stderr = proc, address, stderr
+
+    def log(self) -> str:
+        return self.stderr.read_text()
+
+
+def start_serve(d: Path, *args: str, backend: str = "asyncio") -> Peer:
+    stderr = d / f"serve-{backend}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "m2mproto", "serve", "--key", "srv.key", "--listen",
+         "127.0.0.1:0", "--backend", backend, *args],
+        cwd=d, stdout=subprocess.PIPE, stderr=stderr.open("w"), text=True, env=ENV,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    line = ""
+    while not line and time.monotonic() < deadline and proc.poll() is None:
+        line = proc.stdout.readline()
+    assert line.startswith("listening on 127.0.0.1:"), (line, stderr.read_text())
+    return Peer(proc, line.split()[-1], stderr)
+
+
+def stop(peer: Peer) -> int:
+    peer.proc.send_signal(signal.SIGTERM)
+    try:
+        return peer.proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        peer.proc.kill()
+        peer.proc.wait()
+        raise
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
+    d = tmp_path_factory.mktemp("world")
+    ids = {n: ok("keygen", "--out", f"{n}.key", cwd=d).strip() for n in ("root", "a", "b", "srv")}
+    ok("token", "issue", "--key", "root.key", "--to", ids["a"], "--cap", "echo=*", "--cap",
+       "log=*", "--out", "a.tok", cwd=d)  # fmt: skip
+    ok("token", "delegate", "--key", "a.key", "--parent", "a.tok", "--to", ids["b"], "--cap",
+       "echo=*", "--out", "b.tok", cwd=d)  # fmt: skip
+    yield d, ids
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_full_flow(world: tuple[Path, dict[str, str]], backend: str) -> None:
+    d, ids = world
+    revocations = d / f"rev-{backend}.bin"
+    peer = start_serve(d, "--root", ids["root"], "--revocations", str(revocations),
+                       "--log-file", f"log-{backend}.jsonl", backend=backend)  # fmt: skip
+    try:
+        client = ("--connect", peer.address, "--backend", backend)
+        out = ok("request", "--key", "a.key", "--token", "a.tok", *client, "echo",
+                 '{"hello": [1, 2]}', cwd=d)  # fmt: skip
+        assert json.loads(out) == {"hello": [1, 2]}
+        out = ok("send", "--key", "a.key", "--token", "a.tok", *client, "log", '{"n": 1}',
+                 "--peer", ids["srv"], cwd=d)  # fmt: skip
+        assert json.loads(out)["sent"] is True
+        logged = [json.loads(x) for x in (d / f"log-{backend}.jsonl").read_text().splitlines()]
+        assert logged == [{"peer": ids["a"], "message": {"n": 1}}]
+
+        # B's delegation covers echo only.
+        out = ok("request", "--key", "b.key", "--token", "b.tok", *client, "echo", "7", cwd=d)
+        assert json.loads(out) == 7
+        result = m2m("send", "--key", "b.key", "--token", "b.tok", *client, "log", "1", cwd=d)
+        assert result.returncode == EXIT_CODES["authorization"]
+        assert result.stderr.startswith("m2m: UNAUTHORIZED:")
+
+        # A revokes B's token; the peer picks the file up while running.
+        ok("token", "revoke", "--key", "a.key", "b.tok", "--out", str(revocations), cwd=d)
+        deadline = time.monotonic() + 10
+        result = m2m("request", "--key", "b.key", "--token", "b.tok", *client, "echo", "1", cwd=d)
+        while result.returncode == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            result = m2m("request", "--key", "b.key", "--token", "b.tok", *client, "echo", "1",
+                         cwd=d)  # fmt: skip
+        assert result.returncode == EXIT_CODES["token"], result.stderr
+        assert "TOKEN_INVALID" in result.stderr
+        # A is unaffected.
+        assert json.loads(ok("request", "--key", "a.key", "--token", "a.tok", *client, "echo",
+                             '"x"', cwd=d)) == "x"  # fmt: skip
+    finally:
+        assert stop(peer) == 0
+    log = peer.log()
+    short_a, short_b = ids["a"][:12], ids["b"][:12]
+    assert short_a in log and short_b in log
+    assert "Traceback" not in log
+
+
+def test_client_failures(world: tuple[Path, dict[str, str]]) -> None:
+    d, ids = world
+    peer = start_serve(d, "--root", ids["root"])
+    try:
+        client = ("--connect", peer.address)
+        # No token at all: authenticated, but no capability.
+        result = m2m("request", "--key", "a.key", *client, "echo", "1", cwd=d)
+        assert result.returncode == EXIT_CODES["authorization"]
+        # Wrong expected peer.
+        result = m2m("request", "--key", "a.key", "--token", "a.tok", "--peer", ids["b"],
+                     *client, "echo", "1", cwd=d)  # fmt: skip
+        assert result.returncode == EXIT_CODES["authentication"], result.stderr
+        # Malformed JSON and malformed agent ID are user mistakes.
+        result = m2m("request", "--key", "a.key", *client, "echo", "{nope", cwd=d)
+        assert result.returncode == EXIT_CODES["local"] and "INVALID_ARGUMENT" in result.stderr
+        result = m2m("request", "--key", "a.key", "--peer", "m2m1xyz", *client, "echo", "1",
+                     cwd=d)  # fmt: skip
+        assert result.returncode == EXIT_CODES["local"] and "AGENT_ID_INVALID" in result.stderr
+    finally:
+        stop(peer)
+    # Nobody listens any more: unreachable host.
+    result = m2m("request", "--key", "a.key", "--connect", peer.address, "echo", "1", cwd=d)
+    assert result.returncode == EXIT_CODES["network"]
+    for r in (result,):
+        assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_serve_untrusted_root_refuses_tokens(world: tuple[Path, dict[str, str]]) -> None:
+    d, ids = world
+    peer = start_serve(d, "--root", ids["b"])  # trusts someone else
+    try:
+        result = m2m("request", "--key", "a.key", "--token", "a.tok", "--connect", peer.address,
+                     "echo", "1", cwd=d)  # fmt: skip
+        assert result.returncode == EXIT_CODES["token"]
+        assert "TOKEN_INVALID" in result.stderr
+    finally:
+        stop(peer)
+
+
+def test_serve_user_mistakes(tmp_path: Path) -> None:
+    result = m2m("serve", "--key", "missing.key", "--listen", "127.0.0.1:0", "--root",
+                 "m2m1bad", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == EXIT_CODES["local"]
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_demo(tmp_path: Path) -> None:
+    result = m2m("demo", cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "Transcript" in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 6
+    assert "refused: UNAUTHORIZED" in rows[3] and "refused: TOKEN_INVALID" in rows[4]
+    assert "All steps behaved as expected" in out
