@@ -173,6 +173,8 @@ class _Channel:
     route: Route | None = None
     #: The first message goes to ``async for incoming in session``.
     to_incoming: bool = False
+    #: The handler task serving this stream (cancelled when the peer resets it).
+    handler_scope: anyio.CancelScope | None = None
     changed: Signal = dataclasses.field(default_factory=Signal)
 
     def push(self, is_message: bool, value: Any, size: int) -> None:
@@ -511,7 +513,7 @@ class Session:
         if route is None:
             chan.to_incoming = True
         elif route.takes_stream:
-            self._spawn(self._serve_stream, route, chan)
+            self._spawn(self._serve_stream, chan, route)
         else:
             chan.route = route
 
@@ -538,7 +540,7 @@ class Session:
             route, chan.route = chan.route, None
             self._acknowledge(sid, size)
             chan.detached = True
-            self._spawn(self._serve_call, route, chan, event.value, grant)
+            self._spawn(self._serve_call, chan, route, event.value, grant)
         elif chan.to_incoming:
             chan.to_incoming = False
             chan.detached = True
@@ -565,6 +567,8 @@ class Session:
         if chan is not None:
             chan.reset = (code, remote)
             chan.route = None
+            if remote and chan.handler_scope is not None:
+                chan.handler_scope.cancel()  # nobody waits for this handler's result
             chan.changed.notify()
             self._log.debug(
                 "stream %d reset (%s, %s)", sid, code_name(code), "peer" if remote else "local"
@@ -575,7 +579,7 @@ class Session:
     def _context(self, chan: _Channel, grant: object) -> Context:
         return Context(self, self.peer, grant, chan.resource, chan.stream_id)
 
-    async def _serve_call(self, route: Route, chan: _Channel, value: Any, grant: object) -> None:
+    async def _serve_call(self, chan: _Channel, route: Route, value: Any, grant: object) -> None:
         ctx = self._context(chan, grant)
         try:
             result = await route.call(value, ctx)
@@ -594,7 +598,7 @@ class Session:
         else:
             self._end_quietly(chan.stream_id)
 
-    async def _serve_stream(self, route: Route, chan: _Channel) -> None:
+    async def _serve_stream(self, chan: _Channel, route: Route) -> None:
         ctx = self._context(chan, chan.grant)
         stream: DataStream | MessageStream
         stream = (
@@ -627,20 +631,20 @@ class Session:
 
     # -- helpers used by streams and handlers ------------------------------------------------
 
-    def _spawn(self, func: Callable[..., Any], *args: Any) -> None:
+    def _spawn(self, func: Callable[..., Any], chan: _Channel, *args: Any) -> None:
         if self._tg is None or self._closed.is_set():
             return
         self._handlers += 1
         if self._handlers_idle.is_set():
             self._handlers_idle = anyio.Event()
-        self._tg.start_soon(self._handler_task, func, *args)
+        self._tg.start_soon(self._handler_task, func, chan, *args)
 
-    async def _handler_task(self, func: Callable[..., Any], *args: Any) -> None:
-        scope = anyio.CancelScope()
+    async def _handler_task(self, func: Callable[..., Any], chan: _Channel, *args: Any) -> None:
+        scope = chan.handler_scope = anyio.CancelScope()
         self._handler_scopes.add(scope)
         try:
             with scope:
-                await func(*args)
+                await func(chan, *args)
         finally:
             self._handler_scopes.discard(scope)
             self._handlers -= 1

@@ -228,4 +228,5 @@ async def test_cancelled_request_resets_its_stream_only() -> None:
                 await client.request("slow", None)
             assert await client.request("echo", 1) == 1
             assert not client.closed
+            await cancelled.wait()  # the peer's reset cancelled the handler
             assert not client._channels or all(c.reset is None for c in client._channels.values())
