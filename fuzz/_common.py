@@ -148,3 +148,78 @@ def split_points(data: bytes, reader: ByteReader, max_pieces: int = 16) -> list[
     if pos < len(data):
         pieces.append(data[pos:])
     return pieces
+
+
+# --------------------------------------------------------------------------
+# Deterministic peers (m2mproto imported lazily: see the module docstring)
+# --------------------------------------------------------------------------
+
+#: Fixed Unix time of the fuzz world (tokens are issued relative to it).
+NOW = 1_700_000_000.0
+_SEEDS = {"alice": 1, "bob": 2, "authority": 3, "mallory": 4}
+
+
+def identity(name: str) -> Any:
+    """A fixed Ed25519 identity: ``alice`` (initiator), ``bob`` (responder), ..."""
+    from m2mproto.identity import Identity
+
+    return Identity.from_seed(bytes([_SEEDS[name]]) * 32)
+
+
+def static_key(name: str) -> bytes:
+    """A fixed Noise static private key for *name*."""
+    return hashlib.sha256(b"static:" + name.encode()).digest()
+
+
+def ephemeral_key(name: str) -> bytes:
+    """A fixed Noise ephemeral private key for *name* (test-only hook)."""
+    return hashlib.sha256(b"ephemeral:" + name.encode()).digest()
+
+
+def new_handshake(initiator: bool, *, ik: bool = False, tokens: tuple[bytes, ...] = ()) -> Any:
+    """A sans-IO Handshake with fixed identity, static and ephemeral keys.
+
+    The initiator is alice, the responder bob; each accepts only the other.
+    """
+    from m2mproto.errors import AuthenticationError, ErrorCode
+    from m2mproto.handshake import Handshake
+    from m2mproto.noise import x25519_public_key
+
+    me, peer = ("alice", "bob") if initiator else ("bob", "alice")
+    expected = identity(peer).agent_id
+
+    def authenticate(agent: Any) -> None:
+        if agent != expected:
+            raise AuthenticationError("not the expected peer", ErrorCode.AUTH_UNTRUSTED)
+
+    return Handshake(
+        initiator,
+        identity(me),
+        entropy=DeterministicEntropy(b"hs:" + me.encode()),
+        tokens=tokens,
+        static_key=static_key(me),
+        remote_static=x25519_public_key(static_key(peer)) if ik and initiator else None,
+        authenticate_peer=authenticate,
+        fixed_ephemeral_key_for_testing_only=ephemeral_key(me),
+    )
+
+
+def run_handshake(ik: bool = False) -> dict[str, bytes]:
+    """A complete deterministic handshake; returns each flight's bytes.
+
+    Keys: ``init1`` (preface + message 1), ``resp2`` (magic + message 2),
+    ``init3`` (message 3, XX only).
+    """
+    a = new_handshake(True, ik=ik)
+    b = new_handshake(False)
+    flights = {"init1": a.data_to_send()}
+    b.receive_data(flights["init1"])
+    done_b = b.next_event()
+    flights["resp2"] = b.data_to_send()
+    a.receive_data(flights["resp2"])
+    assert a.next_event() is not None
+    flights["init3"] = a.data_to_send()
+    if done_b is None:
+        b.receive_data(flights["init3"])
+        assert b.next_event() is not None
+    return flights
