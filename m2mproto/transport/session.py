@@ -236,7 +236,8 @@ class Session:
     Create it with :func:`~m2mproto.transport.connect`, :meth:`wrap`, a
     :class:`~m2mproto.transport.Server`, or
     :func:`~m2mproto.transport.memory_pair`, and use it as an async context
-    manager in the task that created it (it owns a task group there).
+    manager in the task that created it: it owns a task group there, which only
+    ``__aexit__`` leaves. ``aclose``/``abort`` may be called from any task.
     """
 
     def __init__(

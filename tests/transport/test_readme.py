@@ -66,7 +66,7 @@ def test_readme_example_runs(tmp_path: Path) -> None:
         assert client.returncode == 0, client.stderr
     finally:
         server.terminate()
-        out, err = server.communicate(timeout=20)
+        out, _err = server.communicate(timeout=20)
     lines = client.stdout.splitlines()
     assert lines[0].startswith("connected to m2m1")
     assert "'echo': {'hello': 'world'}" in lines[1]
