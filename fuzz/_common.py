@@ -176,7 +176,13 @@ def ephemeral_key(name: str) -> bytes:
     return hashlib.sha256(b"ephemeral:" + name.encode()).digest()
 
 
-def new_handshake(initiator: bool, *, ik: bool = False, tokens: tuple[bytes, ...] = ()) -> Any:
+def new_handshake(
+    initiator: bool,
+    *,
+    ik: bool = False,
+    tokens: tuple[bytes, ...] = (),
+    params: dict[int, Any] | None = None,
+) -> Any:
     """A sans-IO Handshake with fixed identity, static and ephemeral keys.
 
     The initiator is alice, the responder bob; each accepts only the other.
@@ -197,6 +203,7 @@ def new_handshake(initiator: bool, *, ik: bool = False, tokens: tuple[bytes, ...
         identity(me),
         entropy=DeterministicEntropy(b"hs:" + me.encode()),
         tokens=tokens,
+        params=params,
         static_key=static_key(me),
         remote_static=x25519_public_key(static_key(peer)) if ik and initiator else None,
         authenticate_peer=authenticate,
@@ -223,3 +230,32 @@ def run_handshake(ik: bool = False) -> dict[str, bytes]:
         b.receive_data(flights["init3"])
         assert b.next_event() is not None
     return flights
+
+
+def token_set(holder: str, audience: str) -> dict[str, bytes]:
+    """Tokens from the fixed authority, all issued at :data:`NOW` (deterministic IDs).
+
+    ``valid`` grants echo and files/* to *holder* for *audience*; the others
+    fail one check each; ``chain`` is a valid two-link delegation.
+    """
+    from m2mproto.tokens import delegate, issue
+
+    auth = identity("authority")
+    hold = identity(holder).agent_id
+    aud = identity(audience).agent_id
+    caps = ["echo=msg/send", "echo=stream/open", "files/*=stream/open", "files/*=msg/send"]
+    ent = DeterministicEntropy(b"tokens:" + holder.encode())
+    mallory = identity("mallory")
+    to_mallory = issue(auth, mallory.agent_id, caps, now=NOW, ttl=3600, audience=aud, entropy=ent)
+    return {
+        "valid": issue(auth, hold, caps, now=NOW, ttl=3600, audience=aud, entropy=ent),
+        "expired": issue(auth, hold, caps, now=NOW - 7200, ttl=60, audience=aud, entropy=ent),
+        "other_holder": to_mallory,
+        "other_audience": issue(
+            auth, hold, caps, now=NOW, ttl=3600, audience=mallory.agent_id, entropy=ent
+        ),
+        "untrusted": issue(mallory, hold, caps, now=NOW, ttl=3600, audience=aud, entropy=ent),
+        "chain": delegate(
+            mallory, to_mallory, hold, ["files/*=msg/send"], now=NOW, ttl=600, entropy=ent
+        ),
+    }
