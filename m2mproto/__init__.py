@@ -5,6 +5,8 @@ tokens (COSE/CWT), and encrypted CBOR streams over one connection. The
 protocol core is sans-IO; thin anyio transports drive it.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
 from .errors import (
     AuthenticationError,
@@ -19,17 +21,64 @@ from .errors import (
 )
 from .identity import AgentId, Identity
 
+if TYPE_CHECKING:
+    from .transport import (
+        ConnectionClosedError,
+        Context,
+        M2MAttribute,
+        RequestTimeout,
+        Server,
+        Session,
+        StreamResetError,
+        connect,
+        memory_pair,
+    )
+
+# The anyio transport is imported on first use, so that the sans-IO core
+# (m2mproto.connection, m2mproto.cbor, ...) can be used without loading anyio.
+_TRANSPORT_NAMES = frozenset(
+    {
+        "ConnectionClosedError",
+        "Context",
+        "M2MAttribute",
+        "RequestTimeout",
+        "Server",
+        "Session",
+        "StreamResetError",
+        "connect",
+        "memory_pair",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TRANSPORT_NAMES:
+        from . import transport
+
+        return getattr(transport, name)
+    raise AttributeError(f"module 'm2mproto' has no attribute {name!r}")
+
+
 __all__ = [
     "AgentId",
     "AuthenticationError",
     "AuthorizationError",
+    "ConnectionClosedError",
+    "Context",
     "DecodeError",
     "ErrorCode",
     "Identity",
     "LimitExceeded",
     "LocalProtocolError",
+    "M2MAttribute",
     "M2MError",
     "RemoteProtocolError",
+    "RequestTimeout",
+    "Server",
+    "Session",
+    "StreamResetError",
     "TokenError",
     "__version__",
+    "connect",
+    "memory_pair",
 ]

@@ -930,6 +930,23 @@ class Session:
         """
         self._call(self._conn.present_token, token)
 
+    def reauthorize(self) -> list[int]:
+        """Re-check the peer's open streams against its grants now.
+
+        Call it after the revocation store changed (or to enforce expiry at
+        once): streams the peer opened that its grants no longer cover are reset
+        with ``UNAUTHORIZED``. New streams and messages are always checked as
+        they arrive. Returns the IDs of the streams reset.
+        """
+        if self._closed.is_set() or self._closing:
+            return []
+        reset = self._conn.reauthorize(anyio.current_time())
+        if reset:
+            logger.info("[%s] %d stream(s) no longer authorized: reset", self.peer.short_id,
+                        len(reset))  # fmt: skip
+        self._pump.wake()
+        return reset
+
     async def update_keys(self) -> None:
         """Switch to the next sending key and ask the peer to do the same.
 
