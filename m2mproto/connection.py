@@ -29,112 +29,52 @@ terminal: ``next_event`` raises ``LocalProtocolError(CONNECTION_CLOSED)``.
 The initiator's first handshake flight is available from ``data_to_send()``
 right after construction. ``start(now)`` arms the handshake deadline and
 should be called by both sides before anything else.
+
+The parts live in private modules with one job each: ``_conn_base``
+(lifecycle enums, shared state, termination), ``_conn_handshake`` (handshake
+driver), ``_conn_frames`` (received-frame handlers), ``_conn_outbox``
+(frames into records) and ``_conn_budgets`` (non-productive traffic). This
+module composes them and holds the public driver API.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from enum import Enum, auto
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 from . import cbor
-from .config import Authorizer, Configuration, TransportParameters
+from ._conn_base import NEED_DATA, ConnectionState, NeedData, Role
+from ._conn_budgets import Budgets, _Fail
+from ._conn_frames import FrameHandlers
+from ._conn_handshake import HandshakeDriver
+from ._conn_outbox import Outbox
+from .config import Authorizer, Configuration
 from .errors import (
     AuthorizationError,
-    DecodeError,
     ErrorCode,
     LocalProtocolError,
-    M2MError,
     RemoteProtocolError,
-    TokenError,
 )
-from .events import (
-    ConnectionClosed,
-    DataReceived,
-    Event,
-    HandshakeCompleted,
-    KeyUpdated,
-    MessageReceived,
-    PingAcknowledged,
-    StreamEnded,
-    StreamOpened,
-    StreamReset,
-    TokenAccepted,
-    TokenRejected,
-)
+from .events import ConnectionClosed, Event
 from .frames import (
     MAX_CODE,
     MAX_PING_PAYLOAD,
-    CloseFrame,
-    ExtensionFrame,
     Frame,
-    KeyUpdateFrame,
-    MessageFrame,
-    OpenFrame,
     PingFrame,
-    PongFrame,
-    ResetFrame,
-    StreamFrame,
     TokenFrame,
     WindowUpdateFrame,
     decode_frames,
-    encode_frame,
 )
-from .handshake import Handshake, HandshakeAborted, HandshakeResult, decode_abort_code
+from .handshake import Handshake, decode_abort_code
 from .identity import AgentId, Identity
-from .records import MAX_RECORD_PLAINTEXT, AbortReceived, RecordReader, RecordWriter
-from .streams import RecvWindow, SendCredit, Stream, StreamInput, StreamState, StreamTable
-from .streams import payload_room as _payload_room
+from .records import AbortReceived
+from .streams import RecvWindow, SendCredit, Stream, StreamInput, StreamTable
 
 __all__ = ["NEED_DATA", "Connection", "ConnectionState", "NeedData", "Role"]
 
 
-class Role(Enum):
-    """Which side of the handshake this connection plays."""
-
-    #: Dials, sends the preface; uses even stream IDs.
-    INITIATOR = auto()
-    #: Accepts; uses odd stream IDs.
-    RESPONDER = auto()
-
-
-class ConnectionState(Enum):
-    """Connection lifecycle."""
-
-    #: The Noise handshake is running.
-    HANDSHAKING = auto()
-    #: Records flow; streams may be opened.
-    ESTABLISHED = auto()
-    #: We sent CLOSE and wait for the peer's CLOSE or end of stream.
-    CLOSING = auto()
-    #: Terminal.
-    CLOSED = auto()
-
-
-class NeedData(Enum):
-    """Sentinel type of :data:`NEED_DATA`."""
-
-    NEED_DATA = "NEED_DATA"
-
-
-#: Returned by ``next_event`` when more bytes (or a timer) are needed.
-NEED_DATA: Final = NeedData.NEED_DATA
-
-_MIN_ROOM = 64  # start a new record rather than a frame with less payload room
-
-
-class _Fail(Exception):
-    """Internal: close the connection with *code* (wire code may differ)."""
-
-    def __init__(self, code: ErrorCode, message: str, wire: ErrorCode | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.wire = wire if wire is not None else code
-        self.message = message
-
-
-class Connection:
+class Connection(HandshakeDriver, FrameHandlers, Outbox):
     """One m2mproto connection (sans-IO). See the module docstring.
 
     Args:
@@ -185,9 +125,9 @@ class Connection:
         self.state = ConnectionState.HANDSHAKING
         self.peer: AgentId | None = None
         self.handshake_hash: bytes | None = None
-        self.peer_parameters: TransportParameters | None = None
-        self._reader: RecordReader | None = None
-        self._writer: RecordWriter | None = None
+        self.peer_parameters = None
+        self._reader = None
+        self._writer = None
         self._table = StreamTable(initiator)
         self._order: deque[int] = deque()  # streams with something to send
         self._control: deque[Frame] = deque()
@@ -208,18 +148,13 @@ class Connection:
         self._conn_recv = RecvWindow(cfg.initial_connection_window)
         self._send_buffered = 0
         self._reassembly_total = 0
-        self._no_progress = 0
-        self._key_updates_in = 0
+        self._budgets = Budgets(cfg)
         self._key_update_queued = False
-        self._churn_tokens = float(cfg.stream_churn_burst)
-        self._churn_at: float | None = None
         self._ping_counter = 0
         self._pings_out: set[bytes] = set()
         self._closed_event_sent = False
         self._pending_fail: _Fail | None = None
         self._rx_pending = False
-
-    # ------------------------------------------------------------ properties
 
     @property
     def streams(self) -> dict[int, Stream]:
@@ -244,8 +179,6 @@ class Connection:
             return self._send_buffered
         s = self._table.streams.get(stream_id)
         return 0 if s is None else s.send_buffered
-
-    # ------------------------------------------------------------ input
 
     def start(self, now: float) -> None:
         """Arm the handshake deadline (call once, before anything else).
@@ -352,520 +285,9 @@ class Connection:
         except RemoteProtocolError as exc:
             raise _Fail(exc.code, exc.message) from None
         if not frames:
-            self._no_progress_frame("empty record")
+            self._budgets.no_progress_frame("empty record")
         self._frames.extend(frames)
         return None
-
-    # ------------------------------------------------------------ handshake
-
-    def _step_handshake(self) -> Event | Literal[NeedData.NEED_DATA] | None:
-        hs = self._hs
-        assert hs is not None
-        try:
-            result = hs.next_event()
-        except HandshakeAborted as exc:
-            self._raw_out += hs.data_to_send()
-            self._terminate(exc.code, "peer aborted the handshake", remote=True)
-            return None
-        except M2MError as exc:
-            self._raw_out += hs.abort(exc.code)
-            remote = exc.code is ErrorCode.TRUNCATED
-            self._terminate(exc.code, exc.message, remote=remote)
-            return None
-        if result is None:
-            return NEED_DATA
-        return self._establish(result)
-
-    def _establish(self, res: HandshakeResult) -> Event | None:
-        hs = self._hs
-        assert hs is not None
-        self._raw_out += hs.data_to_send()
-        self._hs = None
-        cfg = self.config
-        self._writer = RecordWriter(
-            res.send_cipher,
-            key_update_after=cfg.key_update_after_records,
-            max_records_per_key=cfg.max_records_per_key,
-        )
-        self._reader = RecordReader(
-            res.recv_cipher, max_records_per_key=cfg.max_records_per_key, accept_abort=True
-        )
-        self._reader.feed(res.trailing_data)
-        if self._eof:
-            pass  # the EOF flag is seen after the trailing records are consumed
-        self.state = ConnectionState.ESTABLISHED
-        self.peer = res.peer
-        self.handshake_hash = res.handshake_hash
-        try:
-            params = TransportParameters.from_params(res.peer_params)
-        except RemoteProtocolError as exc:
-            raise _Fail(exc.code, exc.message) from None
-        self.peer_parameters = params
-        self._conn_send = SendCredit(params.initial_connection_window)
-        for token in self._late_tokens:
-            self._control.append(TokenFrame(token))
-        if res.peer_tokens:
-            grant = self._accept_tokens(res.peer_tokens, at_handshake=True)
-            if self._pending_fail is None:
-                self._events.append(TokenAccepted(grant=grant))
-        return HandshakeCompleted(
-            peer=res.peer,
-            identity_key=res.peer.public_key,
-            handshake_hash=res.handshake_hash,
-            peer_params=dict(res.peer_params),
-            pattern=res.pattern,
-            version=res.version,
-        )
-
-    def _unix(self) -> float:
-        return (self._now if self._now is not None else 0.0) + self.config.clock_offset
-
-    def _accept_tokens(self, tokens: Sequence[bytes], *, at_handshake: bool) -> object:
-        if self._authorizer is None:
-            return None
-        assert self.peer is not None
-        try:
-            return self._authorizer.accept_tokens(self.peer, tokens, self._unix())
-        except AuthorizationError as exc:
-            if not at_handshake:
-                raise
-            wire = exc.code if self.config.wire_token_reason else ErrorCode.TOKEN_INVALID
-            if not isinstance(exc, TokenError):
-                wire = ErrorCode.TOKEN_INVALID
-            # The handshake is complete: report it, then the close.
-            self._pending_fail = _Fail(exc.code, "token rejected", wire=wire)
-            return None
-
-    # ------------------------------------------------------------ frames
-
-    def _handle_frame(self, frame: Frame) -> Event | None:
-        if self.state is ConnectionState.CLOSING and not isinstance(
-            frame, (CloseFrame, KeyUpdateFrame)
-        ):
-            return None  # we are closing: only the peer's CLOSE matters now
-        if isinstance(frame, StreamFrame):
-            return self._on_stream(frame)
-        if isinstance(frame, MessageFrame):
-            return self._on_message(frame)
-        if isinstance(frame, OpenFrame):
-            return self._on_open(frame)
-        if isinstance(frame, ResetFrame):
-            return self._on_reset(frame)
-        if isinstance(frame, WindowUpdateFrame):
-            self._on_window_update(frame)
-            return None
-        if isinstance(frame, PingFrame):
-            self._queue_control(PongFrame(frame.payload), response=True)
-            return None
-        if isinstance(frame, PongFrame):
-            if frame.payload in self._pings_out:
-                self._pings_out.discard(frame.payload)
-                return PingAcknowledged(payload=frame.payload)
-            self._no_progress_frame("unsolicited PONG")
-            return None
-        if isinstance(frame, TokenFrame):
-            return self._on_token(frame)
-        if isinstance(frame, KeyUpdateFrame):
-            return self._on_key_update(frame)
-        if isinstance(frame, CloseFrame):
-            self._on_close(frame)
-            return None
-        assert isinstance(frame, ExtensionFrame)
-        self._no_progress_frame("ignored extension frame")
-        return None
-
-    def _no_progress_frame(self, what: str) -> None:
-        self._no_progress += 1
-        if self._no_progress > self.config.max_no_progress_frames:
-            raise _Fail(ErrorCode.ENHANCE_YOUR_CALM, f"too many non-productive frames ({what})")
-
-    def _progress(self) -> None:
-        self._no_progress = 0
-        self._key_updates_in = 0
-
-    def _lookup(self, stream_id: int, what: str) -> Stream | None:
-        s = self._table.streams.get(stream_id)
-        if s is not None:
-            return s
-        kind = self._table.classify_unknown(stream_id)
-        if kind == "reset":
-            return None
-        raise _Fail(ErrorCode.STREAM_STATE_ERROR, f"{what} on {kind} stream {stream_id}")
-
-    def _account(self, s: Stream | None, n: int) -> None:
-        """Flow-control check for *n* received bytes (stream and connection)."""
-        try:
-            self._conn_recv.check(n)
-            if s is not None:
-                s.recv_window.check(n)
-        except RemoteProtocolError as exc:
-            raise _Fail(exc.code, exc.message) from None
-        self._conn_recv.receive(n)
-        if s is not None:
-            s.recv_window.receive(n)
-        else:  # bytes on a stream we already reset: discard, return the credit
-            self._consumed(None, n)
-
-    def _consumed(self, s: Stream | None, n: int) -> None:
-        if not self.config.auto_window_update and s is not None:
-            return
-        self._conn_recv.consume(n)
-        inc = self._conn_recv.update_due()
-        if inc:
-            self._control.append(WindowUpdateFrame(None, inc))
-        if s is not None and s.state in (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL):
-            s.recv_window.consume(n)
-            inc = s.recv_window.update_due()
-            if inc:
-                self._control.append(WindowUpdateFrame(s.stream_id, inc))
-
-    def _on_stream(self, f: StreamFrame) -> Event | None:
-        s = self._lookup(f.stream_id, "STREAM")
-        if s is not None and not s.can_receive():
-            raise _Fail(ErrorCode.STREAM_STATE_ERROR, f"data after end on stream {s.stream_id}")
-        if s is not None and s.reassembly:
-            raise _Fail(ErrorCode.PROTOCOL_ERROR, "STREAM frame inside a fragmented message")
-        self._account(s, len(f.data))
-        if s is None:
-            return None
-        if not f.data and not f.end_stream:
-            self._no_progress_frame("empty STREAM frame")
-            return None
-        self._progress()
-        if f.end_stream:
-            self._end_remote(s)
-        if f.data:
-            self._consumed(s, len(f.data))
-            return DataReceived(stream_id=s.stream_id, data=f.data)
-        return None
-
-    def _end_remote(self, s: Stream) -> None:
-        s.recv_final = s.recv_window.received
-        s.apply(StreamInput.RECV_END)
-        self._events.append(StreamEnded(stream_id=s.stream_id))
-        self._maybe_finish(s)
-
-    def _maybe_finish(self, s: Stream) -> None:
-        if s.state is StreamState.RESET or (s.state is StreamState.CLOSED and not s.has_pending()):
-            self._table.finish(s)
-
-    def _on_message(self, f: MessageFrame) -> Event | None:
-        s = self._lookup(f.stream_id, "MESSAGE")
-        if s is not None and not s.can_receive():
-            raise _Fail(ErrorCode.STREAM_STATE_ERROR, f"message after end on stream {s.stream_id}")
-        self._account(s, len(f.fragment))
-        if s is None:
-            return None
-        if not f.fragment and not f.last:
-            self._no_progress_frame("empty MESSAGE fragment")
-            return None
-        self._progress()
-        self._consumed(s, len(f.fragment))
-        grant: object = None
-        if not s.reassembly and self._authorizer is not None:
-            # the first fragment of each message is authorized before buffering
-            assert self.peer is not None
-            try:
-                grant = self._authorizer.authorize(
-                    self.peer, s.resource, self.config.policy.send_message, self._unix()
-                )
-            except AuthorizationError:
-                return self._reset_local(s, ErrorCode.UNAUTHORIZED)
-            s.grant = grant
-        size = len(s.reassembly) + len(f.fragment)
-        if size > self.config.max_message_size or (
-            self._reassembly_total + len(f.fragment) > self.config.max_reassembly_bytes
-        ):
-            return self._reset_local(s, ErrorCode.MESSAGE_TOO_LARGE)
-        if not f.last:
-            s.reassembly += f.fragment
-            self._reassembly_total += len(f.fragment)
-            return None
-        if s.reassembly:
-            data = bytes(s.reassembly) + f.fragment
-            self._reassembly_total -= len(s.reassembly)
-            s.reassembly = bytearray()
-        else:
-            data = f.fragment
-        try:
-            value = cbor.decode(data)
-        except DecodeError:
-            return self._reset_local(s, ErrorCode.DECODE_ERROR)
-        if f.end_stream:
-            self._end_remote(s)
-        return MessageReceived(stream_id=s.stream_id, value=value, grant=s.grant)
-
-    def _reset_local(self, s: Stream, code: ErrorCode) -> Event:
-        """Reset a stream because of the peer's fault or a refusal (stream-level error)."""
-        self._do_reset(s, code)
-        return StreamReset(stream_id=s.stream_id, code=code, remote=False)
-
-    def _do_reset(self, s: Stream, code: int) -> None:
-        self._send_buffered -= s.drop_pending()
-        self._reassembly_total -= len(s.reassembly)
-        s.reassembly = bytearray()
-        if s.open_pending:
-            s.open_pending = False  # never announced: nothing to tell the peer
-        else:
-            self._control.append(ResetFrame(s.stream_id, code, s.send_credit.sent))
-        s.apply(StreamInput.SEND_RESET)
-        self._table.finish(s)
-
-    def _charge_churn(self) -> None:
-        now = self._now if self._now is not None else 0.0
-        if self._churn_at is not None:
-            refill = (now - self._churn_at) * self.config.stream_churn_rate
-            self._churn_tokens = min(
-                float(self.config.stream_churn_burst), self._churn_tokens + refill
-            )
-        self._churn_at = now
-        if self._churn_tokens < 1.0:
-            raise _Fail(ErrorCode.ENHANCE_YOUR_CALM, "stream open/reset budget exhausted")
-        self._churn_tokens -= 1.0
-
-    def _on_open(self, f: OpenFrame) -> Event | None:
-        sid = f.stream_id
-        if self._table.is_local_id(sid):
-            raise _Fail(ErrorCode.STREAM_STATE_ERROR, f"peer opened stream {sid} with our parity")
-        if sid in self._table.streams or self._table.classify_unknown(sid) != "new":
-            raise _Fail(ErrorCode.STREAM_STATE_ERROR, f"stream {sid} reused")
-        if self._table.remote_open >= self.config.max_concurrent_streams:
-            raise _Fail(ErrorCode.STREAM_LIMIT_ERROR, "peer exceeded the concurrent stream limit")
-        assert self.peer_parameters is not None
-        s = Stream(
-            sid,
-            f.resource,
-            False,
-            SendCredit(self.peer_parameters.initial_stream_window),
-            RecvWindow(self.config.initial_stream_window),
-        )
-        self._table.add(s)
-        self._progress()
-        if self._authorizer is not None:
-            assert self.peer is not None
-            try:
-                s.grant = self._authorizer.authorize(
-                    self.peer, f.resource, self.config.policy.open_stream, self._unix()
-                )
-            except AuthorizationError:
-                self._charge_churn()
-                return self._reset_local(s, ErrorCode.UNAUTHORIZED)
-        return StreamOpened(stream_id=sid, resource=f.resource, grant=s.grant)
-
-    def _on_reset(self, f: ResetFrame) -> Event | None:
-        s = self._lookup(f.stream_id, "RESET")
-        self._charge_churn()
-        if s is None:
-            return None
-        expected = s.recv_window.received
-        if f.final_size != expected or (s.recv_final is not None and f.final_size != s.recv_final):
-            raise _Fail(ErrorCode.FINAL_SIZE_ERROR, f"final size {f.final_size} != {expected}")
-        self._send_buffered -= s.drop_pending()
-        self._reassembly_total -= len(s.reassembly)
-        s.reassembly = bytearray()
-        s.apply(StreamInput.RECV_RESET)
-        self._table.finish(s)
-        return StreamReset(stream_id=s.stream_id, code=f.code, remote=True)
-
-    def _on_window_update(self, f: WindowUpdateFrame) -> None:
-        self._no_progress_frame("WINDOW_UPDATE")
-        try:
-            if f.stream_id is None:
-                self._conn_send.add(f.increment)
-                return
-            s = self._lookup(f.stream_id, "WINDOW_UPDATE")
-            if s is not None:
-                s.send_credit.add(f.increment)
-        except RemoteProtocolError as exc:
-            raise _Fail(exc.code, exc.message) from None
-
-    def _on_token(self, f: TokenFrame) -> Event:
-        self._no_progress_frame("TOKEN")
-        if len(f.token) > self.config.max_token_size:
-            return TokenRejected(code=ErrorCode.TOO_LARGE)
-        try:
-            grant = self._accept_tokens((f.token,), at_handshake=False)
-        except AuthorizationError as exc:
-            return TokenRejected(code=exc.code)
-        return TokenAccepted(grant=grant)
-
-    def _on_key_update(self, f: KeyUpdateFrame) -> Event:
-        self._key_updates_in += 1
-        if self._key_updates_in > self.config.max_key_updates_without_data:
-            raise _Fail(ErrorCode.ENHANCE_YOUR_CALM, "too many key updates without data")
-        assert self._reader is not None
-        self._reader.rekey()  # KEY_UPDATE is the last frame of its record
-        if (
-            f.update_requested
-            and not self._key_update_queued
-            and self.state is ConnectionState.ESTABLISHED
-        ):
-            self._queue_key_update(False)
-        return KeyUpdated(remote=True, generation=self._reader.updates)
-
-    def _on_close(self, f: CloseFrame) -> None:
-        self._frames.clear()  # nothing after CLOSE reaches the application
-        if self.state is ConnectionState.CLOSING:
-            self._terminate(self._close_code, self._close_reason, remote=False)
-            return
-        self._send_close(ErrorCode.NO_ERROR, "")
-        self._terminate(f.code, f.reason, remote=True)
-
-    def _on_eof(self) -> None:
-        if self.state is ConnectionState.CLOSING:
-            self._terminate(self._close_code, self._close_reason, remote=False)
-            return
-        self._terminate(ErrorCode.TRUNCATED, "transport ended without CLOSE", remote=True)
-
-    # ------------------------------------------------------------ termination
-
-    def _fail(self, fail: _Fail) -> None:
-        if self.state is ConnectionState.CLOSED:
-            return
-        if self._hs is not None:
-            self._raw_out += self._hs.abort(fail.wire)
-            self._hs = None
-        elif self._writer is not None and self.state is not ConnectionState.CLOSING:
-            self._send_close(fail.wire, _terse(fail.wire))
-        self._terminate(fail.code, fail.message, remote=False)
-
-    def _send_close(self, code: int, reason: str) -> None:
-        # An abortive close drops queued stream data; control frames before it still go.
-        for s in list(self._table.streams.values()):
-            self._send_buffered -= s.drop_pending()
-        self._control.append(CloseFrame(code, reason))
-
-    def _terminate(self, code: int, reason: str, *, remote: bool) -> None:
-        """Enter CLOSED, queue StreamReset for unfinished streams, then ConnectionClosed."""
-        if self.state is ConnectionState.CLOSED:
-            return
-        self.state = ConnectionState.CLOSED
-        self._frames.clear()
-        stream_code = code if code != ErrorCode.NO_ERROR else ErrorCode.CANCELLED
-        for s in list(self._table.streams.values()):
-            if s.state in (StreamState.CLOSED, StreamState.RESET):
-                continue
-            self._events.append(StreamReset(stream_id=s.stream_id, code=stream_code, remote=remote))
-            s.state = StreamState.RESET
-        self._events.append(ConnectionClosed(code=code, reason=reason, remote=remote))
-
-    # ------------------------------------------------------------ output
-
-    def _queue_control(self, frame: Frame, *, response: bool = False) -> None:
-        if response and len(self._control) >= self.config.max_queued_control:
-            raise _Fail(ErrorCode.ENHANCE_YOUR_CALM, "too many queued control responses")
-        self._control.append(frame)
-
-    def _queue_key_update(self, request: bool) -> None:
-        self._control.append(KeyUpdateFrame(request))
-        self._key_update_queued = True
-
-    def data_to_send(self) -> bytes:
-        """Return (and clear) the bytes to write to the transport.
-
-        Control frames go first, then stream frames round-robin within
-        flow-control credit, coalesced into records of up to 65519 bytes
-        of plaintext; a graceful CLOSE follows the last queued stream byte.
-        """
-        out = self._raw_out
-        self._raw_out = bytearray()
-        if self._hs is not None:
-            out += self._hs.data_to_send()
-            return bytes(out)
-        w = self._writer
-        if w is None:
-            return bytes(out)
-        if self.state is ConnectionState.CLOSED and not self._control:
-            return bytes(out)
-        buf = bytearray()
-
-        def ratchet(record: bytes) -> None:
-            out.extend(w.seal(record))
-            w.rekey()
-            self._key_update_queued = False
-            self._events.append(KeyUpdated(remote=False, generation=w.updates))
-
-        def flush() -> None:
-            nonlocal buf
-            if buf:
-                out.extend(w.seal(bytes(buf)))
-                buf = bytearray()
-            if w.update_due and self.state is ConnectionState.ESTABLISHED:
-                ratchet(_AUTO_KEY_UPDATE)  # automatic, by volume
-
-        def emit(frame: Frame) -> None:
-            nonlocal buf
-            raw = encode_frame(frame)
-            if len(buf) + len(raw) > MAX_RECORD_PLAINTEXT:
-                flush()
-            buf.extend(raw)
-            if isinstance(frame, KeyUpdateFrame):  # last frame of its record
-                record, buf = bytes(buf), bytearray()
-                ratchet(record)
-
-        try:
-            close: Frame | None = None
-            while self._control:
-                frame = self._control.popleft()
-                if isinstance(frame, CloseFrame):
-                    close = frame
-                    continue
-                emit(frame)
-            if close is None and self.state is ConnectionState.ESTABLISHED:
-                self._emit_streams(emit, lambda: len(buf))
-                if self._close_pending is not None and self._send_buffered == 0:
-                    code, reason = self._close_pending
-                    self._close_pending = None
-                    close = CloseFrame(code, reason)
-                    self._control.clear()
-            if close is not None:
-                emit(close)
-                if self.state is ConnectionState.ESTABLISHED:
-                    self.state = ConnectionState.CLOSING
-            flush()
-        except LocalProtocolError as exc:  # the sending key is exhausted: cannot even CLOSE
-            self._control.clear()
-            self._terminate(exc.code, exc.message, remote=False)
-        if out and self._now is not None:
-            self._last_tx = self._now
-        return bytes(out)
-
-    def _emit_streams(self, emit: Callable[[Frame], None], used: Callable[[], int]) -> None:
-        for _ in range(1_000_000):  # bounded: each round sends a frame or stops
-            if not self._order:
-                return
-            progressed = False
-            for _ in range(len(self._order)):
-                sid = self._order.popleft()
-                s = self._table.streams.get(sid)
-                if s is None or not s.has_pending():
-                    if s is not None:
-                        self._maybe_finish(s)
-                    continue
-                if s.open_pending:
-                    emit(OpenFrame(sid, s.resource))
-                    s.open_pending = False
-                    progressed = True
-                space = MAX_RECORD_PLAINTEXT - used()
-                if space < _MIN_ROOM:
-                    space = MAX_RECORD_PLAINTEXT
-                frame = s.next_frame(_payload_room(sid, space), self._conn_send.available)
-                if frame is not None:
-                    payload = frame.data if isinstance(frame, StreamFrame) else frame.fragment
-                    self._conn_send.consume(len(payload))
-                    self._send_buffered -= len(payload)
-                    if payload:
-                        self._no_progress = 0
-                    emit(frame)
-                    progressed = True
-                if s.has_pending():
-                    self._order.append(sid)
-                else:
-                    self._maybe_finish(s)
-            if not progressed:
-                return
-
-    # ------------------------------------------------------------ API: streams
 
     def _require_established(self) -> None:
         if self.state is not ConnectionState.ESTABLISHED or self._close_pending is not None:
@@ -995,11 +417,6 @@ class Connection:
         if inc and s.can_receive():
             self._control.append(WindowUpdateFrame(stream_id, inc))
 
-    #: Alias of :meth:`acknowledge_data`.
-    consume = acknowledge_data
-
-    # ------------------------------------------------------------ API: control
-
     def ping(self, payload: bytes | None = None) -> bytes:
         """Queue a PING; ``PingAcknowledged`` follows. Returns the payload.
 
@@ -1102,8 +519,6 @@ class Connection:
         else:
             self._send_close(code, reason)
 
-    # ------------------------------------------------------------ timers
-
     def _tick(self, now: float) -> None:
         if self._now is None or now > self._now:
             self._now = now
@@ -1156,9 +571,3 @@ class Connection:
 
 
 _CODES = {c.value for c in ErrorCode}
-_AUTO_KEY_UPDATE: Final = encode_frame(KeyUpdateFrame(False))
-
-
-def _terse(code: ErrorCode) -> str:
-    """Wire reasons stay terse: the code name only."""
-    return code.name.lower() if isinstance(code, ErrorCode) else ""
