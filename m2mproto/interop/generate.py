@@ -1,0 +1,599 @@
+"""Generate the m2mproto test-vector files (``m2m interop vectors --write/--check``).
+
+Theory of operation
+-------------------
+Every byte of every vector follows from fixed labels (``mint.seed``): identity
+seeds, Noise static keys, ephemeral keys (through the handshake's
+``fixed_ephemeral_key_for_testing_only`` hook) and entropy streams. The
+generator runs the real implementation (``m2mproto.handshake``, ``records``,
+``frames``, ``tokens``, ``identity``) and records what it produced;
+``tests/interop/test_vectors.py`` then checks the implementation *against*
+the files by decoding and verifying them. The files are described in
+``interop/README.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .. import cbor
+from ..errors import ErrorCode, LocalProtocolError
+from ..frames import (
+    CloseFrame,
+    ExtensionFrame,
+    Frame,
+    KeyUpdateFrame,
+    MessageFrame,
+    OpenFrame,
+    PingFrame,
+    PongFrame,
+    ResetFrame,
+    StreamFrame,
+    TokenFrame,
+    WindowUpdateFrame,
+    encode_frame,
+)
+from ..handshake import Handshake, HandshakeResult, binding_message
+from ..identity import AgentId, Identity
+from ..noise import CipherState, NoiseProtocol, x25519_public_key
+from ..records import RecordWriter
+from . import mint
+
+__all__ = [
+    "FILES",
+    "check",
+    "frame_from_json",
+    "frame_to_json",
+    "generate",
+    "write",
+]
+
+_FORMAT = "m2mproto-vectors/1"
+#: Fixed key used for the frame vectors' records (nonce starts at 0).
+FRAME_RECORD_KEY = hashlib.sha256(b"m2mproto interop frame record key").digest()
+_NOISE = NoiseProtocol.from_name("Noise_XX_25519_ChaChaPoly_SHA256")
+
+
+def _hex(b: bytes) -> str:
+    return b.hex()
+
+
+# --------------------------------------------------------------------------
+# Frames <-> JSON
+# --------------------------------------------------------------------------
+
+
+def frame_to_json(frame: Frame) -> dict[str, Any]:
+    """A JSON object naming the frame kind and its fields (bytes as hex)."""
+    if isinstance(frame, StreamFrame):
+        return {
+            "kind": "STREAM",
+            "stream_id": frame.stream_id,
+            "data": _hex(frame.data),
+            "end_stream": frame.end_stream,
+        }
+    if isinstance(frame, OpenFrame):
+        return {"kind": "OPEN", "stream_id": frame.stream_id, "resource": frame.resource}
+    if isinstance(frame, MessageFrame):
+        return {
+            "kind": "MESSAGE",
+            "stream_id": frame.stream_id,
+            "fragment": _hex(frame.fragment),
+            "last": frame.last,
+            "end_stream": frame.end_stream,
+        }
+    if isinstance(frame, ResetFrame):
+        return {
+            "kind": "RESET",
+            "stream_id": frame.stream_id,
+            "code": frame.code,
+            "final_size": frame.final_size,
+        }
+    if isinstance(frame, WindowUpdateFrame):
+        return {"kind": "WINDOW_UPDATE", "stream_id": frame.stream_id, "increment": frame.increment}
+    if isinstance(frame, PingFrame):
+        return {"kind": "PING", "payload": _hex(frame.payload)}
+    if isinstance(frame, PongFrame):
+        return {"kind": "PONG", "payload": _hex(frame.payload)}
+    if isinstance(frame, TokenFrame):
+        return {"kind": "TOKEN", "token": _hex(frame.token)}
+    if isinstance(frame, KeyUpdateFrame):
+        return {"kind": "KEY_UPDATE", "update_requested": frame.update_requested}
+    if isinstance(frame, CloseFrame):
+        return {"kind": "CLOSE", "code": frame.code, "reason": frame.reason}
+    return {"kind": frame.kind, "fields_cbor": _hex(cbor.encode(list(frame.fields)))}
+
+
+def frame_from_json(obj: dict[str, Any]) -> Frame:
+    """Inverse of :func:`frame_to_json`.
+
+    Raises:
+        LocalProtocolError: (``INVALID_ARGUMENT``) for an unknown kind.
+    """
+    kind = obj["kind"]
+    b = bytes.fromhex
+    if kind == "STREAM":
+        return StreamFrame(obj["stream_id"], b(obj["data"]), obj["end_stream"])
+    if kind == "OPEN":
+        return OpenFrame(obj["stream_id"], obj["resource"])
+    if kind == "MESSAGE":
+        return MessageFrame(obj["stream_id"], b(obj["fragment"]), obj["last"], obj["end_stream"])
+    if kind == "RESET":
+        return ResetFrame(obj["stream_id"], obj["code"], obj["final_size"])
+    if kind == "WINDOW_UPDATE":
+        return WindowUpdateFrame(obj["stream_id"], obj["increment"])
+    if kind == "PING":
+        return PingFrame(b(obj["payload"]))
+    if kind == "PONG":
+        return PongFrame(b(obj["payload"]))
+    if kind == "TOKEN":
+        return TokenFrame(b(obj["token"]))
+    if kind == "KEY_UPDATE":
+        return KeyUpdateFrame(obj["update_requested"])
+    if kind == "CLOSE":
+        return CloseFrame(obj["code"], obj["reason"])
+    if isinstance(kind, int):
+        return ExtensionFrame(kind, tuple(cbor.decode(b(obj["fields_cbor"]))))
+    raise LocalProtocolError(f"unknown frame kind {kind!r}", ErrorCode.INVALID_ARGUMENT)
+
+
+# --------------------------------------------------------------------------
+# Handshake transcripts
+# --------------------------------------------------------------------------
+
+
+def _party(label: str) -> dict[str, Any]:
+    ident = mint.identity(label)
+    static = mint.seed(label + " noise static")
+    eph = mint.seed(label + " noise ephemeral")
+    return {
+        "label": label,
+        "identity": ident,
+        "static": static,
+        "ephemeral": eph,
+    }
+
+
+def _party_json(p: dict[str, Any]) -> dict[str, Any]:
+    ident: Identity = p["identity"]
+    static_pub = x25519_public_key(p["static"])
+    return {
+        "identity_seed": _hex(mint.seed(p["label"])),
+        "identity_public_key": _hex(ident.public_key),
+        "agent_id": ident.agent_id.text,
+        "static_private": _hex(p["static"]),
+        "static_public": _hex(static_pub),
+        "ephemeral_private": _hex(p["ephemeral"]),
+        "ephemeral_public": _hex(x25519_public_key(p["ephemeral"])),
+        "binding_message": _hex(binding_message(static_pub)),
+        "identity_sig": _hex(ident.sign(binding_message(static_pub))),
+    }
+
+
+def _drive(
+    init: Handshake, resp: Handshake
+) -> tuple[list[bytes], HandshakeResult, HandshakeResult]:
+    flights: list[bytes] = []
+    results: dict[str, HandshakeResult] = {}
+    sides = {"i": init, "r": resp}
+    sender, receiver = "i", "r"
+    for _ in range(6):  # bounded: XX has 3 flights, IK 2
+        data = sides[sender].data_to_send()
+        if data:
+            flights.append(data)
+            sides[receiver].receive_data(data)
+        for name, hs in sides.items():
+            if name not in results and not hs.failed:
+                res = hs.next_event()
+                if res is not None:
+                    results[name] = res
+        if len(results) == 2 and not init.data_to_send() and not resp.data_to_send():
+            break
+        sender, receiver = receiver, sender
+    return flights, results["i"], results["r"]
+
+
+def _split_flights(pattern: str, flights: list[bytes]) -> list[dict[str, Any]]:
+    """Name each flight and its parts (magic, offer frame, Noise message frames)."""
+    out: list[dict[str, Any]] = []
+    magic = flights[0][:8]
+    f1 = flights[0]
+    offer_len = int.from_bytes(f1[8:10], "big")
+    offer = f1[10 : 10 + offer_len]
+    msg1 = f1[12 + offer_len :]
+    out.append(
+        {
+            "name": "initiator flight 1",
+            "bytes": _hex(f1),
+            "magic": _hex(magic),
+            "offer_cbor": _hex(offer),
+            "noise_message": _hex(msg1),
+        }
+    )
+    f2 = flights[1]
+    out.append(
+        {
+            "name": "responder flight 1",
+            "bytes": _hex(f2),
+            "magic": _hex(f2[:8]),
+            "noise_message": _hex(f2[10:]),
+        }
+    )
+    if pattern == "XX":
+        out.append(
+            {
+                "name": "initiator flight 2",
+                "bytes": _hex(flights[2]),
+                "noise_message": _hex(flights[2][2:]),
+            }
+        )
+    return out
+
+
+def _transcript(pattern: str) -> dict[str, Any]:
+    i, r = _party("initiator"), _party("responder")
+    root = mint.ROOT
+    token = mint.craft_token(
+        root,
+        mint.claims_for(root, i["identity"], (("echo", "*"),), cti=bytes(range(16))),
+    )
+    params_i = {1: 100, 2: 262144, 3: 1048576, 4: 1048576}
+    params_r = {1: 50, 2: 65536, 3: 262144, 4: 65536}
+    rs = x25519_public_key(r["static"]) if pattern == "IK" else None
+    init = Handshake(
+        True,
+        i["identity"],
+        entropy=mint.entropy("transcript initiator"),
+        params=params_i,
+        tokens=(token,),
+        static_key=i["static"],
+        remote_static=rs,
+        fixed_ephemeral_key_for_testing_only=i["ephemeral"],
+    )
+    resp = Handshake(
+        False,
+        r["identity"],
+        entropy=mint.entropy("transcript responder"),
+        params=params_r,
+        static_key=r["static"],
+        fixed_ephemeral_key_for_testing_only=r["ephemeral"],
+    )
+    flights, ri, rr = _drive(init, resp)
+    assert ri.handshake_hash == rr.handshake_hash
+    sig_i = i["identity"].sign(binding_message(x25519_public_key(i["static"])))
+    sig_r = r["identity"].sign(binding_message(x25519_public_key(r["static"])))
+    payload_i = cbor.encode({1: i["identity"].public_key, 2: sig_i, 3: params_i, 4: [token]})
+    payload_r = cbor.encode({1: r["identity"].public_key, 2: sig_r, 3: params_r, 5: 1})
+    preface_len = 8 + 2 + int.from_bytes(flights[0][8:10], "big")
+    # First transport records, both ways (records.md §1, frames.md).
+    wi = RecordWriter(ri.send_cipher, key_update_after=2**24, max_records_per_key=2**32)
+    wr = RecordWriter(rr.send_cipher, key_update_after=2**24, max_records_per_key=2**32)
+    frames_i: list[Frame] = [
+        OpenFrame(0, "echo"),
+        MessageFrame(0, cbor.encode({"hello": "world"}), True, True),
+    ]
+    frames_r: list[Frame] = [
+        TokenFrame(mint.craft_token(root, mint.claims_for(root, r["identity"], cti=bytes(16)))),
+        MessageFrame(0, cbor.encode({"hello": "world"}), True, True),
+    ]
+    records = []
+    for sender, writer, frames in (("initiator", wi, frames_i), ("responder", wr, frames_r)):
+        plaintext = b"".join(encode_frame(f) for f in frames)
+        records.append(
+            {
+                "sender": sender,
+                "nonce": 0,
+                "frames": [frame_to_json(f) for f in frames],
+                "plaintext": _hex(plaintext),
+                "record": _hex(writer.seal(plaintext)),
+            }
+        )
+    return {
+        "pattern": pattern,
+        "protocol_name": f"Noise_{pattern}_25519_ChaChaPoly_SHA256",
+        "initiator": _party_json(i),
+        "responder": _party_json(r),
+        "prologue": _hex(flights[0][:preface_len]),
+        "initiator_payload_cbor": _hex(payload_i),
+        "responder_payload_cbor": _hex(payload_r),
+        "initiator_token": _hex(token),
+        "flights": _split_flights(pattern, flights),
+        "handshake_hash": _hex(ri.handshake_hash),
+        "version": ri.version,
+        "records": records,
+    }
+
+
+def _handshake_file() -> dict[str, Any]:
+    return {
+        "format": _FORMAT,
+        "description": (
+            "Deterministic m2mproto handshakes (spec/handshake.md): fixed identities, Noise "
+            "static and ephemeral keys; every flight, payload, identity signature, the "
+            "handshake hash and the first transport record each way (spec/records.md)."
+        ),
+        "root_agent_id": mint.ROOT.agent_id.text,
+        "transcripts": [_transcript("XX"), _transcript("IK")],
+    }
+
+
+# --------------------------------------------------------------------------
+# Frames
+# --------------------------------------------------------------------------
+
+_VALID_FRAMES: list[tuple[str, Frame]] = [
+    ("stream", StreamFrame(0, b"hi", True)),
+    ("stream-empty-end", StreamFrame(4611686018427387903, b"", True)),
+    ("open", OpenFrame(2, "echo")),
+    ("message", MessageFrame(1, bytes.fromhex("a10102"), True, False)),
+    ("message-fragment", MessageFrame(3, b"\x82\x01", False, False)),
+    ("reset", ResetFrame(5, 0x40, 1000)),
+    ("window-update-connection", WindowUpdateFrame(None, 65536)),
+    ("window-update-stream", WindowUpdateFrame(7, 4611686018427387903)),
+    ("ping", PingFrame(bytes(range(8)))),
+    ("pong", PongFrame(bytes(range(8)))),
+    ("token", TokenFrame(bytes.fromhex("d28443a10127a0f6"))),
+    ("key-update", KeyUpdateFrame(True)),
+    ("close", CloseFrame(0, "")),
+    ("close-reason", CloseFrame(0x0E, "enhance_your_calm")),
+    ("extension", ExtensionFrame(64, (1, "x"))),
+]
+
+# (name, hex, code, comment) — frames a receiver MUST reject.
+_INVALID_FRAMES: list[tuple[str, str, ErrorCode, str]] = [
+    ("not-array", "a10101", ErrorCode.DECODE_ERROR, "a map, not an array"),
+    ("empty-array", "80", ErrorCode.DECODE_ERROR, "no kind"),
+    ("kind-0", "8100", ErrorCode.PROTOCOL_ERROR, "kind 0 is reserved core range"),
+    ("kind-11", "810b", ErrorCode.PROTOCOL_ERROR, "unknown core kind"),
+    ("stream-arity", "83010042", ErrorCode.DECODE_ERROR, "STREAM with 2 fields"),
+    ("stream-id-text", "840161614268" + "69f5", ErrorCode.DECODE_ERROR, "stream ID as text"),
+    ("stream-id-negative", "84012042" + "6869f5", ErrorCode.DECODE_ERROR, "negative stream ID"),
+    ("stream-id-float", "8401f93c0042" + "6869f5", ErrorCode.DECODE_ERROR, "stream ID 1.0"),
+    (
+        "stream-id-2^62",
+        "84011b400000000000000042" + "6869f5",
+        ErrorCode.PROTOCOL_ERROR,
+        "stream ID above 2^62-1",
+    ),
+    ("stream-end-int", "8401004268" + "6901", ErrorCode.DECODE_ERROR, "end_stream as integer"),
+    ("non-shortest-int", "84011800426869f5", ErrorCode.DECODE_ERROR, "0 encoded in 2 bytes"),
+    ("indefinite-array", "9f0100426869f5ff", ErrorCode.DECODE_ERROR, "indefinite length"),
+    ("tag", "8401c2410042" + "6869f5", ErrorCode.DECODE_ERROR, "bignum tag"),
+    ("trailing", "84010042" + "6869f5" + "00", ErrorCode.DECODE_ERROR, "byte after the frame"),
+    ("truncated", "8401004268", ErrorCode.DECODE_ERROR, "declared length beyond the end"),
+    (
+        "huge-length",
+        "8401005b7fffffffffffffff",
+        ErrorCode.DECODE_ERROR,
+        "2^63-byte string declared",
+    ),
+    ("open-empty", "83020260", ErrorCode.PROTOCOL_ERROR, "empty resource"),
+    (
+        "open-257",
+        "830202" + "790101" + "61" * 257,
+        ErrorCode.FRAME_SIZE_ERROR,
+        "resource 257 bytes",
+    ),
+    ("open-bad-utf8", "83020261ff", ErrorCode.DECODE_ERROR, "resource not UTF-8"),
+    ("message-end-not-last", "850301420102f4f5", ErrorCode.PROTOCOL_ERROR, "end without last"),
+    ("reset-code-2^16", "8404011a0001000000", ErrorCode.PROTOCOL_ERROR, "code above 0xFFFF"),
+    (
+        "reset-final-2^62",
+        "840401001b4000000000000000",
+        ErrorCode.FINAL_SIZE_ERROR,
+        "final size above 2^62-1",
+    ),
+    ("window-zero", "8305f600", ErrorCode.PROTOCOL_ERROR, "increment 0"),
+    (
+        "window-2^62",
+        "8305f61b4000000000000000",
+        ErrorCode.FLOW_CONTROL_ERROR,
+        "increment above 2^62-1",
+    ),
+    ("ping-65", "8206" + "5841" + "00" * 65, ErrorCode.FRAME_SIZE_ERROR, "ping payload 65 bytes"),
+    ("close-reason-257", "830a00" + "790101" + "61" * 257, ErrorCode.FRAME_SIZE_ERROR, "reason"),
+    (
+        "key-update-not-last",
+        "8209f5" + "820640",
+        ErrorCode.PROTOCOL_ERROR,
+        "KEY_UPDATE followed by a PING in one record",
+    ),
+    ("key-update-int", "820901", ErrorCode.DECODE_ERROR, "update_requested as integer"),
+    (
+        "duplicate-key",
+        "821840" + "a2" + "0101" + "0102",
+        ErrorCode.DECODE_ERROR,
+        "map with a duplicate key inside an extension frame",
+    ),
+]
+
+
+def _frames_file() -> dict[str, Any]:
+    valid = []
+    for name, frame in _VALID_FRAMES:
+        enc = encode_frame(frame)
+        cs = CipherState(_NOISE, FRAME_RECORD_KEY)
+        record = RecordWriter(cs, key_update_after=2**24, max_records_per_key=2**32).seal(enc)
+        valid.append(
+            {"name": name, "frame": frame_to_json(frame), "cbor": _hex(enc), "record": _hex(record)}
+        )
+    invalid = []
+    for name, hexstr, code, comment in _INVALID_FRAMES:
+        invalid.append(
+            {
+                "name": name,
+                "plaintext": hexstr,
+                "result": "invalid",
+                "code": code.name,
+                "comment": comment,
+            }
+        )
+    return {
+        "format": _FORMAT,
+        "description": (
+            "Frame encodings (spec/frames.md): each valid frame as JSON fields, its CBOR, and "
+            "the record sealing it alone with ChaCha20-Poly1305 under record_key at nonce 0 "
+            "(ad empty); invalid record plaintexts with the code a receiver MUST report."
+        ),
+        "record_key": _hex(FRAME_RECORD_KEY),
+        "valid": valid,
+        "invalid": invalid,
+    }
+
+
+# --------------------------------------------------------------------------
+# Tokens
+# --------------------------------------------------------------------------
+
+
+def _tokens_file() -> dict[str, Any]:
+    tests = []
+    for i, case in enumerate(mint.token_catalog(), 1):
+        entry: dict[str, Any] = {
+            "tcId": i,
+            "name": case.name,
+            "comment": case.comment,
+            "token": _hex(case.token),
+            "result": case.result,
+            "flags": list(case.flags),
+        }
+        if case.result == "valid":
+            entry["capabilities"] = list(case.capabilities)
+            entry["chain_length"] = case.depth
+        else:
+            assert case.code is not None
+            entry["code"] = case.code.name
+        tests.append(entry)
+    return {
+        "format": _FORMAT,
+        "description": (
+            "Capability tokens (spec/tokens.md), Wycheproof style. Verify each token with the "
+            "context below; a valid token yields the listed effective capabilities, an invalid "
+            "one fails with the listed reason code (the first step of §6.6 that applies)."
+        ),
+        "context": {
+            "trust_roots": [mint.ROOT.agent_id.text],
+            "now": mint.NOW,
+            "clock_skew": mint.SKEW,
+            "holder": mint.HOLDER.agent_id.text,
+            "audience": mint.VERIFIER.agent_id.text,
+            "revocations": [_hex(mint.revocation_statement())],
+            "max_token_size": 8192,
+            "max_chain_length": 8,
+        },
+        "tests": tests,
+    }
+
+
+# --------------------------------------------------------------------------
+# Agent IDs
+# --------------------------------------------------------------------------
+
+
+def _agent_ids_file() -> dict[str, Any]:
+    valid = []
+    keys = [
+        bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"),
+        bytes(32),
+        b"\xff" * 32,
+        mint.ROOT.public_key,
+    ]
+    for key in keys:
+        aid = AgentId(key)
+        valid.append({"public_key": _hex(key), "agent_id": aid.text, "short": aid.short})
+    good = AgentId(keys[0]).text
+    body = good[4:]
+    raw = base64.b32decode(body.upper() + "======")
+    bad_sum = raw[:32] + bytes([raw[32] ^ 1]) + raw[33:]
+    nonzero_tail = good[:-1] + ("b" if good[-1] == "a" else "a")
+    invalid: list[tuple[str, str, str]] = [
+        ("wrong-prefix", "m2m2" + body, "prefix is not m2m1"),
+        ("too-short", good[:-1], "61 characters"),
+        ("too-long", good + "a", "63 characters"),
+        ("upper-case", "m2m1" + body.upper(), "upper-case base32"),
+        ("bad-alphabet", good[:10] + "0" + good[11:], "0 is not in the base32 alphabet"),
+        ("checksum", "m2m1" + base64.b32encode(bad_sum).decode().lower().rstrip("="), "checksum"),
+        ("non-canonical", nonzero_tail, "non-zero trailing bits or checksum mismatch"),
+        ("padding", good[:-2] + "==", "padding characters"),
+        ("empty", "", "empty"),
+    ]
+    out = []
+    for name, text, comment in invalid:
+        try:
+            AgentId.parse(text)
+        except LocalProtocolError:
+            pass
+        else:  # pragma: no cover - the generator only writes what the parser rejects
+            raise AssertionError(f"agent ID vector {name} parses")
+        out.append(
+            {
+                "name": name,
+                "agent_id": text,
+                "result": "invalid",
+                "code": ErrorCode.AGENT_ID_INVALID.name,
+                "comment": comment,
+            }
+        )
+    return {
+        "format": _FORMAT,
+        "description": (
+            "Agent ID encodings (spec/identity.md §1.2): public key -> agent ID and short form; "
+            "texts a parser MUST reject with AGENT_ID_INVALID. Surrounding white space MAY be "
+            "stripped, so no vector depends on it."
+        ),
+        "valid": valid,
+        "invalid": out,
+    }
+
+
+#: File name -> builder.
+FILES: dict[str, Callable[[], dict[str, Any]]] = {
+    "handshake.json": _handshake_file,
+    "frames.json": _frames_file,
+    "tokens.json": _tokens_file,
+    "agent_ids.json": _agent_ids_file,
+}
+
+
+def _dump(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, indent=1, ensure_ascii=False) + "\n"
+
+
+def generate() -> dict[str, str]:
+    """Return ``{file name: JSON text}`` for every vector file."""
+    return {name: _dump(build()) for name, build in FILES.items()}
+
+
+def write(directory: Path) -> list[Path]:
+    """Write every vector file into *directory*; return the paths written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in generate().items():
+        path = directory / name
+        path.write_text(text, encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def check(directory: Path) -> list[str]:
+    """Compare the files in *directory* with what the generator makes.
+
+    Returns:
+        The names of the files that differ or are missing (empty: all equal).
+    """
+    bad = []
+    for name, text in generate().items():
+        path = directory / name
+        try:
+            current = path.read_text(encoding="utf-8")
+        except OSError:
+            bad.append(name)
+            continue
+        if current != text:
+            bad.append(name)
+    return bad
