@@ -96,7 +96,9 @@ class M2MChannel:
         await self._session.request(ECHO, 0)
 
     async def aclose(self) -> None:
-        await self._session.aclose()
+        # Leaving the session's context closes it gracefully and leaves its task
+        # group (the same as the end of ``async with session``).
+        await self._session.__aexit__(None, None, None)
 
 
 class M2MClient:

@@ -195,8 +195,10 @@ async def handshake_rate(client: Client, port: int, duration: float, cap: int) -
     now = start
     while done < cap and now < end:
         ch = await client.connect(HOST, port)
-        await ch.request(MESSAGE)
-        await ch.aclose()
+        try:
+            await ch.request(MESSAGE)
+        finally:
+            await ch.aclose()
         done += 1
         now = anyio.current_time()
     return done / max(now - start, 1e-9)

@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 import threading
+import traceback
 from pathlib import Path
 
 import anyio
@@ -43,8 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
 
     threading.Thread(target=_exit_on_stdin_eof, daemon=True).start()
-    anyio.run(serve, args.material, ready, backend=args.backend)
-    return 0
+    status = 0
+    try:
+        anyio.run(serve, args.material, ready, backend=args.backend)
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    # Leave at once: the stdin watcher thread must not race interpreter shutdown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":
