@@ -199,6 +199,8 @@ class Harness:
         self.pings: list[bytes] = [b""]
         self.closed_seen = False
         self.eof = False
+        #: Record plaintexts both ways (record_corpus.py turns them into seeds).
+        self.plaintexts: list[bytes] = []
         self.read_output(est.trailing_out)
 
     # -- grammar ----------------------------------------------------------------
@@ -273,6 +275,7 @@ class Harness:
             body += raw
             update = isinstance(f, KeyUpdateFrame)
             self.note_sent(f)
+        self.plaintexts.append(bytes(body))
         record = self.writer.seal(bytes(body))
         if update:
             self.writer.rekey()
@@ -365,6 +368,7 @@ class Harness:
             plaintext = self.reader.next_record()
             if plaintext is None:
                 break
+            self.plaintexts.append(plaintext)
             frames = decode_frames(plaintext)
             for f in frames:
                 if isinstance(f, (StreamFrame, MessageFrame)):
