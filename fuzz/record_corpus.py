@@ -228,6 +228,11 @@ def main() -> None:
     for kind in range(11):
         save("roundtrip", bytes([kind, 1, 5, 0, 4]) + b"abcd" + bytes([1]))
     save("records", b"\x00" + bytes.fromhex("0010") + bytes(16))
+    # transport: the initiator's real flights, whole and in small pieces
+    flights = run_handshake(False)
+    save("transport", b"\x80" + flights["init1"])
+    save("transport", b"\x07" + flights["init1"] + flights["init3"])
+    save("transport", b"\x83" + b"GET / HTTP/1.1\r\n\r\n")
     save("records", b"\x01\x03" + bytes([0, 0, 5]) + b"hello" + bytes([1, 1]))
 
 
