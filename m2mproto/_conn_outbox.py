@@ -16,7 +16,6 @@ queued stream byte has been framed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Final
 
 from ._conn_base import ConnectionCore, ConnectionState
@@ -27,16 +26,56 @@ from .frames import (
     Frame,
     KeyUpdateFrame,
     OpenFrame,
-    StreamFrame,
     encode_frame,
 )
-from .records import MAX_RECORD_PLAINTEXT
-from .streams import payload_room as _payload_room
+from .records import MAX_RECORD_PLAINTEXT, RecordWriter
 
 __all__ = ["Outbox"]
 
 _MIN_ROOM = 64  # start a new record rather than a frame with less payload room
 _AUTO_KEY_UPDATE: Final = encode_frame(KeyUpdateFrame(False))
+
+
+class _Records:
+    """Coalesces encoded frames into record plaintexts and seals them into *parts*."""
+
+    __slots__ = ("buf", "conn", "parts", "writer")
+
+    def __init__(self, conn: Outbox, writer: RecordWriter, parts: list[bytes]) -> None:
+        self.conn = conn
+        self.writer = writer
+        self.parts = parts
+        #: The record being filled (plaintext).
+        self.buf = bytearray()
+
+    def add(self, raw: bytes) -> None:
+        """Append one encoded frame, sealing the current record first if it would overflow."""
+        if len(self.buf) + len(raw) > MAX_RECORD_PLAINTEXT:
+            self.flush()
+        self.buf += raw
+
+    def add_key_update(self, raw: bytes) -> None:
+        """Append a KEY_UPDATE frame: it ends its record, then the sending key ratchets."""
+        self.add(raw)
+        record, self.buf = self.buf, bytearray()
+        self.ratchet(record)
+
+    def ratchet(self, record: bytes | bytearray) -> None:
+        """Seal *record* (ending in KEY_UPDATE) and ratchet the sending key."""
+        w = self.writer
+        w.seal_to(record, self.parts)
+        w.rekey()
+        conn = self.conn
+        conn._key_update_queued = False
+        conn._events.append(KeyUpdated(remote=False, generation=w.updates))
+
+    def flush(self) -> None:
+        """Seal the current record (if any); ratchet automatically when the volume is due."""
+        if self.buf:
+            self.writer.seal_to(self.buf, self.parts)
+            self.buf = bytearray()
+        if self.writer.update_due and self.conn.state is ConnectionState.ESTABLISHED:
+            self.ratchet(_AUTO_KEY_UPDATE)  # automatic, by volume
 
 
 class Outbox(ConnectionCore):
@@ -49,99 +88,79 @@ class Outbox(ConnectionCore):
         flow-control credit, coalesced into records of up to 65519 bytes
         of plaintext; a graceful CLOSE follows the last queued stream byte.
         """
-        out = self._raw_out
+        raw = self._raw_out
         self._raw_out = bytearray()
         if self._hs is not None:
-            out += self._hs.data_to_send()
-            return bytes(out)
+            raw += self._hs.data_to_send()
+            return bytes(raw)
         w = self._writer
-        if w is None:
-            return bytes(out)
-        if self.state is ConnectionState.CLOSED and not self._control:
-            return bytes(out)
-        buf = bytearray()
-
-        def ratchet(record: bytes) -> None:
-            out.extend(w.seal(record))
-            w.rekey()
-            self._key_update_queued = False
-            self._events.append(KeyUpdated(remote=False, generation=w.updates))
-
-        def flush() -> None:
-            nonlocal buf
-            if buf:
-                out.extend(w.seal(bytes(buf)))
-                buf = bytearray()
-            if w.update_due and self.state is ConnectionState.ESTABLISHED:
-                ratchet(_AUTO_KEY_UPDATE)  # automatic, by volume
-
-        def emit(frame: Frame) -> None:
-            nonlocal buf
-            raw = encode_frame(frame)
-            if len(buf) + len(raw) > MAX_RECORD_PLAINTEXT:
-                flush()
-            buf.extend(raw)
-            if isinstance(frame, KeyUpdateFrame):  # last frame of its record
-                record, buf = bytes(buf), bytearray()
-                ratchet(record)
-
+        if w is None or (self.state is ConnectionState.CLOSED and not self._control):
+            return bytes(raw)
+        parts: list[bytes] = [bytes(raw)] if raw else []
+        rec = _Records(self, w, parts)
         try:
             close: Frame | None = None
-            while self._control:
-                frame = self._control.popleft()
+            control = self._control
+            while control:
+                frame = control.popleft()
                 if isinstance(frame, CloseFrame):
                     close = frame
-                    continue
-                emit(frame)
+                elif isinstance(frame, KeyUpdateFrame):
+                    rec.add_key_update(encode_frame(frame))
+                else:
+                    rec.add(encode_frame(frame))
             if close is None and self.state is ConnectionState.ESTABLISHED:
-                self._emit_streams(emit, lambda: len(buf))
+                if self._order:
+                    self._emit_streams(rec)
                 if self._close_pending is not None and self._send_buffered == 0:
                     code, reason = self._close_pending
                     self._close_pending = None
                     close = CloseFrame(code, reason)
-                    self._control.clear()
+                    control.clear()
             if close is not None:
-                emit(close)
+                rec.add(encode_frame(close))
                 if self.state is ConnectionState.ESTABLISHED:
                     self.state = ConnectionState.CLOSING
-            flush()
+            rec.flush()
         except LocalProtocolError as exc:  # the sending key is exhausted: cannot even CLOSE
             self._control.clear()
             self._terminate(exc.code, exc.message, remote=False)
-        if out and self._now is not None:
+        if parts and self._now is not None:
             self._last_tx = self._now
-        return bytes(out)
+        return b"".join(parts)
 
-    def _emit_streams(self, emit: Callable[[Frame], None], used: Callable[[], int]) -> None:
+    def _emit_streams(self, rec: _Records) -> None:
+        order = self._order
+        streams = self._table.streams
+        conn_send = self._conn_send
         for _ in range(1_000_000):  # bounded: each round sends a frame or stops
-            if not self._order:
+            if not order:
                 return
             progressed = False
-            for _ in range(len(self._order)):
-                sid = self._order.popleft()
-                s = self._table.streams.get(sid)
+            for _ in range(len(order)):
+                sid = order.popleft()
+                s = streams.get(sid)
                 if s is None or not s.has_pending():
                     if s is not None:
                         self._maybe_finish(s)
                     continue
                 if s.open_pending:
-                    emit(OpenFrame(sid, s.resource))
+                    rec.add(encode_frame(OpenFrame(sid, s.resource)))
                     s.open_pending = False
                     progressed = True
-                space = MAX_RECORD_PLAINTEXT - used()
-                if space < _MIN_ROOM:
-                    space = MAX_RECORD_PLAINTEXT
-                frame = s.next_frame(_payload_room(sid, space), self._conn_send.available)
-                if frame is not None:
-                    payload = frame.data if isinstance(frame, StreamFrame) else frame.fragment
-                    self._conn_send.consume(len(payload))
-                    self._send_buffered -= len(payload)
-                    if payload:
+                if MAX_RECORD_PLAINTEXT - len(rec.buf) < _MIN_ROOM:
+                    rec.flush()
+                sent, frames = s.write_frames(
+                    rec.buf, conn_send.limit - conn_send.sent, min_room=_MIN_ROOM, one=bool(order)
+                )
+                if frames:
+                    conn_send.sent += sent
+                    self._send_buffered -= sent
+                    if sent:
                         self._budgets.no_progress = 0
-                    emit(frame)
                     progressed = True
                 if s.has_pending():
-                    self._order.append(sid)
+                    order.append(sid)
                 else:
                     self._maybe_finish(s)
             if not progressed:

@@ -221,7 +221,7 @@ class Connection(HandshakeDriver, FrameHandlers, Outbox):
             self._hs.receive_data(bytes(data))
         else:
             assert self._reader is not None
-            self._reader.feed(bytes(data))
+            self._reader.feed(data)  # copies only what is not immutable bytes
 
     def next_event(self) -> Event | Literal[NeedData.NEED_DATA]:
         """Parse buffered input and return the next event.

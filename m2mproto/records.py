@@ -36,6 +36,7 @@ The reader buffers at most what the caller fed it; it scans each byte once
 
 from __future__ import annotations
 
+import struct
 from typing import Protocol
 
 from .errors import ErrorCode, LocalProtocolError, M2MError, RemoteProtocolError
@@ -57,6 +58,7 @@ TAG_LENGTH = 16
 #: Largest record plaintext.
 MAX_RECORD_PLAINTEXT = MAX_RECORD_LENGTH - TAG_LENGTH
 _EMPTY_AD = b""
+_LENGTH = struct.Struct(">H")
 #: Length field of a cleartext handshake ABORT (spec/handshake.md §2.7).
 ABORT_BODY_LENGTH = 2
 
@@ -78,8 +80,8 @@ class AbortReceived(RemoteProtocolError):
 class CipherLike(Protocol):
     """The part of a Noise ``CipherState`` the record layer uses (hazmat)."""
 
-    def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes: ...
-    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes: ...
+    def encrypt_with_ad(self, ad: bytes, plaintext: bytes | bytearray | memoryview) -> bytes: ...
+    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes | bytearray | memoryview) -> bytes: ...
     def rekey(self) -> None: ...
 
 
@@ -104,13 +106,26 @@ class RecordWriter:
         """True once the automatic key-update volume is reached."""
         return self.records >= self.key_update_after
 
-    def seal(self, plaintext: bytes) -> bytes:
+    def seal(self, plaintext: bytes | bytearray | memoryview) -> bytes:
         """Return one record (length prefix + ciphertext).
 
         Raises:
             LocalProtocolError: ``INVALID_ARGUMENT`` if *plaintext* exceeds
                 65519 bytes; ``KEY_UPDATE_ERROR`` if the key has sealed
                 ``max_records_per_key`` records (or its nonces are exhausted).
+        """
+        parts: list[bytes] = []
+        self.seal_to(plaintext, parts)
+        return parts[0] + parts[1]
+
+    def seal_to(self, plaintext: bytes | bytearray | memoryview, parts: list[bytes]) -> None:
+        """Seal one record and append its length prefix and ciphertext to *parts*.
+
+        The hot path: the caller joins *parts* once, so the ciphertext is
+        copied exactly once on its way to the transport.
+
+        Raises:
+            LocalProtocolError: as :meth:`seal`.
         """
         if len(plaintext) > MAX_RECORD_PLAINTEXT:
             raise LocalProtocolError(
@@ -129,7 +144,8 @@ class RecordWriter:
                 f"cannot seal record: {exc.message}", ErrorCode.KEY_UPDATE_ERROR
             ) from None
         self.records += 1
-        return len(ciphertext).to_bytes(2, "big") + ciphertext
+        parts.append(_LENGTH.pack(len(ciphertext)))
+        parts.append(ciphertext)
 
     def rekey(self) -> None:
         """Ratchet the sending key (after sealing the record with KEY_UPDATE)."""
@@ -156,7 +172,9 @@ class RecordReader:
     ) -> None:
         self._cipher = cipher
         self._accept_abort = accept_abort
-        self._buf = bytearray()
+        #: Received bytes from ``_pos`` on: the caller's ``bytes`` while records
+        #: arrive whole, a private ``bytearray`` once one is split across feeds.
+        self._buf: bytes | bytearray = b""
         self._pos = 0
         self.max_records_per_key = max_records_per_key
         #: Records opened under the current key.
@@ -164,12 +182,20 @@ class RecordReader:
         #: Key updates applied so far.
         self.updates = 0
 
-    def feed(self, data: bytes) -> None:
-        """Buffer received bytes."""
-        if self._pos and self._pos * 2 >= len(self._buf):
-            del self._buf[: self._pos]
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Buffer received bytes (an immutable ``bytes`` is kept without a copy)."""
+        buf = self._buf
+        if self._pos >= len(buf):  # nothing pending: adopt the caller's bytes
+            self._buf = data if type(data) is bytes else bytes(data)
             self._pos = 0
-        self._buf += data
+            return
+        if isinstance(buf, bytes):  # a record split across feeds: take a private copy
+            buf = self._buf = bytearray(memoryview(buf)[self._pos :])
+            self._pos = 0
+        elif self._pos * 2 >= len(buf):
+            del buf[: self._pos]
+            self._pos = 0
+        buf += data
 
     @property
     def buffered(self) -> int:
@@ -206,9 +232,11 @@ class RecordReader:
                 "peer exceeded the record limit for one key", ErrorCode.KEY_UPDATE_ERROR
             )
         start = self._pos + 2
-        ciphertext = bytes(self._buf[start : start + length])
         try:
-            plaintext = self._cipher.decrypt_with_ad(_EMPTY_AD, ciphertext)
+            # Decrypt straight out of the receive buffer; the views are released
+            # before the buffer can be resized.
+            with memoryview(self._buf) as view, view[start : start + length] as ciphertext:
+                plaintext = self._cipher.decrypt_with_ad(_EMPTY_AD, ciphertext)
         except M2MError as exc:
             if exc.code is ErrorCode.DECRYPT_ERROR:
                 raise RemoteProtocolError(

@@ -106,8 +106,11 @@ class CipherState:
             raise LocalProtocolError("nonce must be in 0..2^64-1", ErrorCode.INVALID_ARGUMENT)
         self._n = nonce
 
-    def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
+    def encrypt_with_ad(self, ad: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
         """EncryptWithAd(ad, plaintext); returns *plaintext* unchanged if there is no key.
+
+        *plaintext* may be any bytes-like object (the record layer passes its
+        record buffer without copying it).
 
         Raises:
             LocalProtocolError: NONCE_EXHAUSTED when ``n`` is 2^64-1;
@@ -115,7 +118,7 @@ class CipherState:
         """
         aead = self._aead
         if aead is None:
-            return plaintext
+            return plaintext if type(plaintext) is bytes else bytes(plaintext)
         n = self._n
         if n >= MAX_NONCE:
             raise LocalProtocolError(
@@ -131,8 +134,10 @@ class CipherState:
         self._n = n + 1
         return ciphertext
 
-    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
+    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes | bytearray | memoryview) -> bytes:
         """DecryptWithAd(ad, ciphertext); returns *ciphertext* unchanged if there is no key.
+
+        *ciphertext* may be any bytes-like object (e.g. a view into a receive buffer).
 
         On failure the nonce is not incremented.
 
@@ -143,7 +148,7 @@ class CipherState:
         """
         aead = self._aead
         if aead is None:
-            return ciphertext
+            return ciphertext if type(ciphertext) is bytes else bytes(ciphertext)
         n = self._n
         if n >= MAX_NONCE:
             raise LocalProtocolError(
