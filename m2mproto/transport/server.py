@@ -19,17 +19,38 @@ with ``APPLICATION_ERROR`` (the exception is logged, never sent).
 
 :class:`Server` wraps a listener (like anyio's ``TLSListener``): each accepted
 byte stream is handshaken with a fresh :class:`~m2mproto.tokens.TokenAuthorizer`
-(one per connection, so a peer's grants never leak across connections). It
-enforces ``max_connections`` and ``max_pending_handshakes`` by closing excess
-connections at once (counted, logged), and routes handshake failures to
-:meth:`Server.handshake_failed`, which subclasses may override.
+(one per connection, so a peer's grants never leak across connections) and
+routes handshake failures to :meth:`Server.handshake_failed`, which subclasses
+may override.
+
+Admission limits (all counted in :attr:`Server.stats`, all logged):
+
+* ``max_connections`` (live sessions plus pending handshakes): a connection
+  beyond it is closed at once, unless a pending handshake can be evicted;
+* ``max_pending_handshakes`` (unauthenticated connections in total) and
+  ``max_pending_per_source`` (per remote IP address): when either is full,
+  the *oldest* pending handshake (of that source, for the per-source limit) is
+  evicted to make room. Honest handshakes take milliseconds and attackers hold
+  theirs until the deadline, so evicting the oldest keeps the server reachable
+  for good clients while a flood churns through the table (bounded memory);
+* ``handshake_timeout``: every handshake has a deadline in the core
+  (``HANDSHAKE_TIMEOUT``) and a backstop here one second later, so a peer
+  sending one byte per second is dropped at the deadline whatever it sends.
+
+Per-connection budgets for non-productive traffic (pings, window updates,
+key updates, stream churn, queued control responses) are enforced by the
+core from the :class:`~m2mproto.config.Configuration`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import logging
+import math
 import os
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -44,7 +65,7 @@ from ..tokens import RevocationStore, TokenAuthorizer
 from ..tokens.capabilities import MAX_RESOURCE_LEN, name_error, pattern_matches
 from .session import DEFAULT_HIGH_WATER, Context, DataStream, MessageStream, Session
 
-__all__ = ["Route", "RouteKind", "Router", "Server"]
+__all__ = ["Route", "RouteKind", "Router", "Server", "ServerStats"]
 
 logger = logging.getLogger("m2mproto.server")
 
@@ -75,6 +96,42 @@ class Route:
     async def serve_stream(self, stream: DataStream | MessageStream, ctx: Context) -> None:
         """Run a stream handler."""
         await self.handler(stream, ctx)
+
+
+@dataclass(slots=True)
+class ServerStats:
+    """Counters of a :class:`Server`'s admission decisions (monotonic)."""
+
+    #: Connections accepted from the listener.
+    accepted: int = 0
+    #: Connections closed at once because ``max_connections`` live sessions exist.
+    refused: int = 0
+    #: Pending handshakes evicted to admit a newer one (a pending-handshake limit).
+    evicted: int = 0
+    #: Handshakes that failed (including timeouts).
+    failed: int = 0
+    #: Handshakes that did not finish before the deadline.
+    timed_out: int = 0
+    #: Handshakes completed.
+    established: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    """One connection in its handshake."""
+
+    order: int
+    source: str
+    scope: anyio.CancelScope
+    evicted: bool = False
+
+
+def _source_of(transport: ByteStream) -> str:
+    """The remote IP address of *transport* (``"local"`` for Unix sockets and memory)."""
+    address = transport.extra(SocketAttribute.remote_address, None)
+    if isinstance(address, tuple) and address:
+        return str(address[0])
+    return "local"
 
 
 class Router:
@@ -154,6 +211,8 @@ class Server(Router):
         authenticate_peer: Callable[[AgentId], None] | None = None,
         max_connections: int = 1024,
         max_pending_handshakes: int = 64,
+        max_pending_per_source: int = 16,
+        handshake_timeout: float | None = None,
         high_water: int = DEFAULT_HIGH_WATER,
     ) -> None:
         """Create a server.
@@ -165,12 +224,24 @@ class Server(Router):
         only). *authenticate_peer* may reject a peer's agent ID during the
         handshake by raising ``AuthenticationError``.
 
+        *max_connections*, *max_pending_handshakes* and *max_pending_per_source*
+        bound live and unauthenticated connections (see the module docstring);
+        *handshake_timeout* (seconds) overrides ``config.handshake_timeout``.
+
         Raises:
             LocalProtocolError: (``INVALID_ARGUMENT``) bad limits.
         """
         super().__init__()
-        if max_connections < 1 or max_pending_handshakes < 1:
+        if min(max_connections, max_pending_handshakes, max_pending_per_source) < 1:
             raise LocalProtocolError("limits must be positive", ErrorCode.INVALID_ARGUMENT)
+        if handshake_timeout is not None:
+            if not handshake_timeout > 0:
+                raise LocalProtocolError(
+                    "handshake_timeout must be positive", ErrorCode.INVALID_ARGUMENT
+                )
+            config = dataclasses.replace(
+                config or Configuration(), handshake_timeout=handshake_timeout
+            )
         self.identity = identity
         self.trust_roots = frozenset(
             AgentId.parse(r) if isinstance(r, str) else r for r in trust_roots
@@ -182,14 +253,31 @@ class Server(Router):
         self.authenticate_peer = authenticate_peer
         self.max_connections = max_connections
         self.max_pending_handshakes = max_pending_handshakes
+        self.max_pending_per_source = max_pending_per_source
+        self.handshake_timeout = (config or Configuration()).handshake_timeout
         self.high_water = high_water
         #: Live sessions (after the handshake).
         self.sessions: set[Session] = set()
-        self._pending = 0
-        #: Connections closed at once because a limit was reached.
-        self.refused_connections = 0
-        #: Handshakes that failed.
-        self.failed_handshakes = 0
+        #: Admission counters.
+        self.stats = ServerStats()
+        self._pending: dict[int, _Pending] = {}  # insertion order = age
+        self._per_source: Counter[str] = Counter()
+        self._order = itertools.count()
+
+    @property
+    def pending_handshakes(self) -> int:
+        """Connections currently in their handshake."""
+        return len(self._pending)
+
+    @property
+    def refused_connections(self) -> int:
+        """Connections closed at once or evicted because a limit was reached."""
+        return self.stats.refused + self.stats.evicted
+
+    @property
+    def failed_handshakes(self) -> int:
+        """Handshakes that failed (including timeouts)."""
+        return self.stats.failed
 
     def new_authorizer(self) -> Any:
         """Return the authorizer for one new connection."""
@@ -209,46 +297,103 @@ class Server(Router):
         peer = transport.extra(SocketAttribute.remote_address, "?")
         logger.info("handshake with %s failed: %s", peer, exc)
 
+    def _evict(self, source: str | None) -> bool:
+        """Cancel the oldest pending handshake (of *source*, if given); False if none."""
+        for entry in self._pending.values():  # oldest first
+            if not entry.evicted and (source is None or entry.source == source):
+                entry.evicted = True
+                entry.scope.cancel()
+                self._release(entry)
+                self.stats.evicted += 1
+                return True
+        return False
+
+    def _release(self, entry: _Pending) -> None:
+        if self._pending.pop(entry.order, None) is not None:
+            self._per_source[entry.source] -= 1
+            if self._per_source[entry.source] <= 0:
+                del self._per_source[entry.source]
+
+    def _admit(self, source: str) -> _Pending | None:
+        """Reserve a pending-handshake slot for *source*, evicting if a limit is full."""
+        if len(self.sessions) >= self.max_connections:
+            return None
+        if self._per_source[source] >= self.max_pending_per_source:
+            self._evict(source)
+        for _ in range(2):  # both global limits may each need one eviction
+            if len(self._pending) < min(
+                self.max_pending_handshakes, self.max_connections - len(self.sessions)
+            ):
+                break
+            if not self._evict(None):
+                return None
+        entry = _Pending(next(self._order), source, anyio.CancelScope())
+        self._pending[entry.order] = entry
+        self._per_source[source] += 1
+        return entry
+
     async def handle(self, transport: ByteStream) -> None:
         """Handshake on *transport*, serve the session until it ends, close it.
 
         Never raises for a failing peer (see :meth:`handshake_failed`).
         """
-        if len(self.sessions) + self._pending >= self.max_connections or (
-            self._pending >= self.max_pending_handshakes
-        ):
-            self.refused_connections += 1
+        self.stats.accepted += 1
+        source = _source_of(transport)
+        entry = self._admit(source)
+        if entry is None:
+            self.stats.refused += 1
             logger.warning(
-                "connection refused: %d live, %d handshaking", len(self.sessions), self._pending
+                "connection from %s refused: %d live, %d handshaking",
+                source,
+                len(self.sessions),
+                len(self._pending),
             )
             await anyio.aclose_forcefully(transport)
             return
-        self._pending += 1
+        established = False
         try:
-            session = await Session.wrap(
-                transport,
-                identity=self.identity,
-                server_side=True,
-                config=self.config,
-                authorizer=self.new_authorizer(),
-                tokens=self.tokens,
-                authenticate_peer=self.authenticate_peer,
-                router=self,
-                accept_incoming=False,
-                high_water=self.high_water,
-            )
-        except M2MError as exc:
-            self.failed_handshakes += 1
-            self.handshake_failed(exc, transport)
-            return
+            # The scope spans the session's life (the session's task group nests in
+            # it); only its handshake is evictable. Backstop deadline: the core
+            # enforces the handshake deadline; this also covers a stuck transport.
+            entry.scope.deadline = anyio.current_time() + self.handshake_timeout + 1.0
+            with entry.scope:
+                try:
+                    session = await Session.wrap(
+                        transport,
+                        identity=self.identity,
+                        server_side=True,
+                        config=self.config,
+                        authorizer=self.new_authorizer(),
+                        tokens=self.tokens,
+                        authenticate_peer=self.authenticate_peer,
+                        router=self,
+                        accept_incoming=False,
+                        high_water=self.high_water,
+                    )
+                except M2MError as exc:
+                    self.stats.failed += 1
+                    if getattr(exc, "close_code", None) == ErrorCode.HANDSHAKE_TIMEOUT:
+                        self.stats.timed_out += 1
+                    self.handshake_failed(exc, transport)
+                    return
+                finally:
+                    self._release(entry)
+                established = True
+                entry.scope.deadline = math.inf
+                self.stats.established += 1
+                self.sessions.add(session)
+                try:
+                    async with session:
+                        await session.wait_closed()
+                finally:
+                    self.sessions.discard(session)
         finally:
-            self._pending -= 1
-        self.sessions.add(session)
-        try:
-            async with session:
-                await session.wait_closed()
-        finally:
-            self.sessions.discard(session)
+            if not established:  # evicted, backstop deadline, or failed: make sure it is shut
+                with anyio.CancelScope(shield=True):
+                    await anyio.aclose_forcefully(transport)
+        if not established and entry.scope.cancelled_caught and not entry.evicted:
+            self.stats.failed += 1
+            self.stats.timed_out += 1
 
     async def serve(
         self,
