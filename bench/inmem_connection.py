@@ -87,11 +87,18 @@ def bench_raw(size: int, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def main() -> None:
-    msgs = bench_messages()
-    raw_small = bench_raw(256, 50000)
-    mbps = bench_bulk()
-    raw_bulk = bench_raw(65536, 2000) * 65536 / 1e6
+def main(rounds: int = 3) -> None:
+    """Interleave the four measurements *rounds* times and keep each one's best.
+
+    The machine is shared and noisy; the best of several interleaved rounds
+    estimates what each side can do, and the ratio compares like with like.
+    """
+    msgs = raw_small = mbps = raw_bulk = 0.0
+    for _ in range(rounds):
+        msgs = max(msgs, bench_messages())
+        raw_small = max(raw_small, bench_raw(256, 50000))
+        mbps = max(mbps, bench_bulk())
+        raw_bulk = max(raw_bulk, bench_raw(65536, 2000) * 65536 / 1e6)
     print(
         f"messages 256 B CBOR : {msgs:12,.0f} msg/s   raw ChaCha20-Poly1305 256 B seal+open: "
         f"{raw_small:12,.0f} /s  ratio {msgs / raw_small:.3f}"

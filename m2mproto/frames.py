@@ -463,22 +463,100 @@ def decode_frame(data: bytes | memoryview, offset: int = 0) -> tuple[Frame, int]
     return _from_items(items), end
 
 
+def _fast_uint(data: bytes, p: int, base: int) -> tuple[int, int]:
+    """Read a shortest-form CBOR head of major type ``base >> 5`` at *p*: ``(value, next)``.
+
+    Returns ``(-1, p)`` for anything else (the strict decoder then decides).
+    """
+    ib = data[p] - base
+    if 0 <= ib < 24:
+        return ib, p + 1
+    if ib == 24:
+        v = data[p + 1]
+        return (v, p + 2) if v >= 24 else (-1, p)
+    if ib == 25:
+        v = (data[p + 1] << 8) | data[p + 2]
+        return (v, p + 3) if v >= 0x100 else (-1, p)
+    if ib == 26:
+        v = int.from_bytes(data[p + 1 : p + 5], "big")
+        return (v, p + 5) if v >= 0x10000 else (-1, p)
+    if ib == 27:
+        v = int.from_bytes(data[p + 1 : p + 9], "big")
+        return (v, p + 9) if 0x100000000 <= v <= MAX_VARINT else (-1, p)
+    return -1, p
+
+
+def _fast_data_frame(data: bytes, offset: int, end: int) -> tuple[Frame, int] | None:
+    """Decode a STREAM or MESSAGE frame in its one valid encoding, or return None.
+
+    A fast path only: it accepts exactly the deterministic encoding with a
+    stream ID of at most 2^62-1 and valid flags, which the strict decoder
+    accepts with the same result; anything else (including truncation) is
+    left to the strict decoder, which reports the precise error.
+    """
+    if end - offset < 5:
+        return None
+    is_message = data[offset] == 0x85
+    sid, p = _fast_uint(data, offset + 2, 0x00)
+    if sid < 0 or p >= end:
+        return None
+    n, p = _fast_uint(data, p, 0x40)
+    if n < 0:
+        return None
+    q = p + n
+    if is_message:
+        if q + 2 > end:
+            return None
+        last = data[q]
+        fin = data[q + 1]
+        if last == 0xF5:
+            if fin == 0xF4:
+                return MessageFrame(sid, data[p:q], True, False), q + 2
+            if fin == 0xF5:
+                return MessageFrame(sid, data[p:q], True, True), q + 2
+        elif last == 0xF4 and fin == 0xF4:
+            return MessageFrame(sid, data[p:q], False, False), q + 2
+        return None
+    if q + 1 > end:
+        return None
+    fin = data[q]
+    if fin == 0xF4:
+        return StreamFrame(sid, data[p:q], False), q + 1
+    if fin == 0xF5:
+        return StreamFrame(sid, data[p:q], True), q + 1
+    return None
+
+
 def decode_frames(plaintext: bytes | memoryview) -> list[Frame]:
     """Decode every frame of one record plaintext (possibly none).
 
     The whole record is validated before anything is returned, so a record
     with one bad frame changes nothing. A KEY_UPDATE frame must be the last
-    frame of its record.
+    frame of its record. STREAM and MESSAGE frames in their (only valid)
+    deterministic encoding take a fast path; every other byte sequence goes
+    through the strict CBOR decoder, so nothing is accepted that it rejects.
 
     Raises:
         RemoteProtocolError: with the code listed in the module docstring.
     """
     frames: list[Frame] = []
+    append = frames.append
     offset = 0
     end = len(plaintext)
+    fast = type(plaintext) is bytes
     while offset < end:
+        if fast:
+            b0 = plaintext[offset]
+            if (b0 == 0x84 or b0 == 0x85) and offset + 1 < end:
+                kind = plaintext[offset + 1]
+                if (b0 == 0x84 and kind == 1) or (b0 == 0x85 and kind == 3):
+                    hit = _fast_data_frame(plaintext, offset, end)  # type: ignore[arg-type]
+                    if hit is not None:
+                        append(hit[0])
+                        offset = hit[1]
+                        continue
         frame, offset = decode_frame(plaintext, offset)
-        frames.append(frame)
+        append(frame)
     for frame in frames[:-1]:
         if isinstance(frame, KeyUpdateFrame):
             raise RemoteProtocolError(

@@ -193,3 +193,64 @@ def test_encoder_refuses_invalid_frames(frame: Frame) -> None:
     with pytest.raises(LocalProtocolError) as info:
         encode_frame(frame)
     assert info.value.code is ErrorCode.INVALID_ARGUMENT
+
+
+# -- the STREAM/MESSAGE fast path of decode_frames ----------------------------------
+# decode_frames takes the fast path only for `bytes`; a memoryview of the same bytes
+# goes through the strict decoder alone, so the two must always agree.
+
+
+def _outcome(data: bytes | memoryview) -> object:
+    try:
+        return decode_frames(data)
+    except RemoteProtocolError as exc:
+        return exc.code
+
+
+data_frames = st.one_of(
+    st.builds(StreamFrame, ids, small_bytes, st.booleans()),
+    st.builds(
+        MessageFrame, ids, small_bytes, st.just(True), st.booleans()
+    ),  # last fragment, with or without end_stream
+    st.builds(MessageFrame, ids, small_bytes, st.just(False), st.just(False)),
+)
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.one_of(data_frames, frames_st), min_size=1, max_size=5),
+    st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), max_size=3),
+    st.integers(0, 2000),
+)
+def test_fast_path_agrees_with_strict_decoder(
+    frames: list[Frame], edits: list[tuple[int, int]], cut: int
+) -> None:
+    raw = bytearray(b"".join(encode_frame(f) for f in frames))
+    for pos, value in edits:  # hostile edits: any byte anywhere, then a truncation
+        raw[pos % len(raw)] = value
+    data = bytes(raw[: len(raw) - cut % (len(raw) + 1)])
+    assert _outcome(data) == _outcome(memoryview(data))
+    if not edits and cut % (len(raw) + 1) == 0:
+        misplaced = any(isinstance(f, KeyUpdateFrame) for f in frames[:-1])
+        assert _outcome(data) == (ErrorCode.PROTOCOL_ERROR if misplaced else frames)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x84\x01\x18\x05\x41a\xf4",  # non-shortest stream ID
+        b"\x84\x01\x05\x58\x01a\xf4",  # non-shortest length
+        b"\x84\x01\x05\x41a\xf6",  # null end flag
+        b"\x85\x03\x05\x41a\xf4\xf5",  # end_stream without last
+        b"\x84\x01\x1b\x40\x00\x00\x00\x00\x00\x00\x00\x41a\xf4",  # stream ID 2^62
+        b"\x84\x01\x05\x42a",  # truncated payload
+        b"\x84\x01\x05\x5f\x41a\xff\xf4",  # indefinite length
+        b"\x85\x03\x05\x41a\xf5",  # MESSAGE missing a flag
+    ],
+)
+def test_fast_path_rejects_what_strict_rejects(raw: bytes) -> None:
+    with pytest.raises(RemoteProtocolError) as fast:
+        decode_frames(raw)
+    with pytest.raises(RemoteProtocolError) as strict:
+        decode_frames(memoryview(raw))
+    assert fast.value.code is strict.value.code
