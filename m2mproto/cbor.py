@@ -83,6 +83,32 @@ def _encode_float(value: float) -> bytes:
 def _encode_into(out: bytearray, obj: Any, depth: int) -> None:
     if depth > 64:
         raise LocalProtocolError("value nested too deeply to encode", ErrorCode.INVALID_ARGUMENT)
+    t = type(obj)
+    # Fast paths for the exact builtin types (subclasses take the general path below).
+    if t is bytes:
+        out += _head(2, len(obj))
+        out += obj
+        return
+    if t is str:
+        raw = obj.encode("utf-8")
+        out += _head(3, len(raw))
+        out += raw
+        return
+    if t is int and 0 <= obj < 24:
+        out.append(obj)
+        return
+    if t is dict and all(type(k) is str for k in obj):
+        # Text keys: encode each key once and sort by the encoded bytes.
+        keyed = []
+        for key, value in obj.items():
+            raw = key.encode("utf-8")
+            keyed.append((_head(3, len(raw)) + raw, value))
+        keyed.sort(key=_first)
+        out += _head(5, len(keyed))
+        for key_bytes, value in keyed:  # str keys are distinct, so encodings are too
+            out += key_bytes
+            _encode_into(out, value, depth + 1)
+        return
     if obj is True:
         out += b"\xf5"
     elif obj is False:
@@ -138,6 +164,10 @@ def _encode_into(out: bytearray, obj: Any, depth: int) -> None:
         raise LocalProtocolError(
             f"cannot encode {type(obj).__name__} as CBOR", ErrorCode.INVALID_ARGUMENT
         )
+
+
+def _first(pair: tuple[bytes, Any]) -> bytes:
+    return pair[0]
 
 
 def encode(obj: Any) -> bytes:
@@ -200,7 +230,20 @@ class _Decoder:
         return major, ai, arg, pos + size
 
     def item(self, pos: int, depth: int) -> tuple[Any, int]:
-        major, ai, arg, pos2 = self.head(pos)
+        # Fast path: a head whose argument fits in the initial byte needs no
+        # further checks (always shortest form, never indefinite); any other
+        # head goes through head(), which checks everything.
+        if pos < self.end:
+            ib = self.data[pos]
+            ai = ib & 0x1F
+            if ai < 24:
+                major = ib >> 5
+                arg = ai
+                pos2 = pos + 1
+            else:
+                major, ai, arg, pos2 = self.head(pos)
+        else:
+            major, ai, arg, pos2 = self.head(pos)
         if major == 0:
             return arg, pos2
         if major == 1:
