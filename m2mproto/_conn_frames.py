@@ -48,6 +48,8 @@ from .streams import RecvWindow, SendCredit, Stream, StreamInput, StreamState
 
 __all__ = ["FrameHandlers"]
 
+_RECEIVING = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL})
+
 
 class FrameHandlers(ConnectionCore):
     """The receive side of an established Connection (internal mixin)."""
@@ -114,13 +116,11 @@ class FrameHandlers(ConnectionCore):
     def _consumed(self, s: Stream | None, n: int) -> None:
         if not self.config.auto_window_update and s is not None:
             return
-        self._conn_recv.consume(n)
-        inc = self._conn_recv.update_due()
+        inc = self._conn_recv.consume_and_update(n)
         if inc:
             self._control.append(WindowUpdateFrame(None, inc))
-        if s is not None and s.state in (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL):
-            s.recv_window.consume(n)
-            inc = s.recv_window.update_due()
+        if s is not None and s.state in _RECEIVING:
+            inc = s.recv_window.consume_and_update(n)
             if inc:
                 self._control.append(WindowUpdateFrame(s.stream_id, inc))
 
@@ -151,12 +151,21 @@ class FrameHandlers(ConnectionCore):
         self._maybe_finish(s)
 
     def _on_message(self, f: MessageFrame) -> Event | None:
-        s = self._lookup(f.stream_id, "MESSAGE")
+        s = self._table.streams.get(f.stream_id)
+        if s is None:
+            s = self._lookup(f.stream_id, "MESSAGE")
         if s is not None and not s.can_receive():
             raise _Fail(ErrorCode.STREAM_STATE_ERROR, f"message after end on stream {s.stream_id}")
-        self._account(s, len(f.fragment))
+        n = len(f.fragment)
         if s is None:
+            self._account(s, n)
             return None
+        cr, rw = self._conn_recv, s.recv_window
+        if cr.received + n <= cr.limit and rw.received + n <= rw.limit:
+            cr.received += n  # within both windows (what _account checks)
+            rw.received += n
+        else:
+            self._account(s, n)  # raises FLOW_CONTROL_ERROR
         if not f.fragment and not f.last:
             self._budgets.no_progress_frame("empty MESSAGE fragment")
             return None

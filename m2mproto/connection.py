@@ -235,9 +235,11 @@ class Connection(HandshakeDriver, FrameHandlers, Outbox):
                 has been returned. Nothing the peer sends raises: it becomes a
                 ``ConnectionClosed`` or ``StreamReset`` event.
         """
+        events = self._events
+        frames = self._frames
         for _ in range(1_000_000):  # bounded: each round consumes a frame or a record
-            if self._events:
-                ev = self._events.popleft()
+            if events:
+                ev = events.popleft()
                 if isinstance(ev, ConnectionClosed):
                     self._closed_event_sent = True
                 return ev
@@ -245,8 +247,12 @@ class Connection(HandshakeDriver, FrameHandlers, Outbox):
                 if self._closed_event_sent:
                     raise LocalProtocolError("connection closed", ErrorCode.CONNECTION_CLOSED)
                 return NEED_DATA  # pragma: no cover - CLOSED always queues its event
+            result: Event | Literal[NeedData.NEED_DATA] | None
             try:
-                result = self._step()
+                if frames and self._pending_fail is None and self._hs is None:
+                    result = self._handle_frame(frames.popleft())  # the hot path of _step
+                else:
+                    result = self._step()
             except _Fail as fail:
                 self._fail(fail)
                 continue

@@ -185,6 +185,21 @@ class RecvWindow:
         """The application took *n* received bytes; credit may be returned."""
         self.consumed = min(self.consumed + n, self.received)
 
+    def consume_and_update(self, n: int) -> int:
+        """:meth:`consume` then :meth:`update_due` in one call (the per-frame hot path)."""
+        consumed = self.consumed + n
+        if consumed > self.received:
+            consumed = self.received
+        self.consumed = consumed
+        target = consumed + self.window
+        if target > MAX_VARINT:
+            target = MAX_VARINT
+        increment = target - self.limit
+        if increment <= 0 or increment < self.window // 2:
+            return 0
+        self.limit = target
+        return increment
+
     def update_due(self, *, force: bool = False) -> int:
         """Return the increment to grant now (0 if no update is due) and apply it."""
         target = min(self.consumed + self.window, MAX_VARINT)
