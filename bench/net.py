@@ -247,23 +247,42 @@ async def drive(channels: list[Channel], kind: str, duration: float, cap: int) -
     return total / elapsed
 
 
+def _describe(exc: BaseException) -> str:
+    """One line for a failed phase (the first leaf of an exception group)."""
+    leaf = exc
+    for _ in range(8):
+        if isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+            leaf = leaf.exceptions[0]
+    return f"{type(leaf).__name__}: {leaf}"
+
+
 async def _throughput(client: Client, port: int, settings: Settings) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    with anyio.fail_after(settings.phase_timeout):
-        out["handshake_s"] = await handshake_rate(
-            client, port, settings.duration, settings.max_iters
-        )
+    """Handshakes and per-level figures; a failing phase is recorded in ``errors`` and
+    the run goes on with the next phase (its figures stay ``None``)."""
+    out: dict[str, Any] = {"handshake_s": None, "errors": {}}
+    try:
+        with anyio.fail_after(settings.phase_timeout):
+            out["handshake_s"] = await handshake_rate(
+                client, port, settings.duration, settings.max_iters
+            )
+    except Exception as exc:
+        out["errors"]["handshake"] = _describe(exc)
     levels: dict[str, Any] = {}
     for n in settings.levels:
-        with anyio.fail_after(settings.phase_timeout):
-            row = {}
-            async with connections(client, port, n) as channels:
-                for kind, key in (
-                    ("bulk", "bulk_mb_s"),
-                    ("oneway", "oneway_msgs_s"),
-                    ("rr", "rr_s"),
-                ):
-                    row[key] = await drive(channels, kind, settings.duration, settings.max_iters)
+        row: dict[str, Any] = {"bulk_mb_s": None, "oneway_msgs_s": None, "rr_s": None}
+        try:
+            with anyio.fail_after(settings.phase_timeout):
+                async with connections(client, port, n) as channels:
+                    for kind, key in (
+                        ("bulk", "bulk_mb_s"),
+                        ("oneway", "oneway_msgs_s"),
+                        ("rr", "rr_s"),
+                    ):
+                        row[key] = await drive(
+                            channels, kind, settings.duration, settings.max_iters
+                        )
+        except Exception as exc:
+            out["errors"][f"level {n}"] = _describe(exc)
         levels[str(n)] = row
     out["concurrency"] = levels
     first = levels[str(settings.levels[0])] if settings.levels else {}
@@ -298,5 +317,9 @@ def measure_network(
     with ServerProcess(proto, backend, material) as server:
         out = anyio.run(_throughput, client, server.port, settings, backend=backend)
     with ServerProcess(proto, backend, material) as server:
-        out.update(anyio.run(_memory, client, server, settings, backend=backend))
+        try:
+            out.update(anyio.run(_memory, client, server, settings, backend=backend))
+        except Exception as exc:
+            out["memory_bytes_per_conn"] = None
+            out["errors"]["memory"] = _describe(exc)
     return out

@@ -189,6 +189,9 @@ def render_table(results: dict[str, Any]) -> str:
                         "",
                     )
                 )
+        for proto_name, proto in (("m2mproto", m2m), ("TLS", tls)):
+            for phase, why in (proto.get("errors") or {}).items():
+                lines.append(f"  ({proto_name} {phase} failed: {why})")
         if net.get("m2m_unavailable"):
             lines.append(f"  (m2mproto: {net['m2m_unavailable']})")
 
