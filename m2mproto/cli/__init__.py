@@ -128,7 +128,7 @@ def report(exc: BaseException) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import demo, interop, keys, peer, token
+    from . import bench, demo, interop, keys, peer, token
 
     parser = argparse.ArgumentParser(
         prog="m2m",
@@ -136,13 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"m2m {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (keys, token, peer, demo, interop):
+    for module in (keys, token, peer, demo, interop, bench):
         module.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``m2m`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # everything after "bench" belongs to python -m bench
+        from .bench import run_bench
+
+        try:
+            return run_bench(argv[1:])
+        except M2MError as exc:
+            return report(exc)
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
