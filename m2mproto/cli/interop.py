@@ -48,7 +48,20 @@ def register(sub: Any) -> None:
     r.add_argument(
         "--no-sanity", action="store_true", help="skip the benign sessions around hostile cases"
     )
+    r.add_argument("--target", metavar="HOST:PORT", help="test a running peer over TCP")
+    r.add_argument("--root-key", metavar="FILE", help="with --target: the root key the peer trusts")
+    r.add_argument(
+        "--shim",
+        metavar="COMMAND",
+        help="test an implementation through its shim (spec/interop.md)",
+    )
     r.set_defaults(handler=cmd_run)
+
+    sh = isub.add_parser("shim", help="the reference implementation's shim (spec/interop.md)")
+    from ..interop.shim import add_arguments
+
+    add_arguments(sh)
+    sh.set_defaults(handler=cmd_shim)
     p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
 
 
@@ -72,6 +85,12 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     if not bad:
         print(f"{len(generate.FILES)} vector files in {directory} match the generator")
     return 1 if bad else 0
+
+
+def cmd_shim(args: argparse.Namespace) -> int:
+    from ..interop.shim import run
+
+    return run(args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

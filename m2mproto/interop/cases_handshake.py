@@ -82,6 +82,7 @@ case(
     "AgentId-Derived",
     "1.2: both sides name each other by the agent ID derived from the authenticated key.",
     ok(),
+    needs={"iut-identity"},
 )
 def _agent_id(ctx: Ctx) -> Actual:
     s = ctx.session()
@@ -528,6 +529,7 @@ case(
     "HS-Reflected-Identity",
     "2.5 step 4: a peer presenting our own identity is AUTH_REFLECTED.",
     conn("HANDSHAKE_FAILURE", "AUTH_REFLECTED"),
+    needs={"iut-keys"},
 )(_hs(identity=mint.VERIFIER))
 
 case(
@@ -535,6 +537,7 @@ case(
     "HS-Reflected-StaticKey",
     "2.5 step 4: a peer presenting our own Noise static key is AUTH_REFLECTED.",
     conn("HANDSHAKE_FAILURE", "AUTH_REFLECTED"),
+    needs={"iut-keys"},
 )(_hs(static_key=IUT_STATIC))
 
 case(
@@ -542,6 +545,7 @@ case(
     "HS-Identity-Untrusted",
     "2.5 step 6: an identity the trust decision refuses is AUTH_UNTRUSTED (wire UNAUTHORIZED).",
     conn("UNAUTHORIZED", "AUTH_UNTRUSTED"),
+    needs={"trust-list"},
 )(_hs(identity=mint.STRANGER))
 
 

@@ -19,7 +19,7 @@ from ..frames import (
     TokenFrame,
     WindowUpdateFrame,
 )
-from .framework import HOLDER_TOKEN, Actual, Ctx, case, conn, ok, restricted_token, stream
+from .framework import Actual, Ctx, case, conn, holder_token, ok, restricted_token, stream
 from .inprocess import IUTProfile
 from .peer import Received, Session, resets, stream_bytes
 
@@ -576,7 +576,7 @@ _pair(3, "DoS-EmptyRecords", "empty records", lambda i: [b""])
 _pair(5, "DoS-WindowUpdates", "WINDOW_UPDATE frames", lambda i: [WindowUpdateFrame(None, 1)])
 _pair(7, "DoS-UnsolicitedPong", "unsolicited PONGs", lambda i: [PongFrame(b"?")])
 _pair(9, "DoS-IgnoredExtensions", "ignored extension frames", lambda i: [ExtensionFrame(99, ())])
-_pair(11, "DoS-TokenFrames", "TOKEN frames", lambda i: [TokenFrame(HOLDER_TOKEN)])
+_pair(11, "DoS-TokenFrames", "TOKEN frames", lambda i: [TokenFrame(holder_token())])
 
 
 def _ping_flood(n: int) -> Callable[[Ctx], Actual]:
@@ -650,8 +650,6 @@ case(
 
 # ------------------------------------------------------------------ §5.7 authorization
 
-_ECHO_ONLY = restricted_token(("echo", "stream/open"), ("echo", "msg/send"))
-
 
 @case(
     "5.7/1",
@@ -661,7 +659,7 @@ _ECHO_ONLY = restricted_token(("echo", "stream/open"), ("echo", "msg/send"))
     stream("UNAUTHORIZED"),
 )
 def _no_cap(ctx: Ctx) -> Actual:
-    s = ctx.session(tokens=[_ECHO_ONLY])
+    s = ctx.session(tokens=[restricted_token(("echo", "stream/open"), ("echo", "msg/send"))])
     s.send(OpenFrame(0, "log"))
     s.next_stream = 2
     return ctx.observe(s, sid=0)
@@ -745,7 +743,7 @@ def _late_token(ctx: Ctx) -> Actual:
     got = s.receive()
     if [r.code for r in resets(got, 0)] != [ErrorCode.UNAUTHORIZED]:
         return Actual("fail", detail="open without any token was not refused")
-    s.send(TokenFrame(HOLDER_TOKEN))
+    s.send(TokenFrame(holder_token()))
     s.receive()
     s.next_stream = 2
     return ctx.observe(s)
@@ -760,7 +758,7 @@ def _late_token(ctx: Ctx) -> Actual:
 def _bad_token_frame(ctx: Ctx) -> Actual:
     from . import mint
 
-    bad = next(c for c in mint.token_catalog() if c.name == "Expired")
+    bad = mint.token_named("Expired")
     s = ctx.session()
     s.send(TokenFrame(bad.token))
     act = ctx.observe(s)

@@ -130,6 +130,10 @@ class Case:
     run: Callable[[Ctx], Actual]
     profile: IUTProfile = field(default_factory=IUTProfile)
     hostile: bool = True
+    #: What the attachment must offer beyond bytes: ``iut-keys`` (the IUT's identity and
+    #: static key are the runner's), ``trust-list`` (the IUT's trust decision is the runner's
+    #: list), ``iut-identity`` (tokens name the IUT as audience), ``revocations``.
+    needs: frozenset[str] = frozenset()
 
     @property
     def section(self) -> str:
@@ -151,6 +155,7 @@ def case(
     *,
     profile: IUTProfile | None = None,
     hostile: bool | None = None,
+    needs: frozenset[str] | set[str] = frozenset(),
 ) -> Callable[[Callable[[Ctx], Actual]], Callable[[Ctx], Actual]]:
     """Register a case (decorator). Positive (``ok``) cases are not hostile by default."""
 
@@ -166,6 +171,7 @@ def case(
                 fn,
                 profile or IUTProfile(),
                 expect.kind != "ok" if hostile is None else hostile,
+                frozenset(needs),
             )
         )
         return fn
@@ -193,10 +199,16 @@ def select(cases: list[Case], patterns: list[str]) -> list[Case]:
     return out
 
 
-#: The token the hostile peer (HOLDER) presents by default: everything, under ROOT.
-HOLDER_TOKEN = mint.craft_token(
-    mint.ROOT, mint.claims_for(mint.ROOT, mint.HOLDER, (("*", "*"),), cti=b"holder-token-001")
-)
+_HOLDER_TOKENS: dict[bytes, bytes] = {}
+
+
+def holder_token() -> bytes:
+    """The token the hostile peer (HOLDER) presents by default: everything, under ROOT."""
+    key = mint.ROOT.public_key
+    if key not in _HOLDER_TOKENS:
+        claims = mint.claims_for(mint.ROOT, mint.HOLDER, (("*", "*"),), cti=b"holder-token-001")
+        _HOLDER_TOKENS[key] = mint.craft_token(mint.ROOT, claims)
+    return _HOLDER_TOKENS[key]
 
 
 def restricted_token(*caps: tuple[str, str], cti: bytes = b"holder-token-002") -> bytes:
@@ -222,20 +234,20 @@ class Ctx:
     def peer(self, link: Link | None = None, **bugs: Any) -> HostilePeer:
         """A hostile peer in the role opposite the IUT's (knobs as keyword arguments)."""
         link = link or self.link()
-        bugs.setdefault("tokens", [HOLDER_TOKEN])
+        bugs.setdefault("tokens", [holder_token()])
         initiator = not self.profile.initiator
         return HostilePeer(
             link, initiator=initiator, bugs=Bugs(**bugs), iut_static=IUT_STATIC_PUBLIC
         )
 
     def session(self, **bugs: Any) -> Session:
-        """A completed handshake (the peer presents HOLDER_TOKEN unless told otherwise)."""
+        """A completed handshake (the peer presents holder_token() unless told otherwise)."""
         p = self.peer(**bugs)
         result = p.handshake() if p.initiator else p.accept()
         if not isinstance(result, Session):
             raise CaseError(f"handshake failed: {describe_received(result)}")
         if not p.initiator:  # the IUT dialled: present our token after the handshake
-            result.send(TokenFrame(HOLDER_TOKEN))
+            result.send(TokenFrame(holder_token()))
             result.receive()
         return result
 
@@ -263,6 +275,9 @@ class Ctx:
 
     def _closed(self, link: Link, got: Received) -> Actual:
         code = got.close_code()
+        wait = getattr(link, "wait_closed", None)
+        if code is not None and wait is not None:
+            wait(1.0)  # a socket peer closes its side shortly after CLOSE/ABORT
         local = self.local_code(link)
         if code is not None:
             detail = "" if link.iut_closed else "IUT did not close the transport"

@@ -84,35 +84,40 @@ IUT_STATIC_PUBLIC = x25519_public_key(IUT_STATIC)
 class InProcessLink:
     """One IUT connection driven in memory (implements :class:`peer.Link`)."""
 
-    def __init__(self, profile: IUTProfile, identity: Identity = mint.VERIFIER) -> None:
+    def __init__(
+        self,
+        profile: IUTProfile,
+        identity: Identity | None = None,
+        *,
+        static_key: bytes = IUT_STATIC,
+        trust_roots: Sequence[AgentId] | None = None,
+        revocations: Sequence[bytes] | None = None,
+        unix_now: float = mint.NOW,
+    ) -> None:
+        identity = identity or mint.VERIFIER
         self.profile = profile
         self.now = START
         trust = profile.trust if profile.trust is not None else trusted()
         cfg = replace(
             Configuration(
                 entropy=mint.entropy("iut"),
-                clock_offset=mint.NOW - START,
-                static_key=IUT_STATIC,
+                clock_offset=unix_now - START,
+                static_key=static_key,
             ),
             **profile.config,
         )
-        self.authorizer = (
-            TokenAuthorizer(
-                trust_roots=[mint.ROOT.agent_id],
-                audience=identity.agent_id,
-                revocations=InMemoryRevocationStore(
-                    [mint.revocation_statement()] if not profile.revoked else []
-                ),
+        self.authorizer: TokenAuthorizer | None = None
+        if profile.authorize:
+            store = InMemoryRevocationStore(
+                [mint.revocation_statement()] if revocations is None else revocations
             )
-            if profile.authorize
-            else None
-        )
-        if self.authorizer is not None and profile.revoked:
-            store = self.authorizer.revocations
-            assert isinstance(store, InMemoryRevocationStore)
-            store.add(mint.revocation_statement())
             for cti in profile.revoked:
                 store.revoke_locally(cti)
+            self.authorizer = TokenAuthorizer(
+                trust_roots=[mint.ROOT.agent_id] if trust_roots is None else trust_roots,
+                audience=identity.agent_id,
+                revocations=store,
+            )
 
         def authenticate(peer: AgentId) -> None:
             if profile.expect_peer is not None and peer != profile.expect_peer:

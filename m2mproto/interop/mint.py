@@ -53,7 +53,9 @@ __all__ = [
     "entropy",
     "identity",
     "seed",
+    "set_root",
     "token_catalog",
+    "token_named",
 ]
 
 #: Unix time every vector and in-process case is evaluated at (2026-01-01T00:00:00Z).
@@ -233,6 +235,24 @@ def _padded(total: int) -> bytes:
 def revocation_statement() -> bytes:
     """The statement (by ROOT, at NOW - 60) the token vectors' verifier holds."""
     return revoke(ROOT, [_cti(66)], now=NOW - 60)
+
+
+def set_root(root: Identity) -> None:
+    """Mint every later token under *root* (the runner's ``--root-key``)."""
+    global ROOT
+    ROOT = root
+    _CATALOG.clear()
+
+
+_CATALOG: dict[bytes, dict[str, TokenCase]] = {}
+
+
+def token_named(name: str) -> TokenCase:
+    """The catalog entry *name*, minted under the current root (cached)."""
+    key = ROOT.public_key
+    if key not in _CATALOG:
+        _CATALOG[key] = {tc.name: tc for tc in token_catalog()}
+    return _CATALOG[key][name]
 
 
 def token_catalog() -> list[TokenCase]:

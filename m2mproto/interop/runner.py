@@ -31,6 +31,7 @@ from ..errors import ErrorCode
 from . import cases_handshake, cases_records, cases_streams, cases_tokens  # noqa: F401
 from .framework import CASES, Actual, Case, CaseError, Ctx, select
 from .inprocess import IUTProfile, make_link
+from .netlink import Unsupported
 from .peer import Link, PeerError
 
 __all__ = ["EXPECTED_FAILURES", "Result", "main", "run_cases"]
@@ -94,8 +95,13 @@ def benign(make: Callable[[IUTProfile], Link], profile: IUTProfile) -> str:
         echoed, _ = s.echo({"sanity": True})
         pinged, _ = s.ping(b"sanity")
         got = s.close()
-    except (CaseError, PeerError) as exc:
+        wait = getattr(s.link, "wait_closed", None)
+        if wait is not None:
+            wait(1.0)
+    except (CaseError, PeerError, OSError) as exc:
         return f"failed: {exc}"
+    finally:
+        _close_links(ctx.links)
     if not echoed or not pinged:
         return "failed: no echo" if not echoed else "failed: no PONG"
     if got.close_code() != ErrorCode.NO_ERROR or not s.link.iut_closed:
@@ -114,9 +120,36 @@ def _matches(case: Case, actual: Actual) -> bool:
     return exp.local is None or actual.local is None or actual.local == exp.local
 
 
-def run_case(case: Case, make: Callable[[IUTProfile], Link], *, sanity: bool = True) -> Result:
+#: What each attachment offers (see ``Case.needs``).
+CAPABILITIES = {
+    "in-process": frozenset({"iut-keys", "trust-list", "iut-identity", "revocations"}),
+    "shim": frozenset({"iut-keys", "trust-list", "iut-identity", "revocations"}),
+    "tcp": frozenset(),
+}
+
+
+def _close_links(links: Sequence[Link]) -> None:
+    for link in links:
+        close = getattr(link, "close", None)
+        if close is not None:
+            close()
+
+
+def run_case(
+    case: Case,
+    make: Callable[[IUTProfile], Link],
+    *,
+    sanity: bool = True,
+    capabilities: frozenset[str] = CAPABILITIES["in-process"],
+) -> Result:
+    """Run one case with its sanity sessions; never raises."""
     start = time.perf_counter()
     res = Result(case, "ERROR")
+    missing = case.needs - capabilities
+    if missing:
+        res.result, res.note = "SKIP", f"attachment lacks {', '.join(sorted(missing))}"
+        return res
+    ctx: Ctx | None = None
     try:
         if sanity and case.hostile:
             res.sanity_before = benign(make, case.profile)
@@ -125,6 +158,7 @@ def run_case(case: Case, make: Callable[[IUTProfile], Link], *, sanity: bool = T
                 return res
         ctx = Ctx(make, case.profile)
         actual = case.run(ctx)
+        _close_links(ctx.links)
         res.actual = actual
         if sanity and case.hostile:
             res.sanity_after = benign(make, case.profile)
@@ -136,6 +170,8 @@ def run_case(case: Case, make: Callable[[IUTProfile], Link], *, sanity: bool = T
             res.note = res.note or EXPECTED_FAILURES[case.id]
         else:
             res.result = "PASS" if passed else "FAIL"
+    except Unsupported as exc:
+        res.result, res.note, res.actual = "SKIP", str(exc), None
     except (CaseError, PeerError) as exc:
         res.note = f"runner: {exc}"
     except Exception as exc:  # a runner bug or an exception leaking from the IUT
@@ -145,6 +181,8 @@ def run_case(case: Case, make: Callable[[IUTProfile], Link], *, sanity: bool = T
         res.actual = Actual("exception", detail=f"{type(exc).__name__}: {exc}")
         res.result = "FAIL"
     finally:
+        if ctx is not None:
+            _close_links(ctx.links)
         res.duration = time.perf_counter() - start
     return res
 
@@ -155,10 +193,11 @@ def run_cases(
     *,
     sanity: bool = True,
     progress: Callable[[Result, int, int], None] | None = None,
+    capabilities: frozenset[str] = CAPABILITIES["in-process"],
 ) -> list[Result]:
     out = []
     for i, c in enumerate(cases, 1):
-        r = run_case(c, make, sanity=sanity)
+        r = run_case(c, make, sanity=sanity, capabilities=capabilities)
         out.append(r)
         if progress is not None:
             progress(r, i, len(cases))
@@ -281,6 +320,14 @@ def print_report(results: Sequence[Result], duration: float, out: TextIO) -> Non
             f"{sum(r.duration for r in rs):>6.2f}s",
             file=out,
         )
+    skipped = [r for r in results if r.result == "SKIP"]
+    if skipped:
+        reasons: dict[str, int] = {}
+        for r in skipped:
+            reasons[r.note] = reasons.get(r.note, 0) + 1
+        print(" SKIPPED", file=out)
+        for note, n in sorted(reasons.items()):
+            print(f"   {n:>3} x {note}", file=out)
     bad = [r for r in results if r.result in ("FAIL", "XPASS", "ERROR")]
     if bad:
         print(" FAILED", file=out)
@@ -325,18 +372,47 @@ def main(args: argparse.Namespace) -> int:
     if not cases:
         print("m2m: no case matches", file=sys.stderr)
         return 2
-    print(f"m2m-conform {__version__}  iut=in-process  cases={len(cases)}", file=out)
+    make: Callable[[IUTProfile], Link] = make_link
+    attach = "in-process"
+    if getattr(args, "target", None) and getattr(args, "shim", None):
+        print("m2m: --target and --shim are exclusive", file=sys.stderr)
+        return 2
+    if getattr(args, "target", None):
+        from ..cli.peer import parse_hostport
+        from ..identity import Identity
+        from . import mint
+        from .netlink import tcp_factory
+
+        if not args.root_key:
+            print("m2m: --target needs --root-key FILE (the root the peer trusts)", file=sys.stderr)
+            return 2
+        mint.set_root(Identity.load(args.root_key))
+        host, port = parse_hostport(args.target)
+        make, attach = tcp_factory(host, port), "tcp"
+    elif getattr(args, "shim", None):
+        from .netlink import shim_factory
+
+        make, attach = shim_factory(args.shim), "shim"
+    print(f"m2m-conform {__version__}  iut={attach}  cases={len(cases)}", file=out)
 
     def progress(r: Result, i: int, n: int) -> None:
         if not args.quiet:
             print(f" [{i:>3}/{n}] {r.result:<5} {r.case.id:<8} {r.case.name}", file=out)
 
     t0 = time.perf_counter()
-    results = run_cases(cases, make_link, sanity=not args.no_sanity, progress=progress)
+    results = run_cases(
+        cases,
+        make,
+        sanity=not args.no_sanity,
+        progress=progress,
+        capabilities=CAPABILITIES[attach],
+    )
     duration = time.perf_counter() - t0
     print_report(results, duration, out)
+    if attach == "tcp":
+        print(" (tcp: only wire behaviour is checked; local codes are not visible)", file=out)
     if args.json:
-        write_json(args.json, results, duration, "in-process")
+        write_json(args.json, results, duration, attach)
     if args.junit:
         write_junit(args.junit, results)
     failed = sum(r.result in ("FAIL", "XPASS", "ERROR") for r in results)

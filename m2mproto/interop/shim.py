@@ -1,0 +1,164 @@
+"""``m2m interop shim``: the reference implementation's shim (spec/interop.md §5).
+
+Theory of operation
+-------------------
+The shim parses the contract's flags into an :class:`IUTProfile`, dials the
+runner, writes the test ID, and then moves bytes between the socket and an
+:class:`InProcessLink` (the sans-IO ``Connection`` plus the conformance
+application). The link's clock follows the process's monotonic clock, so
+timers fire in real time. When the connection is closed it prints the
+stream resets and ``M2M-RESULT: <CODE>`` on stderr and exits 0 (NO_ERROR)
+or 1; an unknown flag or configuration name exits 89 before connecting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import select
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..config import Configuration
+from ..errors import ErrorCode, M2MError, code_name
+from ..identity import AgentId, Identity
+from .inprocess import InProcessLink, IUTProfile
+
+__all__ = ["main"]
+
+UNIMPLEMENTED = 89
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # unknown flag: "unimplemented", not usage
+        print(f"M2M-UNIMPLEMENTED: {message}", file=sys.stderr)
+        raise SystemExit(UNIMPLEMENTED)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="m2m interop shim", description="m2mproto reference shim")
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--test-id", type=int, required=True)
+    p.add_argument("--role", choices=("initiator", "responder"), required=True)
+    p.add_argument("--identity-seed", required=True)
+    p.add_argument("--static-key")
+    p.add_argument("--trust", action="append", default=[])
+    p.add_argument("--expect-peer")
+    p.add_argument("--trust-root", action="append", default=[])
+    p.add_argument("--token", action="append", default=[])
+    p.add_argument("--revocation", action="append", default=[])
+    p.add_argument("--revoked", action="append", default=[])
+    p.add_argument("--no-authorize", action="store_true")
+    p.add_argument("--now", type=float)
+    p.add_argument("--config", action="append", default=[])
+
+
+def _value(field_type: Any, text: str) -> Any:
+    if text in ("None", "none"):
+        return None
+    if text in ("True", "true"):
+        return True
+    if text in ("False", "false"):
+        return False
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _config(items: Sequence[str]) -> dict[str, Any]:
+    fields = Configuration.__dataclass_fields__
+    out: dict[str, Any] = {}
+    for item in items:
+        name, _, text = item.partition("=")
+        if name not in fields or name in ("entropy", "static_key", "policy", "clock_offset"):
+            print(f"M2M-UNIMPLEMENTED: --config {name}", file=sys.stderr)
+            raise SystemExit(UNIMPLEMENTED)
+        out[name] = _value(fields[name].type, text)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    profile = IUTProfile(
+        initiator=args.role == "initiator",
+        config=_config(args.config),
+        trust=frozenset(AgentId.parse(t) for t in args.trust) if args.trust else None,
+        expect_peer=AgentId.parse(args.expect_peer) if args.expect_peer else None,
+        revoked=tuple(bytes.fromhex(x) for x in args.revoked),
+        tokens=tuple(bytes.fromhex(x) for x in args.token),
+        authorize=not args.no_authorize,
+    )
+    kwargs: dict[str, Any] = {}
+    if args.static_key:
+        kwargs["static_key"] = bytes.fromhex(args.static_key)
+    if args.trust_root:
+        kwargs["trust_roots"] = [AgentId.parse(r) for r in args.trust_root]
+    kwargs["revocations"] = [bytes.fromhex(x) for x in args.revocation]
+    if args.now is not None:
+        kwargs["unix_now"] = args.now
+    identity = Identity.from_seed(bytes.fromhex(args.identity_seed))
+    sock = socket.create_connection(("127.0.0.1", args.port), timeout=5.0)
+    sock.sendall(args.test_id.to_bytes(8, "little"))
+    link = InProcessLink(profile, identity, **kwargs)
+    start = time.monotonic()
+    eof = False
+    for _ in range(10_000_000):  # bounded by the connection's own timers
+        out = link.read()
+        if out:
+            try:
+                sock.sendall(out)
+            except OSError:
+                if not eof:
+                    link.write_eof()
+                eof = True
+        if link.iut_closed:
+            break
+        ready, _, _ = select.select([] if eof else [sock], [], [], 0.02)
+        if ready:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                data = b""
+            if data:
+                link.write(data)
+            else:
+                eof = True
+                link.write_eof()
+        link.advance(max(0.0, (time.monotonic() - start) - (link.now - 1000.0)))
+    tail = link.read()
+    if tail:
+        with contextlib.suppress(OSError):
+            sock.sendall(tail)
+    sock.close()
+    view = link.local()
+    for sid, code, remote in view.resets:
+        who = "remote" if remote else "local"
+        print(f"M2M-STREAM-RESET: {sid} {code_name(code)} {who}", file=sys.stderr)
+    closed = view.closed_code
+    print(f"M2M-RESULT: {code_name(closed) if closed is not None else 'NONE'}", file=sys.stderr)
+    return 0 if closed == ErrorCode.NO_ERROR else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point (``python -m m2mproto.interop.shim`` or ``m2m interop shim``)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except M2MError as exc:
+        print(f"M2M-RESULT: {exc.code.name}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"m2m interop shim: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
