@@ -463,12 +463,20 @@ def decode_frame(data: bytes | memoryview, offset: int = 0) -> tuple[Frame, int]
     return _from_items(items), end
 
 
-def _fast_uint(data: bytes, p: int, base: int) -> tuple[int, int]:
+_HEAD_SIZE = {24: 1, 25: 2, 26: 4, 27: 8}
+
+
+def _fast_uint(data: bytes, p: int, base: int, end: int) -> tuple[int, int]:
     """Read a shortest-form CBOR head of major type ``base >> 5`` at *p*: ``(value, next)``.
 
-    Returns ``(-1, p)`` for anything else (the strict decoder then decides).
+    Returns ``(-1, p)`` for anything else, including a head cut off by *end*
+    (the strict decoder then decides).
     """
+    if p >= end:
+        return -1, p
     ib = data[p] - base
+    if p + 1 + _HEAD_SIZE.get(ib, 0) > end:
+        return -1, p
     if 0 <= ib < 24:
         return ib, p + 1
     if ib == 24:
@@ -497,10 +505,10 @@ def _fast_data_frame(data: bytes, offset: int, end: int) -> tuple[Frame, int] | 
     if end - offset < 5:
         return None
     is_message = data[offset] == 0x85
-    sid, p = _fast_uint(data, offset + 2, 0x00)
+    sid, p = _fast_uint(data, offset + 2, 0x00, end)
     if sid < 0 or p >= end:
         return None
-    n, p = _fast_uint(data, p, 0x40)
+    n, p = _fast_uint(data, p, 0x40, end)
     if n < 0:
         return None
     q = p + n

@@ -246,6 +246,10 @@ def test_fast_path_agrees_with_strict_decoder(
         b"\x84\x01\x05\x42a",  # truncated payload
         b"\x84\x01\x05\x5f\x41a\xff\xf4",  # indefinite length
         b"\x85\x03\x05\x41a\xf5",  # MESSAGE missing a flag
+        b"\x84\x01\x18",  # stream ID head cut after its first byte
+        b"\x84\x01\x19\x01",  # 2-byte stream ID head cut short
+        b"\x85\x03\x05\x59\x01",  # 2-byte length head cut short
+        b"\x85\x03\x1b\x00\x00\x00\x01",  # 8-byte stream ID head cut short
     ],
 )
 def test_fast_path_rejects_what_strict_rejects(raw: bytes) -> None:
