@@ -90,12 +90,16 @@ class FrameHandlers(ConnectionCore):
         self._budgets.no_progress_frame("ignored extension frame")
         return None
 
-    def _lookup(self, stream_id: int, what: str) -> Stream | None:
+    def _lookup(self, stream_id: int, what: str, *, crossing: bool = False) -> Stream | None:
+        """The live stream, or None for a frame to ignore; a frame the stream's
+        history forbids is STREAM_STATE_ERROR. With *crossing*, a stream that
+        ended gracefully also yields None: RESET and WINDOW_UPDATE may cross
+        the end of a stream in flight (spec/streams.md)."""
         s = self._table.streams.get(stream_id)
         if s is not None:
             return s
         kind = self._table.classify_unknown(stream_id)
-        if kind == "reset":
+        if kind == "reset" or (crossing and kind == "closed"):
             return None
         raise _Fail(ErrorCode.STREAM_STATE_ERROR, f"{what} on {kind} stream {stream_id}")
 
@@ -172,7 +176,8 @@ class FrameHandlers(ConnectionCore):
         self._budgets.progress()
         self._consumed(s, len(f.fragment))
         grant: object = None
-        if not s.reassembly and self._authorizer is not None:
+        if not s.reassembly and self._authorizer is not None and not s.local:
+            # (messages on a stream we opened are replies: the open was ours)
             # the first fragment of each message is authorized before buffering
             assert self.peer is not None
             try:
@@ -235,13 +240,20 @@ class FrameHandlers(ConnectionCore):
         return StreamOpened(stream_id=sid, resource=f.resource, grant=s.grant)
 
     def _on_reset(self, f: ResetFrame) -> Event | None:
-        s = self._lookup(f.stream_id, "RESET")
+        s = self._lookup(f.stream_id, "RESET", crossing=True)
         self._budgets.charge_churn(self._now)
         if s is None:
             return None
         expected = s.recv_window.received
         if f.final_size != expected or (s.recv_final is not None and f.final_size != s.recv_final):
             raise _Fail(ErrorCode.FINAL_SIZE_ERROR, f"final size {f.final_size} != {expected}")
+        if s.state is StreamState.CLOSED:
+            # Both ends were already sent: the RESET crossed our end in flight.
+            # Whatever of ours is still queued will not be read: drop it.
+            dropped = s.drop_pending()
+            self._send_buffered -= dropped
+            self._table.finish(s)
+            return StreamReset(stream_id=s.stream_id, code=f.code, remote=True) if dropped else None
         self._send_buffered -= s.drop_pending()
         self._reassembly_total -= len(s.reassembly)
         s.reassembly = bytearray()
@@ -255,7 +267,7 @@ class FrameHandlers(ConnectionCore):
             if f.stream_id is None:
                 self._conn_send.add(f.increment)
                 return
-            s = self._lookup(f.stream_id, "WINDOW_UPDATE")
+            s = self._lookup(f.stream_id, "WINDOW_UPDATE", crossing=True)
             if s is not None:
                 s.send_credit.add(f.increment)
         except RemoteProtocolError as exc:

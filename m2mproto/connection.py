@@ -408,16 +408,25 @@ class Connection(HandshakeDriver, FrameHandlers, Outbox):
     def acknowledge_data(self, stream_id: int, n: int) -> None:
         """Return *n* bytes of credit (only with ``auto_window_update=False``).
 
+        The application calls it as it takes received bytes. For a stream the
+        core has already finished, only the connection-level credit is returned.
+
         Raises:
-            LocalProtocolError: ``INVALID_ARGUMENT`` for an unknown stream.
+            LocalProtocolError: ``INVALID_ARGUMENT`` for a stream ID never used.
         """
         if self.config.auto_window_update:
             return  # credit is returned as events are delivered
-        s = self._get(stream_id)
+        s = self._table.streams.get(stream_id)
+        if s is None and self._table.classify_unknown(stream_id) in ("new", "idle"):
+            raise LocalProtocolError(f"no stream {stream_id}", ErrorCode.INVALID_ARGUMENT)
+        # The connection-level credit goes back even when the stream has
+        # already finished in the core (its last bytes arrived after our end).
         self._conn_recv.consume(n)
         inc = self._conn_recv.update_due()
         if inc:
             self._control.append(WindowUpdateFrame(None, inc))
+        if s is None:
+            return
         s.recv_window.consume(n)
         inc = s.recv_window.update_due()
         if inc and s.can_receive():

@@ -232,11 +232,6 @@ async def test_cancelled_request_resets_its_stream_only() -> None:
             assert not client._channels or all(c.reset is None for c in client._channels.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Connection.acknowledge_data refuses streams the core already finished, so the "
-    "connection-level credit of a stream's last bytes is never returned (reported)",
-)
 async def test_connection_credit_survives_many_finished_streams() -> None:
     cfg = Configuration(initial_connection_window=64 * KiB, initial_stream_window=32 * KiB)
     done = 0
