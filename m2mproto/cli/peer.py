@@ -76,6 +76,25 @@ def _backend_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _reliable_args(p: argparse.ArgumentParser, helptext: str) -> None:
+    p.add_argument("--reliable", action="store_true", help=helptext)
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="with --reliable: keep the outbox / delivery marks in SQLite here (survives restarts)",
+    )
+
+
+def _state_path(args: argparse.Namespace, name: str) -> Path | None:
+    if not getattr(args, "state_dir", None):
+        return None
+    if not args.reliable:
+        raise LocalProtocolError("--state-dir needs --reliable", ErrorCode.INVALID_ARGUMENT)
+    directory = Path(args.state_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / name
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the reference peer (echo and log resources)")
     p.add_argument("--key", required=True, metavar="FILE", help="the server's private key file")
@@ -86,6 +105,7 @@ def register(sub: Any) -> None:
     p.add_argument("--revocations", metavar="FILE", help="revocation file (re-read on change)")
     p.add_argument("--log-file", metavar="FILE", help="append 'log' messages here as JSON lines")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    _reliable_args(p, "serve 'log' with reliable delivery (spec/reliability.md)")
     _backend_arg(p)
     p.set_defaults(handler=cmd_serve)
 
@@ -102,6 +122,8 @@ def register(sub: Any) -> None:
         q.add_argument("--json", action="store_true", help="print JSON (the default output)")
         q.add_argument("resource", metavar="RESOURCE")
         q.add_argument("message", metavar="JSON")
+        if name == "send":
+            _reliable_args(q, "deliver exactly once: resend across reconnects until acknowledged")
         _backend_arg(q)
         q.set_defaults(handler=cmd_client, client_kind=name)
 
@@ -118,6 +140,16 @@ def _setup_logging(quiet: bool) -> None:
     root.propagate = False
 
 
+class _ReliableContext:
+    """The part of a handler context ``log`` uses, for reliable deliveries."""
+
+    def __init__(self, peer_text: str) -> None:
+        from types import SimpleNamespace
+
+        agent = AgentId.parse(peer_text)
+        self.peer = SimpleNamespace(agent_id=agent, short_id=agent.short)
+
+
 class ReferencePeer:
     """The state of one ``m2m serve`` process."""
 
@@ -131,7 +163,16 @@ class ReferencePeer:
         self.log_file = Path(args.log_file) if args.log_file else None
         self.server = Server(self.identity, trust_roots=self.roots, revocations=self.revocations)
         self.server.request("echo")(self.echo)
-        self.server.message("log")(self.log)
+        self.dedup = None
+        if getattr(args, "reliable", False):
+            from ..reliable import MemoryDedup, ReliableReceiver, SqliteDedup
+
+            path = _state_path(args, "dedup.sqlite3")
+            self.dedup = SqliteDedup(path) if path is not None else MemoryDedup()
+            ReliableReceiver(self.log_reliable, self.dedup).install(self.server, "log")
+        else:
+            _state_path(args, "dedup.sqlite3")  # refuses --state-dir without --reliable
+            self.server.message("log")(self.log)
 
     async def echo(self, message: Any, ctx: Any) -> Any:
         logger.info("echo request from %s", ctx.peer.short_id)
@@ -143,6 +184,9 @@ class ReferencePeer:
             line = json.dumps({"peer": ctx.peer.agent_id.text, "message": jsonable(message)})
             with self.log_file.open("a") as fh:
                 fh.write(line + "\n")
+
+    async def log_reliable(self, message: Any, delivery: Any) -> None:
+        await self.log(message, _ReliableContext(delivery.peer))
 
     async def watch_revocations(self) -> None:
         assert self.revocations is not None
@@ -186,9 +230,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- clients
 
 
+async def _reliable_send(args: argparse.Namespace, value: Any) -> int:
+    """Queue *value* in the outbox (durable with ``--state-dir``) and wait for the ack.
+
+    Messages left in a durable outbox by an earlier run are delivered first.
+    """
+    from ..reliable import MemoryOutbox, ReliableSender, SqliteOutbox
+
+    path = _state_path(args, "outbox.sqlite3")
+    outbox = SqliteOutbox(path, channel=args.resource) if path is not None else MemoryOutbox()
+    try:
+        async with ReliableSender(
+            parse_hostport(args.connect),
+            identity=Identity.load(args.key),
+            tokens=[read_token(t) for t in args.token or ()],
+            peer=AgentId.parse(args.peer) if args.peer else None,
+            resource=args.resource,
+            outbox=outbox,
+        ) as sender:
+            seq = sender.queue(value)
+            with anyio.fail_after(args.timeout):
+                await sender.flush()
+            return seq
+    finally:
+        outbox.close()
+
+
 async def _client(args: argparse.Namespace, value: Any) -> Any:
     from ..transport import connect
 
+    if getattr(args, "reliable", False):
+        return await _reliable_send(args, value)
+    _state_path(args, "outbox.sqlite3")  # refuses --state-dir without --reliable
     identity = Identity.load(args.key)
     tokens = [read_token(t) for t in args.token or ()]
     host, port = parse_hostport(args.connect)
@@ -219,6 +292,9 @@ def cmd_client(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     if args.client_kind == "request":
         print(json.dumps(jsonable(reply)))
+    elif getattr(args, "reliable", False):
+        print(json.dumps({"sent": True, "resource": args.resource, "seq": reply,
+                          "delivered": True, "seconds": round(elapsed, 3)}))  # fmt: skip
     else:
         print(json.dumps({"sent": True, "resource": args.resource, "seconds": round(elapsed, 3)}))
     return 0

@@ -139,10 +139,13 @@ class SqliteOutbox(Outbox):
             if row is None:
                 epoch = entropy(EPOCH_SIZE)
                 db.execute("INSERT INTO meta VALUES('epoch', ?)", (epoch,))
-                db.execute("INSERT INTO meta VALUES('next_seq', 0)")
             else:
                 epoch = bytes(row[0])
-            (next_seq,) = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
+            self._seq_key = f"next_seq/{channel}"
+            db.execute("INSERT OR IGNORE INTO meta VALUES(?, 0)", (self._seq_key,))
+            (next_seq,) = db.execute(
+                "SELECT value FROM meta WHERE key=?", (self._seq_key,)
+            ).fetchone()
             rows = db.execute(
                 "SELECT seq, body FROM outbox WHERE channel=? ORDER BY seq", (channel,)
             ).fetchall()
@@ -162,7 +165,7 @@ class SqliteOutbox(Outbox):
             self._db.execute(
                 "INSERT INTO outbox VALUES(?, ?, ?)", (self.channel, seq, cbor.encode(body))
             )
-            self._db.execute("UPDATE meta SET value=? WHERE key='next_seq'", (seq + 1,))
+            self._db.execute("UPDATE meta SET value=? WHERE key=?", (seq + 1, self._seq_key))
             self._db.execute("COMMIT")
 
     def _drop(self, below: int) -> None:
