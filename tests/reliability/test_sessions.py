@@ -10,6 +10,7 @@ back to baseline. Reported: server RSS per session (from /proc).
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import sys
@@ -65,6 +66,7 @@ async def test_c_1000_concurrent_sessions(tmp_path: Path) -> None:
     host, port = parse_hostport(peer.address)
     await anyio.sleep(0.3)
     base_server_fds, base_rss = fds(server_pid), rss_kib(server_pid)
+    gc.collect()  # sockets of earlier tests in this process must not close mid-test
     base_fds, base_tasks = fds(), tasks()
     errors: list[BaseException] = []
     requests = 0
@@ -132,6 +134,7 @@ async def test_c_1000_concurrent_sessions(tmp_path: Path) -> None:
     assert not errors, errors[:3]
     assert held["server_fds"] >= base_server_fds + SESSIONS
     assert server_fds_after == base_server_fds
-    assert fds() == base_fds and tasks() == base_tasks
+    gc.collect()
+    assert fds() <= base_fds and tasks() <= base_tasks
     assert requests >= SESSIONS * (HOLD / 3 - 1)
     assert per_session < 64  # KiB: the R4 budget
