@@ -3,9 +3,9 @@
 * Handshake: two :class:`m2mproto.handshake.Handshake` objects (XX, no
   tokens, empty transport parameters) exchange their output until both
   produce a result, with the identity binding checked on both sides: the
-  same work as :mod:`bench.noise_anchor`. Each side's static X25519 key is
-  made once per process and passed in (as a server would), entropy is
-  ``os.urandom`` (the edge of the system, where it belongs).
+  same work as :mod:`bench.noise_anchor`. Each side's static X25519 key and
+  its binding signature are made once per process and passed in (as a
+  server would); entropy is ``os.urandom`` (the edge of the system).
 * Transport: one message of 64 KiB or 256 B from one side to the other
   through m2mproto's sans-IO connection (frames, records, AEAD), once that
   exists in this checkout; until then :class:`Unavailable`. The record layer
@@ -29,14 +29,16 @@ __all__ = ["measure"]
 
 def _handshake_pair() -> Any:
     try:
-        from m2mproto.handshake import Handshake
+        from m2mproto.handshake import Handshake, StaticKey
         from m2mproto.identity import Identity
     except ImportError as exc:
         raise Unavailable(f"m2mproto handshake not importable: {exc}") from None
 
     ini_id, res_id = Identity.generate(), Identity.generate()
-    ini_static, res_static = os.urandom(32), os.urandom(32)
     entropy = os.urandom
+    # The static key and its binding signature, once per process (spec 2.3/2.5).
+    ini_static = StaticKey.generate(ini_id, entropy)
+    res_static = StaticKey.generate(res_id, entropy)
 
     def once() -> Any:
         ini = Handshake(True, ini_id, entropy=entropy, static_key=ini_static)

@@ -66,7 +66,7 @@ from .frames import (
     WindowUpdateFrame,
     decode_frames,
 )
-from .handshake import Handshake, decode_abort_code
+from .handshake import Handshake, StaticKey, decode_abort_code
 from .identity import AgentId, Identity
 from .records import AbortReceived
 from .streams import RecvWindow, SendCredit, Stream, StreamInput, StreamTable
@@ -88,6 +88,9 @@ class Connection(HandshakeDriver, FrameHandlers, Outbox):
         remote_static: initiator only: the responder's Noise static key (IK).
         authenticate_peer: called with the peer's agent ID during the
             handshake; raise an ``M2MError`` to refuse it.
+        static_key: a :class:`~m2mproto.handshake.StaticKey` of *identity* made
+            once and shared by many connections (spec/handshake.md 2.3); it
+            takes precedence over ``config.static_key``.
 
     Raises:
         LocalProtocolError: (``INVALID_ARGUMENT``) for bad arguments.
@@ -103,6 +106,7 @@ class Connection(HandshakeDriver, FrameHandlers, Outbox):
         tokens: Sequence[bytes] = (),
         remote_static: bytes | None = None,
         authenticate_peer: Callable[[AgentId], None] | None = None,
+        static_key: StaticKey | None = None,
     ) -> None:
         if not isinstance(role, Role):
             raise LocalProtocolError("role must be a Role", ErrorCode.INVALID_ARGUMENT)
@@ -117,7 +121,7 @@ class Connection(HandshakeDriver, FrameHandlers, Outbox):
             entropy=cfg.entropy,
             params=cfg.transport_parameters().to_params(),
             tokens=tuple(tokens) if initiator else (),
-            static_key=cfg.static_key,
+            static_key=static_key if static_key is not None else cfg.static_key,
             remote_static=remote_static,
             authenticate_peer=authenticate_peer,
             max_message_size=cfg.max_handshake_message,

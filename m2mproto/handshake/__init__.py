@@ -8,6 +8,7 @@ send whatever :meth:`Handshake.data_to_send` returns.
 from ._handshake import Handshake, HandshakeAborted, HandshakeResult
 from ._payload import BINDING_PREFIX, binding_message
 from ._state import Role, State
+from ._static import StaticKey
 from ._wire import (
     ABORT_LENGTH,
     MAGIC,
@@ -29,6 +30,7 @@ __all__ = [
     "HandshakeResult",
     "Role",
     "State",
+    "StaticKey",
     "binding_message",
     "decode_abort_code",
     "encode_abort",

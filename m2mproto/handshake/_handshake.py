@@ -36,15 +36,10 @@ from ..errors import (
     RemoteProtocolError,
 )
 from ..identity import AgentId, Identity
-from ..noise import (
-    CipherState,
-    HandshakeState,
-    NoiseProtocol,
-    generate_x25519_private,
-    x25519_public_key,
-)
+from ..noise import CipherState, HandshakeState, NoiseProtocol
 from . import _payload, _wire
 from ._state import Role, State, next_state
+from ._static import StaticKey
 
 __all__ = ["Handshake", "HandshakeAborted", "HandshakeResult"]
 
@@ -107,7 +102,9 @@ class Handshake:
         params: our transport parameters (``{uint: any}``, carried opaquely).
         tokens: our capability tokens (initiator only; a responder presents its
             tokens after the handshake, spec 2.4).
-        static_key: our Noise static X25519 private key; default: fresh from *entropy*.
+        static_key: our Noise static X25519 key: a :class:`StaticKey` made once for
+            *identity* and shared by its handshakes (no per-handshake parse or
+            signature), or the raw 32-byte private key; default: fresh from *entropy*.
         remote_static: initiator only: the responder's Noise static public key; selects IK.
         authenticate_peer: called with the peer's agent ID once its binding is
             proven, before we reveal anything more; raise an ``M2MError``
@@ -129,7 +126,7 @@ class Handshake:
         entropy: Callable[[int], bytes],
         params: Mapping[int, Any] | None = None,
         tokens: Sequence[bytes] = (),
-        static_key: bytes | None = None,
+        static_key: StaticKey | bytes | None = None,
         remote_static: bytes | None = None,
         authenticate_peer: Callable[[AgentId], None] | None = None,
         max_message_size: int = 65535,
@@ -163,23 +160,35 @@ class Handshake:
             )
         self._max_message = max_message_size
         if static_key is None:
-            static_key = generate_x25519_private(entropy)
-        elif not isinstance(static_key, bytes) or len(static_key) != 32:
-            raise LocalProtocolError(
-                "static_key must be a 32-byte X25519 private key", ErrorCode.INVALID_ARGUMENT
-            )
+            static_key = StaticKey.generate(identity, entropy)
+        elif isinstance(static_key, StaticKey):
+            if static_key.identity_key != identity.public_key:
+                raise LocalProtocolError(
+                    "static_key is bound to another identity", ErrorCode.INVALID_ARGUMENT
+                )
+        else:
+            static_key = StaticKey(identity, static_key)
         self._static = static_key
-        self._static_public = x25519_public_key(static_key)
-        self._signature = identity.sign(_payload.binding_message(self._static_public))
+        self._static_public = static_key.public
+        self._signature = static_key.signature
         self._authenticate_peer = authenticate_peer
         self._fixed_e = fixed_ephemeral_key_for_testing_only
 
-        probe = _payload.encode_payload(
-            identity, self._signature, self._params, self._tokens if initiator else None, 0xFFFF
-        )
-        if len(probe) + _NOISE_OVERHEAD > 0xFFFF:
+        # The initiator's payload is fixed now (used for the size check and sent
+        # later); the size check adds the 4 bytes of the largest version (5: 0xFFFF).
+        self._initiator_payload = b""
+        if initiator:
+            self._initiator_payload = _payload.encode_payload(
+                identity, self._signature, self._params, self._tokens, None
+            )
+            probe_len = len(self._initiator_payload) + 4
+        else:
+            probe_len = len(
+                _payload.encode_payload(identity, self._signature, self._params, None, 0xFFFF)
+            )
+        if probe_len + _NOISE_OVERHEAD > 0xFFFF:
             raise LocalProtocolError(
-                f"handshake payload of {len(probe)} bytes does not fit one Noise message",
+                f"handshake payload of {probe_len} bytes does not fit one Noise message",
                 ErrorCode.MESSAGE_TOO_LONG,
             )
 
@@ -315,9 +324,7 @@ class Handshake:
         self._noise = self._new_noise(pattern, preface, remote_static)
         payload = b""
         if pattern == "IK":
-            payload = _payload.encode_payload(
-                self._identity, self._signature, self._params, self._tokens, None
-            )
+            payload = self._initiator_payload
         try:
             msg1 = self._noise.write_message(payload)
         except M2MError as exc:
@@ -333,7 +340,7 @@ class Handshake:
             proto,
             initiator=self._role is Role.INITIATOR,
             prologue=prologue,
-            s=self._static,
+            s=self._static.keypair,
             rs=rs,
             psks=(),
             entropy=self._entropy,
@@ -443,10 +450,7 @@ class Handshake:
             peer = self._accept_peer(self._read_noise(body), from_initiator=False)
             self._version = peer.version
             if self._pattern == "XX":
-                payload = _payload.encode_payload(
-                    self._identity, self._signature, self._params, self._tokens, None
-                )
-                self._out += _wire.frame(self._noise.write_message(payload))
+                self._out += _wire.frame(self._noise.write_message(self._initiator_payload))
             return self._finish()
         # MESSAGE_3
         self._accept_peer(self._read_noise(body), from_initiator=True)

@@ -9,7 +9,7 @@ position. DH: 25519 (and 448); ciphers: ChaChaPoly, AESGCM; hashes: SHA256,
 SHA512, BLAKE2s, BLAKE2b.
 """
 
-from ._crypto import generate_x25519_private, x25519_public_key
+from ._crypto import KeyPair, generate_x25519_private, x25519_keypair, x25519_public_key
 from .cipherstate import MAX_MESSAGE_LEN, MAX_NONCE, CipherState, SymmetricState
 from .handshake import HandshakeState, Phase
 from .patterns import DEFERRED_PATTERNS, FUNDAMENTAL_PATTERNS, PATTERNS, HandshakePattern
@@ -24,9 +24,11 @@ __all__ = [
     "CipherState",
     "HandshakePattern",
     "HandshakeState",
+    "KeyPair",
     "NoiseProtocol",
     "Phase",
     "SymmetricState",
     "generate_x25519_private",
+    "x25519_keypair",
     "x25519_public_key",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "HashFunctions",
     "KeyPair",
     "generate_x25519_private",
+    "x25519_keypair",
     "x25519_public_key",
 ]
 
@@ -68,6 +69,18 @@ class DHFunctions:
         self.dhlen = dhlen
         self._priv_cls = priv_cls
         self._pub_cls = pub_cls
+
+    def check_keypair(self, keypair: KeyPair) -> KeyPair:
+        """Return *keypair* if it is a key pair of this DH function.
+
+        Raises:
+            LocalProtocolError: (INVALID_ARGUMENT) it belongs to another DH function.
+        """
+        if not isinstance(keypair.private, self._priv_cls) or len(keypair.public) != self.dhlen:
+            raise LocalProtocolError(
+                f"key pair is not a {self.name} key pair", ErrorCode.INVALID_ARGUMENT
+            )
+        return keypair
 
     def keypair_from_private(self, private: bytes) -> KeyPair:
         """Build a key pair from raw private key bytes.
@@ -209,6 +222,18 @@ HASHES: dict[str, HashFunctions] = {
 }
 
 _X25519 = DH_FUNCTIONS["25519"]
+
+
+def x25519_keypair(private: bytes) -> KeyPair:
+    """Return the X25519 :class:`KeyPair` of a raw 32-byte private key.
+
+    Parse a long-lived static key once and pass the key pair to every
+    :class:`~m2mproto.noise.HandshakeState` (parsing costs as much as a DH).
+
+    Raises:
+        LocalProtocolError: (INVALID_ARGUMENT) *private* is not 32 bytes.
+    """
+    return _X25519.keypair_from_private(private)
 
 
 def x25519_public_key(private: bytes) -> bytes:

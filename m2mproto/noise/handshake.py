@@ -74,7 +74,8 @@ class HandshakeState:
         protocol: the :class:`NoiseProtocol` (or its name).
         initiator: True for the initiator role.
         prologue: bytes both sides must agree on (mixed into ``h``).
-        s: local static private key (raw, DHLEN bytes) if the pattern needs one.
+        s: local static private key if the pattern needs one: raw DHLEN bytes, or a
+            :class:`KeyPair` already parsed (a static key reused across handshakes).
         rs: the peer's static public key, if the pattern pre-shares it (``<- s``).
         psks: one 32-byte PSK per ``psk`` token, in token order.
         entropy: ``entropy(n) -> n random bytes``; source of ephemeral keys.
@@ -110,7 +111,7 @@ class HandshakeState:
         protocol: NoiseProtocol | str,
         initiator: bool,
         prologue: bytes = b"",
-        s: bytes | None = None,
+        s: bytes | KeyPair | None = None,
         rs: bytes | None = None,
         psks: Sequence[bytes] = (),
         entropy: Callable[[int], bytes] = os.urandom,
@@ -129,7 +130,9 @@ class HandshakeState:
         if pattern.needs_local_static(self._initiator):
             if s is None:
                 raise _bad_arg(f"{protocol.name}: the {role} needs a static private key (s)")
-            self._s: KeyPair | None = dh.keypair_from_private(s)
+            self._s: KeyPair | None = (
+                dh.check_keypair(s) if isinstance(s, KeyPair) else dh.keypair_from_private(s)
+            )
         elif s is not None:
             raise _bad_arg(f"{protocol.name}: the {role} has no static key; do not pass s")
         else:

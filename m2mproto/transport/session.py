@@ -58,6 +58,7 @@ from ..errors import (
     M2MError,
     code_name,
 )
+from ..handshake import StaticKey
 from ..identity import AgentId, Identity
 from ._pump import Pump, Signal
 from .attributes import M2MAttribute
@@ -224,6 +225,31 @@ class Incoming:
         return f"Incoming(resource={self.resource!r}, peer={self.peer.short_id!r})"
 
 
+#: Static keys made by this process, by identity key (bounded: oldest dropped first).
+_STATIC_KEYS: dict[bytes, StaticKey] = {}
+_MAX_STATIC_KEYS = 64
+
+
+def process_static_key(identity: Identity, config: Configuration) -> StaticKey:
+    """The Noise static key this process uses for *identity* (made on first use).
+
+    spec/handshake.md 2.3 lets a process keep one static key: the identity
+    binding is signed once here instead of once per connection, and the key is
+    parsed once. Ephemeral keys stay fresh per handshake. The key is drawn from
+    ``config.entropy`` of the first session of *identity*.
+
+    Raises:
+        LocalProtocolError: (``INVALID_ARGUMENT``) the entropy source is broken.
+    """
+    key = _STATIC_KEYS.get(identity.public_key)
+    if key is None:
+        key = StaticKey.generate(identity, config.entropy)
+        if len(_STATIC_KEYS) >= _MAX_STATIC_KEYS:
+            del _STATIC_KEYS[next(iter(_STATIC_KEYS))]
+        _STATIC_KEYS[identity.public_key] = key
+    return key
+
+
 class _PeerLog(logging.LoggerAdapter[logging.Logger]):
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         extra = self.extra or {}
@@ -314,6 +340,7 @@ class Session:
             authorizer=authorizer,
             tokens=tokens,
             authenticate_peer=check,
+            static_key=None if cfg.static_key is not None else process_static_key(identity, cfg),
         )
         return cls(
             transport,
