@@ -52,6 +52,8 @@ def _register() -> None:
             needs.add("iut-identity")
         if tc.name == "Revoked":
             needs.add("revocations")
+        if tc.name in ("ExpiredWithinSkew", "NotBeforeWithinSkew", "Expired", "NotYetValid"):
+            needs.add("frozen-clock")  # boundaries at the second: the IUT's clock must be ours
         if tc.result == "valid":
             case(
                 cid,

@@ -132,7 +132,9 @@ class Case:
     hostile: bool = True
     #: What the attachment must offer beyond bytes: ``iut-keys`` (the IUT's identity and
     #: static key are the runner's), ``trust-list`` (the IUT's trust decision is the runner's
-    #: list), ``iut-identity`` (tokens name the IUT as audience), ``revocations``.
+    #: list), ``iut-identity`` (tokens name the IUT as audience), ``revocations``,
+    #: ``frozen-clock`` (the IUT's clock stands still unless advanced), ``app-profile``
+    #: (the IUT serves all of spec/interop.md §3, not just ``echo`` and ``log``).
     needs: frozenset[str] = frozenset()
 
     @property
@@ -199,12 +201,12 @@ def select(cases: list[Case], patterns: list[str]) -> list[Case]:
     return out
 
 
-_HOLDER_TOKENS: dict[bytes, bytes] = {}
+_HOLDER_TOKENS: dict[tuple[bytes, int], bytes] = {}
 
 
 def holder_token() -> bytes:
     """The token the hostile peer (HOLDER) presents by default: everything, under ROOT."""
-    key = mint.ROOT.public_key
+    key = (mint.ROOT.public_key, mint.NOW)
     if key not in _HOLDER_TOKENS:
         claims = mint.claims_for(mint.ROOT, mint.HOLDER, (("*", "*"),), cti=b"holder-token-001")
         _HOLDER_TOKENS[key] = mint.craft_token(mint.ROOT, claims)

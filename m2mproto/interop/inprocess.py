@@ -36,6 +36,7 @@ from ..events import (
     StreamEnded,
     StreamOpened,
     StreamReset,
+    TokenRejected,
 )
 from ..identity import AgentId, Identity
 from ..noise import x25519_public_key
@@ -184,7 +185,8 @@ class InProcessLink:
             closed_code=self.closed_code,
             resets=resets,
             events=tuple(type(e).__name__ for e in self.events),
-            raw_events=tuple(self.events),
+            peer=self.conn.peer.text if self.conn.peer is not None else None,
+            token_rejected=tuple(e.code for e in self.events if isinstance(e, TokenRejected)),
         )
 
     # ------------------------------------------------------------------ engine

@@ -107,14 +107,16 @@ def claims_for(
     caps: Sequence[Sequence[str]] = (("*", "*"),),
     *,
     cti: bytes,
-    nbf: int = NOW - 3600,
-    exp: int = NOW + 3600,
+    nbf: int | None = None,
+    exp: int | None = None,
     iat: int | None = None,
     aud: AgentId | None = None,
     caveats: Mapping[str, Any] | None = None,
     parent: bytes | None = None,
 ) -> dict[int, Any]:
     """A claims map (wire values), unchecked: callers may break any rule afterwards."""
+    nbf = NOW - 3600 if nbf is None else nbf
+    exp = NOW + 3600 if exp is None else exp
     iss = issuer.agent_id if isinstance(issuer, Identity) else issuer
     sub = holder.agent_id if isinstance(holder, Identity) else holder
     claims: dict[int, Any] = {
@@ -237,19 +239,21 @@ def revocation_statement() -> bytes:
     return revoke(ROOT, [_cti(66)], now=NOW - 60)
 
 
-def set_root(root: Identity) -> None:
-    """Mint every later token under *root* (the runner's ``--root-key``)."""
-    global ROOT
+def set_root(root: Identity, now: int | None = None) -> None:
+    """Mint every later token under *root* (the runner's ``--root-key``), valid around *now*."""
+    global ROOT, NOW
     ROOT = root
+    if now is not None:
+        NOW = now
     _CATALOG.clear()
 
 
-_CATALOG: dict[bytes, dict[str, TokenCase]] = {}
+_CATALOG: dict[tuple[bytes, int], dict[str, TokenCase]] = {}
 
 
 def token_named(name: str) -> TokenCase:
-    """The catalog entry *name*, minted under the current root (cached)."""
-    key = ROOT.public_key
+    """The catalog entry *name*, minted under the current root and time (cached)."""
+    key = (ROOT.public_key, NOW)
     if key not in _CATALOG:
         _CATALOG[key] = {tc.name: tc for tc in token_catalog()}
     return _CATALOG[key][name]

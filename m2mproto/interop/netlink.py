@@ -206,7 +206,8 @@ class ShimLink(SocketLink):
 
     def local(self) -> LocalView | None:
         if not self._eof:
-            return LocalView(closed_code=None, resets=self._resets(), events=())
+            time.sleep(0.02)  # let the stderr reader catch up with lines printed before data
+            return self._view(None)
         try:
             self.proc.wait(timeout=2.0)
         except subprocess.TimeoutExpired:
@@ -217,7 +218,25 @@ class ShimLink(SocketLink):
         for line in self.stderr:
             if line.startswith("M2M-RESULT: "):
                 code = _code(line.split(": ", 1)[1].strip())
-        return LocalView(closed_code=code, resets=self._resets(), events=())
+        return self._view(code)
+
+    def _view(self, code: int | None) -> LocalView:
+        peer = None
+        rejected = []
+        for line in list(self.stderr):
+            if line.startswith("M2M-PEER: "):
+                peer = line.split(": ", 1)[1].strip()
+            elif line.startswith("M2M-TOKEN-REJECTED: "):
+                c = _code(line.split(": ", 1)[1].strip())
+                if c is not None:
+                    rejected.append(c)
+        return LocalView(
+            closed_code=code,
+            resets=self._resets(),
+            events=(),
+            peer=peer,
+            token_rejected=tuple(rejected),
+        )
 
     def _resets(self) -> tuple[tuple[int, int, bool], ...]:
         out = []

@@ -74,8 +74,10 @@ class LocalView:
     resets: tuple[tuple[int, int, bool], ...]
     #: Names of every event the IUT's application saw, in order.
     events: tuple[str, ...]
-    #: Every event object (in-process only; for detailed checks).
-    raw_events: tuple[object, ...] = ()
+    #: The peer's agent ID as the IUT authenticated it (text), if known.
+    peer: str | None = None
+    #: Reason codes of TOKEN frames the IUT rejected (reported locally only).
+    token_rejected: tuple[int, ...] = ()
 
 
 class Link(Protocol):

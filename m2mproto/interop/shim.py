@@ -5,10 +5,12 @@ Theory of operation
 The shim parses the contract's flags into an :class:`IUTProfile`, dials the
 runner, writes the test ID, and then moves bytes between the socket and an
 :class:`InProcessLink` (the sans-IO ``Connection`` plus the conformance
-application). The link's clock follows the process's monotonic clock, so
-timers fire in real time. When the connection is closed it prints the
-stream resets and ``M2M-RESULT: <CODE>`` on stderr and exits 0 (NO_ERROR)
-or 1; an unknown flag or configuration name exits 89 before connecting.
+application). The link's clock stands still (token checks see exactly
+``--now``) except that a deadline fires once real time reaches it. Local
+events are printed on stderr as they happen (``M2M-STREAM-RESET`` ...); when
+the connection is closed it prints ``M2M-RESULT: <CODE>`` and exits 0
+(NO_ERROR) or 1; an unknown flag or configuration name exits 89 before
+connecting.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..config import Configuration
-from ..errors import ErrorCode, M2MError, code_name
+from ..errors import ErrorCode, M2MError
+from ..events import HandshakeCompleted, StreamReset, TokenRejected
 from ..identity import AgentId, Identity
-from .inprocess import InProcessLink, IUTProfile
+from .inprocess import START, InProcessLink, IUTProfile
 
 __all__ = ["main"]
 
@@ -110,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
     link = InProcessLink(profile, identity, **kwargs)
     start = time.monotonic()
     eof = False
+    shown = 0
     for _ in range(10_000_000):  # bounded by the connection's own timers
+        shown = _report(link, shown)  # before the bytes that follow from the same events
         out = link.read()
         if out:
             try:
@@ -132,19 +137,45 @@ def run(args: argparse.Namespace) -> int:
             else:
                 eof = True
                 link.write_eof()
-        link.advance(max(0.0, (time.monotonic() - start) - (link.now - 1000.0)))
+        # The clock stands still except to fire a deadline that real time has reached, so
+        # token time is exactly --now and budgets do not refill behind the runner's back.
+        deadline = link.conn.get_timer()
+        real = START + (time.monotonic() - start)
+        if deadline is not None and deadline <= real:
+            link.advance(deadline - link.now)
     tail = link.read()
     if tail:
         with contextlib.suppress(OSError):
             sock.sendall(tail)
     sock.close()
-    view = link.local()
-    for sid, code, remote in view.resets:
-        who = "remote" if remote else "local"
-        print(f"M2M-STREAM-RESET: {sid} {code_name(code)} {who}", file=sys.stderr)
-    closed = view.closed_code
-    print(f"M2M-RESULT: {code_name(closed) if closed is not None else 'NONE'}", file=sys.stderr)
+    _report(link, shown)
+    closed = link.local().closed_code
+    print(f"M2M-RESULT: {_name(closed) if closed is not None else 'NONE'}", file=sys.stderr)
     return 0 if closed == ErrorCode.NO_ERROR else 1
+
+
+def _name(code: int) -> str:
+    """Registry name, or the number for codes outside the registry (spec/interop.md §5)."""
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return str(code)
+
+
+def _report(link: InProcessLink, shown: int) -> int:
+    """Print the local events not printed yet (one line each, flushed); return the count."""
+    for ev in link.events[shown:]:
+        line = None
+        if isinstance(ev, StreamReset):
+            who = "remote" if ev.remote else "local"
+            line = f"M2M-STREAM-RESET: {ev.stream_id} {_name(ev.code)} {who}"
+        elif isinstance(ev, TokenRejected):
+            line = f"M2M-TOKEN-REJECTED: {_name(ev.code)}"
+        elif isinstance(ev, HandshakeCompleted):
+            line = f"M2M-PEER: {ev.peer.text}"
+        if line is not None:
+            print(line, file=sys.stderr, flush=True)
+    return len(link.events)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
