@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_handshake_helpers import PREFIX, drbg, ident, run_pair
 
 from m2mproto.errors import ErrorCode, LocalProtocolError
 from m2mproto.handshake import Handshake, StaticKey
+from m2mproto.handshake._payload import assemble_payload, encode_params, encode_payload
 from m2mproto.noise import x25519_public_key
 
 ALICE, BOB = ident("alice"), ident("bob")
@@ -67,3 +70,21 @@ def test_static_key_of_another_identity_refused() -> None:
     with pytest.raises(LocalProtocolError) as ei:
         Handshake(True, ALICE, entropy=drbg(b"x"), static_key=StaticKey(BOB, STATIC_I))
     assert ei.value.code is ErrorCode.INVALID_ARGUMENT
+
+
+@settings(max_examples=60)
+@given(
+    params=st.dictionaries(
+        st.integers(0, 2**64 - 1), st.one_of(st.integers(-(2**63), 2**63), st.binary(), st.text())
+    ),
+    tokens=st.one_of(st.none(), st.lists(st.binary(max_size=300), max_size=4)),
+    version=st.one_of(st.none(), st.integers(1, 0xFFFF)),
+)
+def test_assembled_payload_equals_encoded_payload(
+    params: dict[int, object], tokens: list[bytes] | None, version: int | None
+) -> None:
+    sk = StaticKey(ALICE, STATIC_I)
+    checked, params_cbor = encode_params(params)
+    assert checked == params
+    expected = encode_payload(ALICE, sk.signature, params, tokens, version)
+    assert assemble_payload(sk.binding_cbor, params_cbor, tokens, version) == expected

@@ -22,6 +22,7 @@ All randomness (a default static key, ephemeral keys) comes from the injected
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,13 @@ __all__ = ["Handshake", "HandshakeAborted", "HandshakeResult"]
 _MIN_MAX_MESSAGE = 1024
 # Largest Noise overhead around a payload: XX message 2 (e 32 + encrypted s 48 + tag 16).
 _NOISE_OVERHEAD = 96
+
+
+@functools.lru_cache(maxsize=8)
+def _preface(versions: tuple[int, ...], pattern: str) -> bytes:
+    """MAGIC and the offer frame: the same bytes for every connection (spec 2.1-2.2)."""
+    offer = _wire.encode_offer(_wire.Offer(versions=versions, pattern=pattern))
+    return _wire.MAGIC + _wire.frame(offer)
 
 
 class HandshakeAborted(RemoteProtocolError):
@@ -135,7 +143,7 @@ class Handshake:
         self._role = Role.INITIATOR if initiator else Role.RESPONDER
         self._identity = identity
         self._entropy = entropy
-        self._params = _payload.check_params(params or {})
+        self._params, self._params_cbor = _payload.encode_params(params or {})
         if not all(isinstance(t, bytes) for t in tokens):
             raise LocalProtocolError("tokens must be bytes", ErrorCode.INVALID_ARGUMENT)
         self._tokens = tuple(tokens)
@@ -178,13 +186,13 @@ class Handshake:
         # later); the size check adds the 4 bytes of the largest version (5: 0xFFFF).
         self._initiator_payload = b""
         if initiator:
-            self._initiator_payload = _payload.encode_payload(
-                identity, self._signature, self._params, self._tokens, None
+            self._initiator_payload = _payload.assemble_payload(
+                static_key.binding_cbor, self._params_cbor, self._tokens, None
             )
             probe_len = len(self._initiator_payload) + 4
         else:
             probe_len = len(
-                _payload.encode_payload(identity, self._signature, self._params, None, 0xFFFF)
+                _payload.assemble_payload(static_key.binding_cbor, self._params_cbor, None, 0xFFFF)
             )
         if probe_len + _NOISE_OVERHEAD > 0xFFFF:
             raise LocalProtocolError(
@@ -319,8 +327,7 @@ class Handshake:
         pattern = "IK" if remote_static is not None else "XX"
         self._pattern = pattern
         self._offered = _wire.SUPPORTED_VERSIONS
-        offer = _wire.encode_offer(_wire.Offer(versions=self._offered, pattern=pattern))
-        preface = _wire.MAGIC + _wire.frame(offer)
+        preface = _preface(self._offered, pattern)
         self._noise = self._new_noise(pattern, preface, remote_static)
         payload = b""
         if pattern == "IK":
@@ -458,8 +465,8 @@ class Handshake:
 
     def _write_responder_message_2(self) -> None:
         assert self._noise is not None
-        payload = _payload.encode_payload(
-            self._identity, self._signature, self._params, None, self._version
+        payload = _payload.assemble_payload(
+            self._static.binding_cbor, self._params_cbor, None, self._version
         )
         msg2 = self._noise.write_message(payload)
         self._sent_magic = True

@@ -13,8 +13,11 @@ from ..identity import Identity, verify_signature
 __all__ = [
     "BINDING_PREFIX",
     "Payload",
+    "assemble_payload",
+    "binding_entries",
     "binding_message",
     "decode_payload",
+    "encode_params",
     "encode_payload",
     "verify_binding",
 ]
@@ -51,6 +54,16 @@ def check_params(params: Mapping[int, Any]) -> dict[int, Any]:
     Raises:
         LocalProtocolError: (``INVALID_ARGUMENT``) otherwise.
     """
+    return encode_params(params)[0]
+
+
+def encode_params(params: Mapping[int, Any]) -> tuple[dict[int, Any], bytes]:
+    """Validate transport parameters and return them with their deterministic CBOR.
+
+    Raises:
+        LocalProtocolError: (``INVALID_ARGUMENT``) a key is not an unsigned
+            integer, or a value is outside the CBOR profile.
+    """
     out: dict[int, Any] = {}
     for key, value in params.items():
         if type(key) is not int or not 0 <= key <= _UINT64_MAX:
@@ -58,8 +71,34 @@ def check_params(params: Mapping[int, Any]) -> dict[int, Any]:
                 "transport parameter keys must be unsigned integers", ErrorCode.INVALID_ARGUMENT
             )
         out[key] = value
-    cbor.encode(out)  # raises LocalProtocolError for values outside the profile
-    return out
+    return out, cbor.encode(out)  # raises LocalProtocolError for values outside the profile
+
+
+def binding_entries(identity_key: bytes, signature: bytes) -> bytes:
+    """The CBOR of payload entries 1 and 2 (identity key, binding signature), in order."""
+    return b"\x01" + cbor.encode(identity_key) + b"\x02" + cbor.encode(signature)
+
+
+def assemble_payload(
+    binding: bytes, params_cbor: bytes, tokens: Sequence[bytes] | None, version: int | None
+) -> bytes:
+    """The same bytes as :func:`encode_payload`, from pieces encoded once.
+
+    *binding* is :func:`binding_entries`, *params_cbor* the parameters' CBOR
+    (:func:`encode_params`). A deterministic map of uint keys 1..5 is its
+    entries in key order after a one-byte head, so the payload is a
+    concatenation; keeping the pieces avoids re-encoding the identity key,
+    signature and parameters in every handshake.
+    """
+    count = 3
+    tail = b""
+    if tokens is not None:
+        count += 1
+        tail += b"\x04" + cbor.encode([bytes(t) for t in tokens])
+    if version is not None:
+        count += 1
+        tail += b"\x05" + cbor.encode(version)
+    return bytes((0xA0 + count,)) + binding + b"\x03" + params_cbor + tail
 
 
 def encode_payload(

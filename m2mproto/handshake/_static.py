@@ -14,7 +14,7 @@ from collections.abc import Callable
 from ..errors import ErrorCode, LocalProtocolError
 from ..identity import Identity
 from ..noise import KeyPair, generate_x25519_private, x25519_keypair
-from ._payload import binding_message
+from ._payload import binding_entries, binding_message
 
 __all__ = ["StaticKey"]
 
@@ -32,7 +32,7 @@ class StaticKey:
         LocalProtocolError: (``INVALID_ARGUMENT``) *private* is not 32 bytes.
     """
 
-    __slots__ = ("identity_key", "keypair", "signature")
+    __slots__ = ("binding_cbor", "identity_key", "keypair", "signature")
 
     def __init__(self, identity: Identity, private: bytes) -> None:
         if not isinstance(private, bytes) or len(private) != 32:
@@ -45,6 +45,8 @@ class StaticKey:
         self.identity_key: bytes = identity.public_key
         #: ``Ed25519-Sign(identity, binding-message(public))`` (spec 2.5).
         self.signature: bytes = identity.sign(binding_message(self.keypair.public))
+        #: Payload entries 1 and 2 (identity key, signature) in CBOR, encoded once.
+        self.binding_cbor: bytes = binding_entries(self.identity_key, self.signature)
 
     @classmethod
     def generate(cls, identity: Identity, entropy: Callable[[int], bytes]) -> StaticKey:

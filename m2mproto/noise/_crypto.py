@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric.x448 import X448PrivateKey, X448PublicKey
@@ -109,15 +110,22 @@ class DHFunctions:
             )
         return self.keypair_from_private(bytes(raw))
 
-    def dh(self, keypair: KeyPair, public: bytes) -> bytes:
+    def dh(self, keypair: KeyPair, public: bytes, parsed: dict[bytes, Any] | None = None) -> bytes:
         """DH(key_pair, public_key).
+
+        *parsed* (optional) caches parsed public keys by their bytes, so a
+        handshake parses each peer key once however many DH tokens use it.
 
         Raises:
             AuthenticationError: (AUTH_LOW_ORDER_KEY) *public* is a low-order or
                 invalid point, so the shared secret would be all zeros.
         """
         try:
-            peer = self._pub_cls.from_public_bytes(public)
+            peer = None if parsed is None else parsed.get(public)
+            if peer is None:
+                peer = self._pub_cls.from_public_bytes(public)
+                if parsed is not None:
+                    parsed[public] = peer
             return keypair.private.exchange(peer)  # type: ignore[arg-type]
         except ValueError:
             raise AuthenticationError(

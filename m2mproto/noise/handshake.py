@@ -25,13 +25,16 @@ from ``fixed_ephemeral_key_for_testing_only``.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from enum import Enum
+from typing import Any, NamedTuple
 
 from ..errors import DecodeError, ErrorCode, LocalProtocolError, M2MError, RemoteProtocolError
 from ._crypto import KeyPair
 from .cipherstate import MAX_MESSAGE_LEN, TAG_LEN, CipherState, SymmetricState
+from .patterns import HandshakePattern
 from .protocol import NoiseProtocol
 
 __all__ = ["HandshakeState", "Phase"]
@@ -96,7 +99,9 @@ class HandshakeState:
         "_fixed_e",
         "_index",
         "_initiator",
+        "_peer_keys",
         "_phase",
+        "_plan",
         "_protocol",
         "_psk_index",
         "_psks",
@@ -127,7 +132,9 @@ class HandshakeState:
         self._entropy = entropy
         role = "initiator" if initiator else "responder"
 
-        if pattern.needs_local_static(self._initiator):
+        plan = _role_plan(pattern, self._initiator)
+        self._plan = plan
+        if plan.needs_s:
             if s is None:
                 raise _bad_arg(f"{protocol.name}: the {role} needs a static private key (s)")
             self._s: KeyPair | None = (
@@ -138,7 +145,7 @@ class HandshakeState:
         else:
             self._s = None
 
-        if pattern.knows_remote_static(self._initiator):
+        if plan.knows_rs:
             if rs is None:
                 raise _bad_arg(
                     f"{protocol.name}: the {role} must know the peer's static public key (rs)"
@@ -155,8 +162,8 @@ class HandshakeState:
             self._rs = None
 
         psk_list = list(psks)
-        if len(psk_list) != pattern.psk_count:
-            raise _bad_arg(f"{protocol.name} needs {pattern.psk_count} PSK(s), got {len(psk_list)}")
+        if len(psk_list) != plan.psk_count:
+            raise _bad_arg(f"{protocol.name} needs {plan.psk_count} PSK(s), got {len(psk_list)}")
         for psk in psk_list:
             if not isinstance(psk, bytes | bytearray) or len(psk) != 32:
                 raise _bad_arg("each PSK must be 32 bytes")
@@ -170,6 +177,7 @@ class HandshakeState:
         )
         self._e: KeyPair | None = None
         self._re: bytes | None = None
+        self._peer_keys: dict[bytes, Any] = {}
         self._index = 0
         self._phase = Phase.WRITE if self._initiator else Phase.READ
 
@@ -376,25 +384,20 @@ class HandshakeState:
         self._ss.restore(ss_saved)
         self._phase = Phase.FAILED
 
-    def _dh_keys(self, token: str) -> tuple[KeyPair | None, bytes | None]:
-        # A DH token "xy" pairs the initiator's key x with the responder's key y.
-        init_key, resp_key = token[0], token[1]
-        mine, theirs = (init_key, resp_key) if self._initiator else (resp_key, init_key)
-        local = self._e if mine == "e" else self._s
-        remote = self._re if theirs == "e" else self._rs
-        return local, remote
-
     def _mix_dh(self, token: str) -> None:
-        local, remote = self._dh_keys(token)
+        # The plan turned a DH token "xy" (initiator's key x, responder's key y)
+        # into "<our key><their key>" for this role.
+        local = self._e if token[0] == "e" else self._s
+        remote = self._re if token[1] == "e" else self._rs
         if local is None or remote is None:  # pragma: no cover - excluded by the table
             raise LocalProtocolError(f"token {token}: key not available", ErrorCode.INTERNAL_ERROR)
-        self._ss.mix_key(self._dh.dh(local, remote))
+        self._ss.mix_key(self._dh.dh(local, remote, self._peer_keys))
 
     def _write(self, payload: bytes) -> bytes:
         ss = self._ss
         psk_mode = bool(self._psks)
         out: list[bytes] = []
-        for token in self._protocol.handshake_pattern.messages[self._index]:
+        for token in self._plan.messages[self._index]:
             if token == "e":
                 if self._fixed_e is not None:
                     self._e = self._fixed_e
@@ -421,7 +424,7 @@ class HandshakeState:
         psk_mode = bool(self._psks)
         dhlen = self._dh.dhlen
         pos = 0
-        for token in self._protocol.handshake_pattern.messages[self._index]:
+        for token in self._plan.messages[self._index]:
             if token == "e":
                 if len(message) - pos < dhlen:
                     raise DecodeError(
@@ -453,6 +456,31 @@ class HandshakeState:
             f"HandshakeState({self._protocol.name}, {self._role}, "
             f"phase={self._phase.value}, message={self._index})"
         )
+
+
+class _RolePlan(NamedTuple):
+    """What a pattern asks of one role, worked out once per (pattern, role)."""
+
+    needs_s: bool
+    knows_rs: bool
+    psk_count: int
+    #: Message token lists with DH tokens rewritten as "<our key><their key>".
+    messages: tuple[tuple[str, ...], ...]
+
+
+@functools.lru_cache(maxsize=512)
+def _role_plan(pattern: HandshakePattern, initiator: bool) -> _RolePlan:
+    def ours_first(token: str) -> str:
+        if len(token) == 2 and not initiator:  # ee, es, se, ss
+            return token[1] + token[0]
+        return token
+
+    return _RolePlan(
+        needs_s=pattern.needs_local_static(initiator),
+        knows_rs=pattern.knows_remote_static(initiator),
+        psk_count=pattern.psk_count,
+        messages=tuple(tuple(ours_first(t) for t in m) for m in pattern.messages),
+    )
 
 
 def _bad_arg(message: str) -> LocalProtocolError:
