@@ -42,8 +42,9 @@ class HandshakeDriver(ConnectionCore):
             self._terminate(exc.code, "peer aborted the handshake", remote=True)
             return None
         except M2MError as exc:
-            self._raw_out += hs.abort(exc.code)
             remote = exc.code is ErrorCode.TRUNCATED
+            if not remote:  # after the peer's EOF nobody is left to tell (handshake.md 2.8)
+                self._raw_out += hs.abort(exc.code)
             self._terminate(exc.code, exc.message, remote=remote)
             return None
         if result is None:

@@ -65,8 +65,9 @@ case(
 case(
     "1.1/2",
     "Identity-KeyNotOnCurve",
-    "1.1/2.5 step 2: an identity key that is not a valid Ed25519 point is AUTH_IDENTITY_KEY.",
-    conn("HANDSHAKE_FAILURE", "AUTH_IDENTITY_KEY"),
+    "2.5 steps 2-3: a 32-byte identity key that is not a curve point verifies nothing: "
+    "AUTH_SIGNATURE.",
+    conn("HANDSHAKE_FAILURE", "AUTH_SIGNATURE"),
 )(_hs(payload_edit=lambda p: p.__setitem__(1, bytes.fromhex("02" + "00" * 30 + "80"))))
 
 case(

@@ -38,17 +38,10 @@ __all__ = ["EXPECTED_FAILURES", "Result", "main", "run_cases"]
 
 #: Case ID -> reason. A listed case that fails is XFAIL; one that passes is XPASS (fails).
 #: Entries about a local code only apply where local codes are visible (LOCAL_ONLY_XFAIL).
-EXPECTED_FAILURES: dict[str, str] = {
-    "1.1/2": "identity.verify_signature loads any 32 bytes (OpenSSL does not check the point), "
-    "so a key that is not on the curve is reported AUTH_SIGNATURE, not AUTH_IDENTITY_KEY "
-    "(handshake.md 2.5 step 2)",
-    "2.8/1": "the connection answers a pre-handshake EOF with ABORT(HANDSHAKE_FAILURE); "
-    "handshake.md 2.8/2.10 require no response bytes (TRUNCATED is local only)",
-    "2.8/2": "same as 2.8/1 (EOF after message 2 is answered with an ABORT)",
-}
+EXPECTED_FAILURES: dict[str, str] = {}
 
 #: Expected failures that concern the local code only (not visible over plain TCP).
-LOCAL_ONLY_XFAIL = frozenset({"1.1/2"})
+LOCAL_ONLY_XFAIL: frozenset[str] = frozenset()
 
 #: Spec chapters, for the report.
 CHAPTERS = {
