@@ -208,7 +208,7 @@ class FrameHandlers(ConnectionCore):
             return self._reset_local(s, ErrorCode.DECODE_ERROR)
         if f.end_stream:
             self._end_remote(s)
-        return MessageReceived(stream_id=s.stream_id, value=value, grant=s.grant)
+        return MessageReceived(stream_id=s.stream_id, value=value, grant=s.grant, size=len(data))
 
     def _on_open(self, f: OpenFrame) -> Event | None:
         sid = f.stream_id

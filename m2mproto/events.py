@@ -9,7 +9,7 @@ stream open or message shows as :class:`StreamReset` with code
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ErrorCode, LocalProtocolError
@@ -114,9 +114,15 @@ class MessageReceived(Event):
     value: Any
     #: What the authorizer returned for the message (None without an authorizer).
     grant: object = None
+    #: Length of the message's CBOR encoding as received (the flow-control
+    #: credit it used); ``None`` if unknown (an event made outside the core).
+    #: Not part of equality: it describes the encoding, not the message.
+    size: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         _sid(self.stream_id)
+        if self.size is not None and (type(self.size) is not int or self.size < 0):
+            raise _bad("size must be a non-negative int")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -273,9 +273,11 @@ def encode_frame(frame: Frame) -> bytes:
     fields: list[Any]
     if isinstance(frame, OpenFrame):
         _check_id(frame.stream_id)
-        size = len(frame.resource.encode("utf-8"))
-        if not 1 <= size <= MAX_RESOURCE_BYTES:
+        raw = frame.resource.encode("utf-8")
+        if not 1 <= len(raw) <= MAX_RESOURCE_BYTES:
             raise _bad(f"resource must be 1..{MAX_RESOURCE_BYTES} UTF-8 bytes")
+        if type(frame.stream_id) is int:  # fast path: one per stream opened
+            return b"".join((b"\x83\x02", _head(0, frame.stream_id), _head(3, len(raw)), raw))
         fields = [FrameKind.OPEN, frame.stream_id, frame.resource]
     elif isinstance(frame, ResetFrame):
         _check_id(frame.stream_id)
@@ -288,6 +290,10 @@ def encode_frame(frame: Frame) -> bytes:
             _check_id(frame.stream_id)
         if not 1 <= frame.increment <= MAX_VARINT:
             raise _bad("window increment must be 1..2^62-1")
+        sid = frame.stream_id
+        if type(frame.increment) is int and (sid is None or type(sid) is int):  # fast path
+            sid_raw = b"\xf6" if sid is None else _head(0, sid)
+            return b"\x83\x05" + sid_raw + _head(0, frame.increment)
         fields = [FrameKind.WINDOW_UPDATE, frame.stream_id, frame.increment]
     elif isinstance(frame, (PingFrame, PongFrame)):
         if len(frame.payload) > MAX_PING_PAYLOAD:

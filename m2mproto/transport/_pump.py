@@ -53,21 +53,31 @@ RECEIVE_SIZE = 65536
 
 
 class Signal:
-    """A re-armable broadcast: ``wait()`` returns at the next ``notify()``."""
+    """A re-armable broadcast: ``wait()`` returns at the next ``notify()``.
+
+    The underlying event exists only while someone waits, so a notify with no
+    waiter (the common case on the hot path) costs one attribute test, and an
+    idle signal holds no event object.
+    """
 
     __slots__ = ("_event",)
 
     def __init__(self) -> None:
-        self._event = anyio.Event()
+        self._event: anyio.Event | None = None
 
     def notify(self) -> None:
         """Wake every current waiter."""
-        self._event.set()
-        self._event = anyio.Event()
+        event = self._event
+        if event is not None:
+            self._event = None
+            event.set()
 
     async def wait(self) -> None:
         """Wait for the next :meth:`notify`."""
-        await self._event.wait()
+        event = self._event
+        if event is None:
+            event = self._event = anyio.Event()
+        await event.wait()
 
 
 class Pump:

@@ -728,7 +728,9 @@ class Session:
 
     @staticmethod
     def _message_size(event: ev.MessageReceived) -> int:
-        # MessageReceived has no size: the deterministic profile re-encodes to
+        if event.size is not None:
+            return event.size
+        # An event without its size: the deterministic profile re-encodes to
         # exactly the bytes received (the decoder rejects any other encoding).
         return len(cbor.encode(event.value))
 
