@@ -48,8 +48,10 @@ from ..errors import ErrorCode, M2MError
 
 __all__ = ["Pump", "Signal"]
 
-#: Bytes asked of the transport per receive call.
-RECEIVE_SIZE = 65536
+#: Bytes asked of the transport per receive call. Larger than one record
+#: (65537 bytes on the wire), so a busy reader takes several records per wakeup
+#: instead of needing two receives for each full record.
+RECEIVE_SIZE = 262144
 
 
 class Signal:
