@@ -17,36 +17,21 @@ from ..frames import (
     StreamFrame,
     TokenFrame,
 )
-from .framework import Actual, Ctx, case, conn, gone, ok
+from .framework import Actual, Ctx, after, case, conn, gone, ok
 from .inprocess import IUTProfile
-from .peer import Received, Session
-
-
-def _after(action: Callable[[Session], Any]) -> Callable[[Ctx], Actual]:
-    """Handshake, run *action* on the session, then observe the IUT's reaction."""
-
-    def run(ctx: Ctx) -> Actual:
-        s = ctx.session()
-        result = action(s)
-        if isinstance(result, Actual):
-            return result
-        if isinstance(result, Received):
-            return ctx.observe(s, result)
-        return ctx.observe(s)
-
-    return run
+from .peer import Session
 
 
 def _send(*items: Frame | bytes) -> Callable[[Ctx], Actual]:
-    return _after(lambda s: s.send(*items))
+    return after(lambda s: s.send(*items))
 
 
 def _raw_items(*items: Any) -> Callable[[Ctx], Actual]:
-    return _after(lambda s: s.send_raw_items(*items))
+    return after(lambda s: s.send_raw_items(*items))
 
 
 def _plain(hexstr: str) -> Callable[[Ctx], Actual]:
-    return _after(lambda s: s.send(bytes.fromhex(hexstr)))
+    return after(lambda s: s.send(bytes.fromhex(hexstr)))
 
 
 # ------------------------------------------------------------------ §3.1 records
@@ -56,28 +41,28 @@ case(
     "Record-LengthMax-Garbage",
     "3.1: a record that fails authentication closes the connection with DECRYPT_ERROR.",
     conn("DECRYPT_ERROR"),
-)(_after(lambda s: s.write(b"\xff\xff" + bytes(range(256)) * 255 + bytes(255))))
+)(after(lambda s: s.write(b"\xff\xff" + bytes(range(256)) * 255 + bytes(255))))
 
 case(
     "3.1/2",
     "Record-LengthZero",
     "3.1: a record length of 0 is FRAME_SIZE_ERROR as soon as its two bytes arrive.",
     conn("FRAME_SIZE_ERROR"),
-)(_after(lambda s: s.write(b"\x00\x00")))
+)(after(lambda s: s.write(b"\x00\x00")))
 
 case(
     "3.1/3",
     "Record-Length15",
     "3.1: a record length below 16 (shorter than the tag) is FRAME_SIZE_ERROR.",
     conn("FRAME_SIZE_ERROR"),
-)(_after(lambda s: s.write(b"\x00\x0f")))
+)(after(lambda s: s.write(b"\x00\x0f")))
 
 case(
     "3.1/4",
     "Record-Length16-Pass",
     "3.1: a 16-byte record (empty plaintext) is allowed (boundary of 3.1/3).",
     ok(),
-)(_after(lambda s: s.write(s.seal(b""))))
+)(after(lambda s: s.write(s.seal(b""))))
 
 
 def _flip(pos: int) -> Callable[[Session], None]:
@@ -94,14 +79,14 @@ case(
     "Record-BitFlip-Ciphertext",
     "3.1: a flipped bit in the ciphertext is DECRYPT_ERROR.",
     conn("DECRYPT_ERROR"),
-)(_after(_flip(1)))
+)(after(_flip(1)))
 
 case(
     "3.1/6",
     "Record-BitFlip-Tag",
     "3.1: a flipped bit in the tag is DECRYPT_ERROR (same behaviour whatever the position).",
     conn("DECRYPT_ERROR"),
-)(_after(_flip(-1)))
+)(after(_flip(-1)))
 
 
 def _replay(s: Session) -> None:
@@ -122,20 +107,20 @@ def _drop(s: Session) -> None:
 
 
 case("3.1/7", "Record-Replay", "3.1: a replayed record is DECRYPT_ERROR.", conn("DECRYPT_ERROR"))(
-    _after(_replay)
+    after(_replay)
 )
 case(
     "3.1/8",
     "Record-Reorder",
     "3.1: records swapped in order are DECRYPT_ERROR.",
     conn("DECRYPT_ERROR"),
-)(_after(_reorder))
+)(after(_reorder))
 case(
     "3.1/9",
     "Record-Drop",
     "3.1: a dropped record makes the next one DECRYPT_ERROR.",
     conn("DECRYPT_ERROR"),
-)(_after(_drop))
+)(after(_drop))
 
 
 @case(
@@ -407,7 +392,7 @@ case(
     "CBOR-Depth10000",
     "4.1: nesting deeper than 16 is DECODE_ERROR (no recursion failure).",
     conn("DECODE_ERROR"),
-)(_after(lambda s: s.send(b"\x82\x18\x40" + b"\x81" * 10000 + b"\x80")))
+)(after(lambda s: s.send(b"\x82\x18\x40" + b"\x81" * 10000 + b"\x80")))
 
 
 def _nested(depth: int) -> bytes:
@@ -420,14 +405,14 @@ case(
     "CBOR-Depth16-Pass",
     "4.1: nesting of exactly 16 (an ignored extension frame) is accepted.",
     ok(),
-)(_after(lambda s: s.send(_nested(16))))
+)(after(lambda s: s.send(_nested(16))))
 
 case(
     "4.1/3",
     "CBOR-Depth17",
     "4.1: nesting of 17 is DECODE_ERROR.",
     conn("DECODE_ERROR"),
-)(_after(lambda s: s.send(_nested(17))))
+)(after(lambda s: s.send(_nested(17))))
 
 case(
     "4.1/4",
@@ -604,7 +589,7 @@ case(
     "Open-Resource256-Pass",
     "4.2: a resource of 256 bytes is accepted by the codec (the application may refuse it).",
     ok(),
-)(_after(lambda s: _accepted_open(s, "log/" + "r" * 252)))
+)(after(lambda s: _accepted_open(s, "log/" + "r" * 252)))
 
 
 def _accepted_open(s: Session, resource: str) -> Any:

@@ -19,22 +19,9 @@ from ..frames import (
     TokenFrame,
     WindowUpdateFrame,
 )
-from .framework import Actual, Ctx, case, conn, holder_token, ok, restricted_token, stream
+from .framework import Actual, Ctx, after, case, conn, holder_token, ok, restricted_token, stream
 from .inprocess import IUTProfile
-from .peer import Received, Session, resets
-
-
-def _after(action: Callable[[Session], object]) -> Callable[[Ctx], Actual]:
-    def run(ctx: Ctx) -> Actual:
-        s = ctx.session()
-        result = action(s)
-        if isinstance(result, Actual):
-            return result
-        if isinstance(result, Received):
-            return ctx.observe(s, result)
-        return ctx.observe(s)
-
-    return run
+from .peer import Session, resets
 
 
 def _steps(*items: Frame | str) -> Callable[[Session], object]:
@@ -64,7 +51,7 @@ case(
     "Stream-WrongParity",
     "5.1: OPEN with the receiver's own parity is STREAM_STATE_ERROR.",
     conn("STREAM_STATE_ERROR"),
-)(_after(lambda s: s.send(OpenFrame(1, "echo"))))
+)(after(lambda s: s.send(OpenFrame(1, "echo"))))
 
 case(
     "5.1/2",
@@ -72,7 +59,7 @@ case(
     "5.1: OPEN of an ID already used is STREAM_STATE_ERROR.",
     conn("STREAM_STATE_ERROR"),
 )(
-    _after(
+    after(
         _steps(OpenFrame(0, "log"), ResetFrame(0, ErrorCode.CANCELLED, 0), "|", OpenFrame(0, "log"))
     )
 )
@@ -82,14 +69,14 @@ case(
     "Stream-IdsDecrease",
     "5.1: IDs of one parity increase; opening 2 after 4 is STREAM_STATE_ERROR.",
     conn("STREAM_STATE_ERROR"),
-)(_after(_steps(OpenFrame(4, "log"), "|", OpenFrame(2, "log"))))
+)(after(_steps(OpenFrame(4, "log"), "|", OpenFrame(2, "log"))))
 
 case(
     "5.1/4",
     "Stream-NeverOpened",
     "5.1: STREAM on a never-opened ID is STREAM_STATE_ERROR.",
     conn("STREAM_STATE_ERROR"),
-)(_after(lambda s: s.send(StreamFrame(0, b"x", False))))
+)(after(lambda s: s.send(StreamFrame(0, b"x", False))))
 
 case(
     "5.1/5",
@@ -97,7 +84,7 @@ case(
     "5.1: data after the peer's end of stream is STREAM_STATE_ERROR.",
     conn("STREAM_STATE_ERROR"),
 )(
-    _after(
+    after(
         lambda s: s.send(
             OpenFrame(0, "log"),
             MessageFrame(0, b"\x01", True, True),
@@ -112,7 +99,7 @@ case(
     "5.1: a RESET final size that differs from the bytes sent is FINAL_SIZE_ERROR.",
     conn("FINAL_SIZE_ERROR"),
 )(
-    _after(
+    after(
         lambda s: s.send(
             OpenFrame(0, "log"), MessageFrame(0, b"\x83\x01\x02", False), ResetFrame(0, 0x40, 2)
         )
@@ -125,7 +112,7 @@ case(
     "5.1: a STREAM frame inside an unfinished MESSAGE is PROTOCOL_ERROR.",
     conn("PROTOCOL_ERROR"),
 )(
-    _after(
+    after(
         lambda s: s.send(
             OpenFrame(0, "log"), MessageFrame(0, b"\x82", False, False), StreamFrame(0, b"x")
         )
@@ -196,7 +183,7 @@ case(
     "5.3: max_concurrent_streams (4 configured) concurrent streams are accepted.",
     ok(),
     profile=_FOUR,
-)(_after(_open_n(3)))
+)(after(_open_n(3)))
 
 case(
     "5.1/11",
@@ -204,7 +191,7 @@ case(
     "5.3: one stream over the advertised limit is STREAM_LIMIT_ERROR.",
     conn("STREAM_LIMIT_ERROR"),
     profile=_FOUR,
-)(_after(_open_n(5)))
+)(after(_open_n(5)))
 
 
 @case(
@@ -299,7 +286,7 @@ case(
     "5.3: data up to the stream window (4096 configured) is accepted.",
     ok(),
     profile=_FLOW,
-)(_after(_fill([4096])))
+)(after(_fill([4096])))
 
 case(
     "5.3/2",
@@ -307,7 +294,7 @@ case(
     "5.3: one byte over the stream window is FLOW_CONTROL_ERROR.",
     conn("FLOW_CONTROL_ERROR"),
     profile=_FLOW,
-)(_after(_fill([4097])))
+)(after(_fill([4097])))
 
 case(
     "5.3/3",
@@ -315,7 +302,7 @@ case(
     "5.3: data up to the connection window (8192) over two streams is accepted.",
     ok(),
     profile=_FLOW,
-)(_after(_fill([4096, 4096])))
+)(after(_fill([4096, 4096])))
 
 case(
     "5.3/4",
@@ -324,28 +311,28 @@ case(
     "FLOW_CONTROL_ERROR.",
     conn("FLOW_CONTROL_ERROR"),
     profile=_FLOW,
-)(_after(_fill([4096, 4096, 1])))
+)(after(_fill([4096, 4096, 1])))
 
 case(
     "5.3/5",
     "Flow-WindowOverflow",
     "5.3: credit above 2^62-1 (two WINDOW_UPDATEs of 2^62-1) is FLOW_CONTROL_ERROR.",
     conn("FLOW_CONTROL_ERROR"),
-)(_after(lambda s: s.send(WindowUpdateFrame(None, 2**62 - 1), WindowUpdateFrame(None, 2**62 - 1))))
+)(after(lambda s: s.send(WindowUpdateFrame(None, 2**62 - 1), WindowUpdateFrame(None, 2**62 - 1))))
 
 case(
     "5.3/6",
     "Flow-ZeroIncrement",
     "5.3: a WINDOW_UPDATE increment of 0 is PROTOCOL_ERROR.",
     conn("PROTOCOL_ERROR"),
-)(_after(lambda s: s.send_raw_items([5, None, 0])))
+)(after(lambda s: s.send_raw_items([5, None, 0])))
 
 case(
     "5.3/7",
     "Flow-WindowUpdateNeverOpened",
     "5.1: WINDOW_UPDATE naming a never-opened stream is STREAM_STATE_ERROR.",
     conn("STREAM_STATE_ERROR"),
-)(_after(lambda s: s.send(WindowUpdateFrame(6, 100))))
+)(after(lambda s: s.send(WindowUpdateFrame(6, 100))))
 
 
 @case(
@@ -404,7 +391,7 @@ case(
     "5.4: a message of exactly max_message_size (2048 configured) is accepted.",
     ok(),
     profile=_SMALL_MSG,
-)(_after(_steps(OpenFrame(0, "log"), MessageFrame(0, _message_of(2048), True, True))))
+)(after(_steps(OpenFrame(0, "log"), MessageFrame(0, _message_of(2048), True, True))))
 
 case(
     "5.4/2",
@@ -414,7 +401,7 @@ case(
     stream("MESSAGE_TOO_LARGE"),
     profile=_SMALL_MSG,
 )(
-    _after(
+    after(
         _steps(
             OpenFrame(0, "log"),
             MessageFrame(0, _message_of(2049)[:1500], False, False),
@@ -428,7 +415,7 @@ case(
     "Msg-NotCBOR",
     "5.4: a message that is not one valid CBOR item resets the stream with DECODE_ERROR.",
     stream("DECODE_ERROR"),
-)(_after(_steps(OpenFrame(0, "log"), MessageFrame(0, b"\x82\x01", True, False))))
+)(after(_steps(OpenFrame(0, "log"), MessageFrame(0, b"\x82\x01", True, False))))
 
 case(
     "5.4/4",
@@ -438,7 +425,7 @@ case(
     stream("MESSAGE_TOO_LARGE"),
     profile=_SMALL_MSG,
 )(
-    _after(
+    after(
         _steps(
             OpenFrame(0, "log"),
             OpenFrame(2, "log"),

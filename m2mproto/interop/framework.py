@@ -328,6 +328,25 @@ class Ctx:
         return True, ""
 
 
+def after(action: Callable[[Session], object]) -> Callable[[Ctx], Actual]:
+    """A case script: handshake, run *action* on the session, then observe the IUT's reaction.
+
+    *action* may return an :class:`Actual` (the verdict), a :class:`Received`
+    (what it already read) or anything else (the case then reads on).
+    """
+
+    def run(ctx: Ctx) -> Actual:
+        s = ctx.session()
+        result = action(s)
+        if isinstance(result, Actual):
+            return result
+        if isinstance(result, Received):
+            return ctx.observe(s, result)
+        return ctx.observe(s)
+
+    return run
+
+
 def describe_received(got: Received) -> str:
     if got.abort is not None:
         return f"ABORT({code_name(got.abort)})"
