@@ -122,12 +122,12 @@ def register(sub: Any) -> None:
 
     q = tsub.add_parser("issue", help="issue a root capability token")
     _add_common_issue_args(q)
-    q.set_defaults(handler=cmd_issue)
+    q.set_defaults(handler=cmd_mint)
 
     q = tsub.add_parser("delegate", help="delegate a narrower token from one you hold")
     q.add_argument("--parent", required=True, metavar="FILE", help="the token you hold")
     _add_common_issue_args(q)
-    q.set_defaults(handler=cmd_delegate)
+    q.set_defaults(handler=cmd_mint)
 
     q = tsub.add_parser("inspect", help="show a token's contents (no verification)")
     q.add_argument("file", metavar="FILE")
@@ -172,34 +172,20 @@ def _report_new(args: argparse.Namespace, token: bytes) -> None:
         print(f"wrote {args.out} ({len(token)} bytes, cti {claims.get('cti', '?')})")
 
 
-def cmd_issue(args: argparse.Namespace) -> int:
-    issuer = Identity.load(args.key)
-    token = issue(
-        issuer,
-        _agent(args.to),
-        args.cap,
-        now=time.time(),
-        ttl=parse_duration(args.ttl),
-        audience=_agent(args.aud) if args.aud else None,
-        caveats=_caveats(args),
-    )
-    write_file(args.out, token)
-    _report_new(args, token)
-    return 0
-
-
-def cmd_delegate(args: argparse.Namespace) -> int:
-    holder = Identity.load(args.key)
-    token = delegate(
-        holder,
-        read_token(args.parent),
-        _agent(args.to),
-        args.cap,
-        now=time.time(),
-        ttl=parse_duration(args.ttl),
-        audience=_agent(args.aud) if args.aud else None,
-        caveats=_caveats(args),
-    )
+def cmd_mint(args: argparse.Namespace) -> int:
+    """``token issue`` (a root token) and ``token delegate`` (with ``--parent``)."""
+    signer = Identity.load(args.key)
+    options: dict[str, Any] = {
+        "now": time.time(),
+        "ttl": parse_duration(args.ttl),
+        "audience": _agent(args.aud) if args.aud else None,
+        "caveats": _caveats(args),
+    }
+    parent = getattr(args, "parent", None)
+    if parent is None:
+        token = issue(signer, _agent(args.to), args.cap, **options)
+    else:
+        token = delegate(signer, read_token(parent), _agent(args.to), args.cap, **options)
     write_file(args.out, token)
     _report_new(args, token)
     return 0
