@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from helpers import Pair, seeded_entropy
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -126,4 +128,8 @@ class ConnectionMachine(RuleBasedStateMachine):
 
 
 TestConnectionMachine = ConnectionMachine.TestCase
-TestConnectionMachine.settings = settings(max_examples=150, stateful_step_count=40)
+# CONFORMANCE.md R11: 1,000 examples x 50 steps per run; 20,000 in the extended profile.
+_EXAMPLES = 20_000 if os.environ.get("HYPOTHESIS_PROFILE") == "extended" else 1_000
+TestConnectionMachine.settings = settings(
+    max_examples=_EXAMPLES, stateful_step_count=50, deadline=None
+)
