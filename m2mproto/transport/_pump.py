@@ -42,11 +42,12 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import ByteStream
 
 from ..errors import ErrorCode, M2MError
 
-__all__ = ["Pump", "Signal"]
+__all__ = ["Flag", "Pump", "Signal"]
 
 #: Bytes asked of the transport per receive call. Larger than one record
 #: (65537 bytes on the wire), so a busy reader takes several records per wakeup
@@ -82,6 +83,47 @@ class Signal:
         await event.wait()
 
 
+class Flag:
+    """A one-shot event (``set``/``is_set``/``wait``, re-armable with ``clear``).
+
+    Like ``anyio.Event``, but the event object exists only while a task waits,
+    so the many flags of an idle connection cost a few bytes each.
+    """
+
+    __slots__ = ("_event", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: anyio.Event | None = None
+
+    def set(self) -> None:
+        """Set the flag and wake every waiter."""
+        if not self._set:
+            self._set = True
+            event = self._event
+            if event is not None:
+                self._event = None
+                event.set()
+
+    def is_set(self) -> bool:
+        """Whether the flag is set."""
+        return self._set
+
+    def clear(self) -> None:
+        """Re-arm a set flag (waiters from before were already woken)."""
+        self._set = False
+
+    async def wait(self) -> None:
+        """Return once the flag is set (a checkpoint if it already is)."""
+        if self._set:
+            await anyio.lowlevel.checkpoint()
+            return
+        event = self._event
+        if event is None:
+            event = self._event = anyio.Event()
+        await event.wait()
+
+
 class Pump:
     """Moves bytes between ``conn`` and ``transport`` and drives the core's timer.
 
@@ -111,7 +153,7 @@ class Pump:
         #: Fires each time the writer drained the outbox (send backpressure).
         self.flushed = Signal()
         #: Set when both tasks have finished and the transport is closed.
-        self.finished = anyio.Event()
+        self.finished = Flag()
         #: The transport exception that ended the connection, if any.
         self.transport_error: BaseException | None = None
         self._closing = False

@@ -60,7 +60,7 @@ from ..errors import (
 )
 from ..handshake import StaticKey
 from ..identity import AgentId, Identity
-from ._pump import Pump, Signal
+from ._pump import Flag, Pump, Signal
 from .attributes import M2MAttribute
 
 if TYPE_CHECKING:
@@ -292,14 +292,14 @@ class Session:
         self._incoming: deque[Incoming] = deque()
         self._incoming_signal = Signal()
         self._current_incoming: Incoming | None = None
-        self._handshake_done = anyio.Event()
-        self._closed = anyio.Event()
+        self._handshake_done = Flag()
+        self._closed = Flag()
         self._closed_info: tuple[int, str, bool] | None = None
         self._close_error: M2MError | None = None
         self._authorizer = authorizer
         self._closing = False
         self._handlers = 0
-        self._handlers_idle = anyio.Event()
+        self._handlers_idle = Flag()
         self._handler_scopes: set[anyio.CancelScope] = set()
         self._pings: dict[bytes, anyio.Event] = {}
         self._tg: TaskGroup | None = None
@@ -663,8 +663,7 @@ class Session:
         if self._tg is None or self._closed.is_set():
             return
         self._handlers += 1
-        if self._handlers_idle.is_set():
-            self._handlers_idle = anyio.Event()
+        self._handlers_idle.clear()
         self._tg.start_soon(self._handler_task, func, chan, *args)
 
     async def _handler_task(self, func: Callable[..., Any], chan: _Channel, *args: Any) -> None:

@@ -61,3 +61,31 @@ class _Null(anyio.abc.ByteStream):
 
     async def aclose(self) -> None:  # pragma: no cover
         return None
+
+
+async def test_flag_is_lazy_and_rearmable() -> None:
+    from m2mproto.transport._pump import Flag, Signal
+
+    flag = Flag()
+    assert not flag.is_set() and flag._event is None
+    woke: list[int] = []
+
+    async def waiter() -> None:
+        await flag.wait()
+        woke.append(1)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await anyio.sleep(0.01)
+        assert flag._event is not None and not woke
+        flag.set()
+    assert woke == [1] and flag.is_set() and flag._event is None
+    await flag.wait()  # already set: returns at once
+    flag.clear()
+    assert not flag.is_set()
+    with anyio.move_on_after(0.01) as scope:
+        await flag.wait()
+    assert scope.cancelled_caught
+    signal = Signal()
+    signal.notify()  # no waiter: no event is made
+    assert signal._event is None
