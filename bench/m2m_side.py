@@ -7,8 +7,9 @@ Provides what the harness needs from a protocol:
   client for the server (``bench/*`` with ``stream/open`` and ``msg/send``);
 * ``make_client(dir)``: a client whose ``connect`` authenticates with the
   identity and the token (checking the server's agent ID) and returns a
-  channel with ``oneway`` (``session.send``), ``request`` (``session.request``),
-  ``bulk`` (writes on one byte stream), ``flush`` and ``aclose``;
+  channel with ``oneway`` (messages on one ordered message stream),
+  ``request`` (``session.request``), ``bulk`` (writes on one byte stream),
+  ``flush`` and ``aclose``;
 * ``serve(dir, ready)``: an m2mproto ``Server`` trusting the authority, with
   an echo request handler (``bench/echo``), a message sink (``bench/sink``)
   and a byte-stream sink (``bench/bulk``) that acknowledges end of stream.
@@ -29,7 +30,7 @@ from .common import Unavailable
 
 __all__ = ["M2MClient", "make_client", "make_material", "serve"]
 
-ECHO, SINK, BULK = "bench/echo", "bench/sink", "bench/bulk"
+ECHO, SINK, BULK, FEED = "bench/echo", "bench/sink", "bench/bulk", "bench/feed"
 #: Server admission limits: above the harness's concurrency (net._CONNECT_PARALLEL
 #: handshakes in flight, up to 1000 idle connections, all from 127.0.0.1).
 _MAX_CONNECTIONS = 5000
@@ -78,9 +79,15 @@ class M2MChannel:
     def __init__(self, session: Any) -> None:
         self._session = session
         self._bulk: Any = None
+        self._feed: Any = None
 
     async def oneway(self, obj: Any) -> None:
-        await self._session.send(SINK, obj)
+        # One ordered message stream, as the TLS anchor sends its one-way
+        # messages in order on its one connection. (session.send opens a
+        # stream per message, so that the peer may handle them concurrently.)
+        if self._feed is None:
+            self._feed = await self._session.open_message_stream(FEED)
+        await self._feed.send(obj)
 
     async def request(self, obj: Any) -> Any:
         return await self._session.request(ECHO, obj)
@@ -91,6 +98,11 @@ class M2MChannel:
         await self._bulk.send(chunk)
 
     async def flush(self) -> None:
+        if self._feed is not None:
+            feed, self._feed = self._feed, None
+            await feed.send_eof()
+            await feed.receive()  # the sink's count: every message was handled
+            await feed.aclose()
         if self._bulk is not None:
             stream, self._bulk = self._bulk, None
             await stream.send_eof()
@@ -165,6 +177,17 @@ async def serve(directory: Path, ready: Any) -> None:
     @server.message(SINK)
     async def sink(value: Any, ctx: Any) -> None:
         return None
+
+    @server.message_stream(FEED)
+    async def feed(stream: Any, ctx: Any) -> None:
+        count = 0
+        for _ in range(1 << 40):
+            try:
+                await stream.receive()
+            except anyio.EndOfStream:
+                break
+            count += 1
+        await stream.send(count)
 
     @server.stream(BULK)
     async def bulk(stream: Any, ctx: Any) -> None:
