@@ -6,7 +6,10 @@
     async with await m2mproto.connect(("127.0.0.1", 7000), identity=me) as session: ...
 
 Either form must be entered and left in one task (the session owns a task
-group in it).
+group in it), and not under a cancel scope shorter than the session: bound
+the handshake with ``Configuration.handshake_timeout`` and the transport with
+``connect_timeout``, or put the whole ``async with`` block in the scope (see
+:class:`~m2mproto.transport.Session`).
 """
 
 from __future__ import annotations
@@ -98,6 +101,11 @@ def connect(
     high_water: int = DEFAULT_HIGH_WATER,
 ) -> SessionOpener:
     """Connect to *address* and authenticate as *identity*.
+
+    The session must be entered and left in the calling task, inside every
+    cancel scope open at this call: never ``with fail_after(t): s = await
+    connect(...)`` with ``s`` used after the scope (see
+    :class:`~m2mproto.transport.Session`).
 
     Args:
         address: ``(host, port)`` for TCP, a Unix socket path, or any connected
