@@ -405,13 +405,10 @@ class Harness:
         assert 0 <= buffered <= cfg.max_send_buffer, buffered
         if conn.state is not ConnectionState.CLOSED:
             assert buffered == sum(s.send_buffered for s in streams.values())
-        # Connection-level windows: Connection has no public accessor (see fuzz/README.md).
-        recv = getattr(conn, "_conn_recv", None)
-        if recv is not None:
-            assert 0 <= recv.received <= recv.limit, "connection receive window exceeded"
-        send = getattr(conn, "_conn_send", None)
-        if send is not None:
-            assert send.available >= 0, "connection send credit negative"
+        windows = conn.connection_windows()
+        assert 0 <= windows.recv_consumed <= windows.recv_received, "consumed above received"
+        assert windows.recv_received <= windows.recv_limit, "connection receive window exceeded"
+        assert 0 <= windows.send_sent <= windows.send_limit, "connection send credit negative"
 
     # -- program ---------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ from .frames import (
 from .handshake import Handshake, StaticKey, decode_abort_code
 from .identity import AgentId, Identity
 from .records import AbortReceived
-from .streams import RecvWindow, SendCredit, Stream, StreamInput, StreamTable
+from .streams import ConnectionWindows, RecvWindow, SendCredit, Stream, StreamInput, StreamTable
 
 __all__ = ["NEED_DATA", "Connection", "ConnectionState", "NeedData", "Role"]
 
@@ -173,6 +173,22 @@ class Connection(HandshakeDriver, FrameHandlers, Outbox):
         """
         s = self._get(stream_id)
         return min(s.send_credit.available, self._conn_send.available)
+
+    def connection_windows(self) -> ConnectionWindows:
+        """The connection-level flow-control state, as a frozen snapshot.
+
+        Per-stream windows are in :attr:`streams`; this is the credit shared
+        by all streams (spec/streams.md §6). Before the handshake completes
+        the send limit is 0 (the peer's window is learned from its parameters).
+        """
+        r, c = self._conn_recv, self._conn_send
+        return ConnectionWindows(
+            recv_received=r.received,
+            recv_consumed=r.consumed,
+            recv_limit=r.limit,
+            send_sent=c.sent,
+            send_limit=c.limit,
+        )
 
     def send_buffered(self, stream_id: int | None = None) -> int:
         """Bytes queued by the application and not yet framed (one stream, or all).

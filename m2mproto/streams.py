@@ -57,6 +57,7 @@ def _head(major: int, value: int) -> bytes:
 
 __all__ = [
     "TRANSITIONS",
+    "ConnectionWindows",
     "RecvWindow",
     "SendCredit",
     "Stream",
@@ -114,6 +115,36 @@ del S, In
 
 _LOCAL_INPUTS = frozenset({StreamInput.SEND_DATA, StreamInput.SEND_END, StreamInput.SEND_RESET})
 TERMINAL = frozenset({StreamState.CLOSED, StreamState.RESET})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionWindows:
+    """A snapshot of the connection-level flow-control state (read-only).
+
+    Invariants the core keeps: ``0 <= recv_consumed <= recv_received <=
+    recv_limit`` and ``0 <= send_sent <= send_limit``.
+    """
+
+    #: Bytes of STREAM data and MESSAGE fragments received from the peer.
+    recv_received: int
+    #: Of those, bytes the application has taken (credit returned or due).
+    recv_consumed: int
+    #: The absolute limit we granted the peer (its credit is ``limit - received``).
+    recv_limit: int
+    #: Bytes we sent to the peer.
+    send_sent: int
+    #: The absolute limit the peer granted us.
+    send_limit: int
+
+    @property
+    def recv_available(self) -> int:
+        """Bytes the peer may still send before it must wait for an update."""
+        return self.recv_limit - self.recv_received
+
+    @property
+    def send_available(self) -> int:
+        """Bytes we may still send before the peer must grant more."""
+        return self.send_limit - self.send_sent
 
 
 class SendCredit:

@@ -118,7 +118,9 @@ class ConnectionMachine(RuleBasedStateMachine):
     @invariant()
     def windows_and_limits(self) -> None:
         for c in (self.p.a, self.p.b):
-            assert c._conn_send.available >= 0 and c._conn_recv.available >= 0
+            w = c.connection_windows()
+            assert w.send_available >= 0 and w.recv_available >= 0
+            assert 0 <= w.recv_consumed <= w.recv_received
             assert c._table.remote_open <= MAX_STREAMS and c._table.local_open <= MAX_STREAMS
             for s in c._table.streams.values():
                 assert s.send_credit.available >= 0 and s.recv_window.available >= 0
