@@ -11,6 +11,12 @@ key updates, stream open/reset churn. :class:`Budgets` counts them and raises
   since we last sent payload), at most ``max_no_progress_frames``;
 * ``key_updates_in``: KEY_UPDATE frames without data in between, at most
   ``max_key_updates_without_data``;
+* ``small_grants``: small WINDOW_UPDATEs (increment below
+  ``min(min_window_increment, advertised window // 2)``: credit dribbled to
+  make us send tiny frames, CVE-2019-9511), at most
+  ``max_small_window_updates``; only a grant that is not small and lets
+  queued data move resets it (application data does not: a dribbler makes
+  us send data);
 * churn: a token bucket (``stream_churn_burst`` tokens, refilled at
   ``stream_churn_rate`` per second of the caller's clock) charged by each
   RESET received and each refused OPEN.
@@ -37,12 +43,20 @@ class _Fail(Exception):
 class Budgets:
     """Counters and the churn token bucket of one connection."""
 
-    __slots__ = ("_cfg", "churn_at", "churn_tokens", "key_updates_in", "no_progress")
+    __slots__ = (
+        "_cfg",
+        "churn_at",
+        "churn_tokens",
+        "key_updates_in",
+        "no_progress",
+        "small_grants",
+    )
 
     def __init__(self, cfg: Configuration) -> None:
         self._cfg = cfg
         self.no_progress = 0
         self.key_updates_in = 0
+        self.small_grants = 0
         self.churn_tokens = float(cfg.stream_churn_burst)
         self.churn_at: float | None = None
 
@@ -60,6 +74,23 @@ class Budgets:
         """A productive frame arrived: reset the counters."""
         self.no_progress = 0
         self.key_updates_in = 0
+
+    def window_update(self, increment: int, advertised: int, waiting: bool) -> None:
+        """Judge one received WINDOW_UPDATE for dribbling (spec/streams.md §6).
+
+        *advertised* is the window the peer advertised for the level the update
+        applies to; *waiting* whether we have data queued at that level.
+
+        Raises:
+            _Fail: ``ENHANCE_YOUR_CALM`` past ``max_small_window_updates``.
+        """
+        cfg = self._cfg
+        if increment < min(cfg.min_window_increment, advertised // 2):
+            self.small_grants += 1
+            if self.small_grants > cfg.max_small_window_updates:
+                raise _Fail(ErrorCode.ENHANCE_YOUR_CALM, "too many small window updates")
+        elif waiting:
+            self.small_grants = 0
 
     def key_update(self) -> None:
         """Count one received KEY_UPDATE.

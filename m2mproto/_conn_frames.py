@@ -263,11 +263,18 @@ class FrameHandlers(ConnectionCore):
 
     def _on_window_update(self, f: WindowUpdateFrame) -> None:
         self._budgets.no_progress_frame("WINDOW_UPDATE")
+        params = self.peer_parameters
+        assert params is not None  # frames are only read once established
         try:
             if f.stream_id is None:
+                self._budgets.window_update(
+                    f.increment, params.initial_connection_window, self._send_buffered > 0
+                )
                 self._conn_send.add(f.increment)
                 return
             s = self._lookup(f.stream_id, "WINDOW_UPDATE", crossing=True)
+            waiting = s is not None and s.send_buffered > 0
+            self._budgets.window_update(f.increment, params.initial_stream_window, waiting)
             if s is not None:
                 s.send_credit.add(f.increment)
         except RemoteProtocolError as exc:

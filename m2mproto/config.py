@@ -117,6 +117,10 @@ class Configuration:
     max_no_progress_frames: int = 32
     #: Peer key updates without application data before ENHANCE_YOUR_CALM.
     max_key_updates_without_data: int = 32
+    #: A peer WINDOW_UPDATE below min(this, half the window it advertised) is *small*.
+    min_window_increment: int = 1024
+    #: Small peer WINDOW_UPDATEs (dribbled credit) before ENHANCE_YOUR_CALM.
+    max_small_window_updates: int = 32
     #: Peer stream resets and refused opens: burst size of the budget.
     stream_churn_burst: int = 200
     #: Peer stream resets and refused opens: refill per second.
@@ -150,6 +154,8 @@ class Configuration:
         _positive("max_queued_control", self.max_queued_control)
         _positive("max_no_progress_frames", self.max_no_progress_frames)
         _positive("max_key_updates_without_data", self.max_key_updates_without_data)
+        _positive("min_window_increment", self.min_window_increment)
+        _positive("max_small_window_updates", self.max_small_window_updates)
         _positive("stream_churn_burst", self.stream_churn_burst)
         _positive("key_update_after_records", self.key_update_after_records)
         _positive("max_records_per_key", self.max_records_per_key, 2**64 - 2)

@@ -371,6 +371,48 @@ def _big_message(ctx: Ctx) -> Actual:
     return ctx.observe(s)
 
 
+def _dribble(grants: int) -> Callable[[Ctx], Actual]:
+    """Make the IUT echo 2000 bytes into a 64-byte stream window, then grant 1 byte at a time."""
+
+    def run(ctx: Ctx) -> Actual:
+        s = ctx.session(params={2: 64})  # a grant below min(1024, 64 // 2) is small
+        data = cbor.encode("d" * 2000)
+        s.send(OpenFrame(0, "echo"), MessageFrame(0, data, True, True))
+        first = [f for f in s.receive().of(MessageFrame) if f.stream_id == 0]
+        if sum(len(f.fragment) for f in first) != 64:
+            return Actual("fail", detail="IUT did not fill the 64-byte window")
+        got = None
+        for i in range(grants):
+            s.send(WindowUpdateFrame(0, 1))
+            got = s.receive()
+            if got.close_code() is not None or s.link.iut_closed:
+                return ctx.observe(s, got)
+            short = [f for f in got.of(MessageFrame) if f.stream_id == 0]
+            if len(short) > 1 or sum(len(f.fragment) for f in short) > 1:
+                sizes = [len(f.fragment) for f in short]
+                return Actual("fail", detail=f"grant {i + 1}: frames {sizes} for 1 byte of credit")
+        s.alive_echo = False  # stream 0 holds the window; liveness by PING
+        return ctx.observe(s, got)
+
+    return run
+
+
+case(
+    "5.3/9",
+    "Flow-Dribble-Pass",
+    "5.3/6.1: 32 small WINDOW_UPDATEs (1 byte each) are accepted, each answered by at most one "
+    "frame of at most 1 byte (boundary of 5.3/10).",
+    ok(),
+)(_dribble(32))
+
+case(
+    "5.3/10",
+    "Flow-Dribble",
+    "5.3/6.1: the 33rd small WINDOW_UPDATE in a row (CVE-2019-9511) is ENHANCE_YOUR_CALM.",
+    conn("ENHANCE_YOUR_CALM"),
+)(_dribble(33))
+
+
 # ------------------------------------------------------------------ §5.4 messages
 
 _SMALL_MSG = IUTProfile(config={"max_message_size": 2048, "max_reassembly_bytes": 4096})
