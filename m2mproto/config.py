@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .frames import MAX_TOKEN_BYTES, MAX_VARINT
+from .handshake import StaticKey
 from .identity import AgentId
 
 __all__ = [
@@ -139,8 +140,12 @@ class Configuration:
     wire_token_reason: bool = False
     #: Abilities required for incoming stream opens and messages.
     policy: AuthorizationPolicy = field(default_factory=AuthorizationPolicy)
-    #: Our Noise static X25519 private key (default: fresh per connection from ``entropy``).
-    static_key: bytes | None = None
+    #: Our Noise static key: a :class:`~m2mproto.handshake.StaticKey` made once for the
+    #: identity and shared by many connections (its binding is signed once; it must be
+    #: bound to the connection's identity), or a raw 32-byte X25519 private key (bound
+    #: and signed per connection). Default: fresh per connection from ``entropy`` (the
+    #: transport instead shares one per identity per process, ``process_static_key``).
+    static_key: StaticKey | bytes | None = None
     #: Largest handshake message accepted.
     max_handshake_message: int = 65535
 
@@ -167,6 +172,13 @@ class Configuration:
         _timeout("keepalive_interval", self.keepalive_interval, True)
         _timeout("close_timeout", self.close_timeout, False)
         _timeout("stream_churn_rate", self.stream_churn_rate, False)
+        key = self.static_key
+        if not (key is None or isinstance(key, StaticKey)) and not (
+            type(key) is bytes and len(key) == 32
+        ):
+            raise LocalProtocolError(
+                "static_key must be a StaticKey or 32 bytes", ErrorCode.INVALID_ARGUMENT
+            )
         if self.key_update_after_records >= self.max_records_per_key:
             raise LocalProtocolError(
                 "key_update_after_records must be below max_records_per_key",

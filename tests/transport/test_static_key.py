@@ -8,8 +8,11 @@ import pytest
 from transport_util import CLIENT_ID, SERVER_ID
 
 from m2mproto.config import Configuration
+from m2mproto.connection import Connection, Role
+from m2mproto.errors import ErrorCode, LocalProtocolError
+from m2mproto.handshake import StaticKey
 from m2mproto.noise import x25519_public_key
-from m2mproto.transport import memory_pair
+from m2mproto.transport import MemoryPair, memory_pair
 from m2mproto.transport.session import Session, process_static_key
 
 pytestmark = pytest.mark.anyio
@@ -42,6 +45,49 @@ async def test_sessions_share_the_static_key_unless_configured() -> None:
 async def test_reused_static_key_still_authenticates_both_sides() -> None:
     for _ in range(2):
         async with memory_pair(client_identity=CLIENT_ID, server_identity=SERVER_ID) as (c, s):
+            assert c.peer.agent_id == SERVER_ID.agent_id
+            assert s.peer.agent_id == CLIENT_ID.agent_id
+            assert c.handshake_hash == s.handshake_hash
+
+
+def test_configuration_accepts_a_static_key_object_or_32_bytes() -> None:
+    raw = bytes(range(32))
+    key = StaticKey(CLIENT_ID, raw)
+    assert Configuration(static_key=key).static_key is key
+    assert Configuration(static_key=raw).static_key == raw
+    for bad in (b"short", bytes(33), bytearray(32), "k" * 32, 7):
+        with pytest.raises(LocalProtocolError) as info:
+            Configuration(static_key=bad)  # type: ignore[arg-type]
+        assert info.value.code is ErrorCode.INVALID_ARGUMENT
+
+
+async def test_a_configured_static_key_object_is_used_as_is() -> None:
+    key = StaticKey(CLIENT_ID, bytes(range(32)))
+    cfg = Configuration(static_key=key)
+    for _ in range(2):  # shared: no new binding signature per connection
+        conn = Connection(Role.INITIATOR, CLIENT_ID, cfg)
+        assert conn._hs is not None and conn._hs.local_static_public == key.public
+    session = Session.create(_Null(), identity=CLIENT_ID, config=cfg)
+    assert _local_static(session) == key.public != process_static_key(CLIENT_ID, cfg).public
+    with pytest.raises(LocalProtocolError) as info:  # bound to another identity
+        Connection(Role.INITIATOR, SERVER_ID, cfg)
+    assert info.value.code is ErrorCode.INVALID_ARGUMENT
+
+
+async def test_sessions_handshake_with_configured_static_key_objects() -> None:
+    ckey = StaticKey(CLIENT_ID, bytes(range(1, 33)))
+    skey = StaticKey(SERVER_ID, bytes(range(2, 34)))
+    side = {"accept_incoming": True, "tokens": ()}
+    pair = MemoryPair(
+        {
+            "client": {"identity": CLIENT_ID, "config": Configuration(static_key=ckey), **side},
+            "server": {"identity": SERVER_ID, "config": Configuration(static_key=skey), **side},
+            "max_buffer_chunks": 16,
+            "timeout": 10.0,
+        }
+    )
+    with anyio.fail_after(10):
+        async with pair as (c, s):
             assert c.peer.agent_id == SERVER_ID.agent_id
             assert s.peer.agent_id == CLIENT_ID.agent_id
             assert c.handshake_hash == s.handshake_hash
