@@ -23,7 +23,7 @@ an unknown caveat name makes the token invalid (``UNKNOWN_CAVEAT``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ErrorCode, LocalProtocolError, TokenError
@@ -34,6 +34,7 @@ __all__ = [
     "MAX_RESOURCE_LEN",
     "Capability",
     "Caveats",
+    "concrete_name_ok",
     "covers_all",
     "name_error",
     "pattern_covers",
@@ -70,6 +71,32 @@ def name_error(text: object, *, pattern: bool, max_len: int) -> str | None:
     return None
 
 
+#: Concrete names (by kind) already found valid: validation is a pure function of the
+#: text, so each distinct name is checked once. Bounded: cleared when full, so a peer
+#: naming many distinct resources costs at most the old per-call validation.
+_VALID_NAMES: dict[tuple[str, int], None] = {}
+_MAX_VALID_NAMES = 4096
+
+
+def concrete_name_ok(text: object, max_len: int) -> bool:
+    """True if *text* is a valid concrete name (no wildcard) of at most *max_len* characters.
+
+    The result for a valid name is remembered (bounded), so checking a name that
+    entered once (a stream's resource, a policy ability) again costs one lookup.
+    """
+    if type(text) is not str:
+        return False
+    key = (text, max_len)
+    if key in _VALID_NAMES:
+        return True
+    if name_error(text, pattern=False, max_len=max_len) is not None:
+        return False
+    if len(_VALID_NAMES) >= _MAX_VALID_NAMES:
+        _VALID_NAMES.clear()
+    _VALID_NAMES[key] = None
+    return True
+
+
 def _split(pattern: str) -> tuple[tuple[str, ...], bool]:
     parts = tuple(pattern.split("/"))
     if parts[-1] == "*":
@@ -97,12 +124,33 @@ def pattern_covers(parent: str, child: str) -> bool:
     return len(c_prefix) > len(p_prefix) and c_prefix[: len(p_prefix)] == p_prefix
 
 
+def _prefix_matches(prefix: tuple[str, ...], wild: bool, segments: list[str]) -> bool:
+    """:func:`pattern_matches` on a pattern and a name both already split."""
+    if not wild:
+        return len(segments) == len(prefix) and tuple(segments) == prefix
+    n = len(prefix)
+    return len(segments) > n and tuple(segments[:n]) == prefix
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class Capability:
-    """A resource pattern plus an ability pattern, e.g. ``orders/eu/*`` + ``msg/send``."""
+    """A resource pattern plus an ability pattern, e.g. ``orders/eu/*`` + ``msg/send``.
+
+    Both patterns are validated once, here (the only way a capability is made),
+    and kept split for matching.
+
+    Raises:
+        LocalProtocolError: (``INVALID_ARGUMENT``) a pattern is not valid.
+    """
 
     resource: str
     ability: str
+    _resource_split: tuple[tuple[str, ...], bool] = field(
+        init=False, repr=False, compare=False, hash=False
+    )
+    _ability_split: tuple[tuple[str, ...], bool] = field(
+        init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         for what, value, limit in (
@@ -112,6 +160,8 @@ class Capability:
             why = name_error(value, pattern=True, max_len=limit)
             if why is not None:
                 raise LocalProtocolError(f"{what} {why}", ErrorCode.INVALID_ARGUMENT)
+        object.__setattr__(self, "_resource_split", _split(self.resource))
+        object.__setattr__(self, "_ability_split", _split(self.ability))
 
     @classmethod
     def parse(cls, text: str) -> Capability:
@@ -137,14 +187,10 @@ class Capability:
         if not isinstance(item, list) or len(item) != 2:
             raise TokenError("capability must be [resource, ability]", ErrorCode.MALFORMED)
         resource, ability = item
-        for what, value, limit in (
-            ("resource", resource, MAX_RESOURCE_LEN),
-            ("ability", ability, MAX_ABILITY_LEN),
-        ):
-            why = name_error(value, pattern=True, max_len=limit)
-            if why is not None:
-                raise TokenError(f"capability {what} {why}", ErrorCode.MALFORMED)
-        return cls(resource, ability)
+        try:
+            return cls(resource, ability)  # validates both patterns, once
+        except LocalProtocolError as exc:
+            raise TokenError(f"capability {exc.message}", ErrorCode.MALFORMED) from None
 
     def to_wire(self) -> list[str]:
         """The ``[resource, ability]`` wire form."""
@@ -155,11 +201,21 @@ class Capability:
 
         Invalid or wildcard names never match.
         """
-        if name_error(resource, pattern=False, max_len=MAX_RESOURCE_LEN) is not None:
+        if not concrete_name_ok(resource, MAX_RESOURCE_LEN):
             return False
-        if name_error(ability, pattern=False, max_len=MAX_ABILITY_LEN) is not None:
+        if not concrete_name_ok(ability, MAX_ABILITY_LEN):
             return False
-        return pattern_matches(self.resource, resource) and pattern_matches(self.ability, ability)
+        return self.matches_split(resource.split("/"), ability.split("/"))
+
+    def matches_split(self, resource: list[str], ability: list[str]) -> bool:
+        """:meth:`matches` for names already validated and split at ``/``.
+
+        Hazmat: no validation. The caller must have checked both names with
+        :func:`concrete_name_ok` (a wildcard in an unchecked name could match).
+        """
+        return _prefix_matches(*self._resource_split, resource) and _prefix_matches(
+            *self._ability_split, ability
+        )
 
     def covers(self, other: Capability) -> bool:
         """True if everything *other* allows is allowed by this capability."""

@@ -30,7 +30,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ErrorCode, LocalProtocolError, TokenError
 from ..identity import AgentId
-from .capabilities import Capability, Caveats, covers_all
+from .capabilities import (
+    MAX_ABILITY_LEN,
+    MAX_RESOURCE_LEN,
+    Capability,
+    Caveats,
+    concrete_name_ok,
+    covers_all,
+)
 from .claims import Link, parse_chain
 from .cose import verify_sign1
 
@@ -91,8 +98,18 @@ class Grant:
         return self.chain[-1].token_id
 
     def allows(self, resource: str, ability: str) -> bool:
-        """True if a capability of this grant matches *ability* on *resource*."""
-        return any(cap.matches(resource, ability) for cap in self.capabilities)
+        """True if a capability of this grant matches *ability* on *resource*.
+
+        Invalid or wildcard names never match. Each name is validated once
+        (:func:`~m2mproto.tokens.capabilities.concrete_name_ok` remembers names
+        already found valid) and split once for all capabilities.
+        """
+        if not concrete_name_ok(resource, MAX_RESOURCE_LEN):
+            return False
+        if not concrete_name_ok(ability, MAX_ABILITY_LEN):
+            return False
+        res, abl = resource.split("/"), ability.split("/")
+        return any(cap.matches_split(res, abl) for cap in self.capabilities)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-friendly view."""
