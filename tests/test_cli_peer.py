@@ -184,3 +184,15 @@ def test_demo(tmp_path: Path) -> None:
     assert len(rows) == 6
     assert "refused: UNAUTHORIZED" in rows[3] and "refused: TOKEN_INVALID" in rows[4]
     assert "All steps behaved as expected" in out
+
+
+def test_make_demo(tmp_path: Path) -> None:
+    """The README's main command, through the Makefile, with this test run's virtualenv."""
+    root = Path(__file__).resolve().parent.parent
+    venv = Path(sys.prefix)  # the Makefile reuses it (installing first if it lacks the stamp)
+    result = subprocess.run(
+        ["make", "-s", "-C", str(root), "demo", f"VENV={venv}"],
+        capture_output=True, text=True, timeout=180, env=ENV,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All steps behaved as expected" in result.stdout
