@@ -13,7 +13,6 @@ holds the public driver API. Nothing here touches a clock or the OS.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 from enum import Enum, auto
 from typing import Final
@@ -78,11 +77,11 @@ class ConnectionCore:
     _reader: RecordReader | None
     _writer: RecordWriter | None
     _table: StreamTable
-    _order: deque[int]
-    _control: deque[Frame]
+    _order: list[int]
+    _control: list[Frame]
     _raw_out: bytearray
-    _frames: deque[Frame]
-    _events: deque[Event]
+    _frames: list[Frame]
+    _events: list[Event]
     _eof: bool
     _now: float | None
     _started: bool

@@ -101,14 +101,15 @@ class Outbox(ConnectionCore):
         try:
             close: Frame | None = None
             control = self._control
-            while control:
-                frame = control.popleft()
-                if isinstance(frame, CloseFrame):
-                    close = frame
-                elif isinstance(frame, KeyUpdateFrame):
-                    rec.add_key_update(encode_frame(frame))
-                else:
-                    rec.add(encode_frame(frame))
+            if control:
+                for frame in control:  # nothing queues control frames while sealing
+                    if isinstance(frame, CloseFrame):
+                        close = frame
+                    elif isinstance(frame, KeyUpdateFrame):
+                        rec.add_key_update(encode_frame(frame))
+                    else:
+                        rec.add(encode_frame(frame))
+                control.clear()
             if close is None and self.state is ConnectionState.ESTABLISHED:
                 if self._order:
                     self._emit_streams(rec)
@@ -138,7 +139,7 @@ class Outbox(ConnectionCore):
                 return
             progressed = False
             for _ in range(len(order)):
-                sid = order.popleft()
+                sid = order.pop(0)
                 s = streams.get(sid)
                 if s is None or not s.has_pending():
                     if s is not None:

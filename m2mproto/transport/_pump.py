@@ -159,8 +159,11 @@ class Pump:
         self._closing = False
         self._processing = False
         self._eof_fed = False
-        self._scope = anyio.CancelScope()
-        self._reader_scope = anyio.CancelScope()
+        #: The task group's cancel scope once running: the one scope of the pump
+        #: (abort cancels it; after the writer is done it bounds the reader's linger).
+        self._scope: anyio.CancelScope | None = None
+        #: An abort before :meth:`run` entered its scope: the deadline to apply.
+        self._early_deadline = math.inf
         self.bytes_sent = 0
         self.bytes_received = 0
 
@@ -204,12 +207,21 @@ class Pump:
     def abort(self, grace: float = 0.0) -> None:
         """Stop both tasks and close the transport; *grace* seconds may flush a CLOSE."""
         self._closing = True
-        if grace <= 0:
-            self._scope.cancel()
-            return
-        deadline = anyio.current_time() + grace
-        self._scope.deadline = min(self._scope.deadline, deadline)
+        deadline = -math.inf if grace <= 0 else anyio.current_time() + grace
+        scope = self._scope
+        if scope is None:
+            self._early_deadline = min(self._early_deadline, deadline)
+        elif grace <= 0:
+            scope.cancel()
+        else:
+            scope.deadline = min(scope.deadline, deadline)
         self._wake.notify()
+
+    def _stop_reader(self, deadline: float) -> None:
+        """The writer is done: let the reader run until *deadline* at most."""
+        scope = self._scope
+        if scope is not None:
+            scope.deadline = min(scope.deadline, deadline)
 
     # -- the tasks -----------------------------------------------------------------
 
@@ -217,12 +229,13 @@ class Pump:
         """Run the reader and writer until the connection is over. Never raises
         (except cancellation of the enclosing scope)."""
         try:
-            with self._scope:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._reader)
-                    await self._writer()
-                    # writer done: the reader lingers for the peer's EOF, bounded
-                    self._reader_scope.deadline = anyio.current_time() + self._linger
+            # One cancel scope for both tasks (an idle connection holds fewer
+            # scopes): the reader runs in this task, the writer as a child.
+            async with anyio.create_task_group() as tg:
+                self._scope = tg.cancel_scope
+                tg.cancel_scope.deadline = self._early_deadline
+                tg.start_soon(self._writer_task)
+                await self._reader()
         except Exception:  # pragma: no cover - defensive: the pump must never crash the session
             self._log.exception("transport pump failed")
         finally:
@@ -240,28 +253,32 @@ class Pump:
                 self.conn.receive_data(b"", anyio.current_time())
             self.process()
 
+    async def _writer_task(self) -> None:
+        await self._writer()
+        # writer done: the reader lingers for the peer's EOF, bounded
+        self._stop_reader(anyio.current_time() + self._linger)
+
     async def _reader(self) -> None:
-        with self._reader_scope:
-            for _ in iter(int, 1):  # until EOF, failure, or the linger deadline
-                try:
-                    data = await self.transport.receive(RECEIVE_SIZE)
-                except anyio.EndOfStream:
-                    data = b""
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                    if not self._closing:
-                        self.transport_error = exc
-                        self._log.info("transport failed while reading: %r", exc)
-                    data = b""
-                if not data:
-                    self._feed_eof()
-                    self.finish()
-                    return
-                self.bytes_received += len(data)
-                try:
-                    self.conn.receive_data(data, anyio.current_time())
-                except M2MError as exc:  # data after the core closed: ignore
-                    self._log.debug("dropped %d bytes: %s", len(data), exc)
-                self.wake()
+        for _ in iter(int, 1):  # until EOF, failure, or the linger deadline
+            try:
+                data = await self.transport.receive(RECEIVE_SIZE)
+            except anyio.EndOfStream:
+                data = b""
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                if not self._closing:
+                    self.transport_error = exc
+                    self._log.info("transport failed while reading: %r", exc)
+                data = b""
+            if not data:
+                self._feed_eof()
+                self.finish()
+                return
+            self.bytes_received += len(data)
+            try:
+                self.conn.receive_data(data, anyio.current_time())
+            except M2MError as exc:  # data after the core closed: ignore
+                self._log.debug("dropped %d bytes: %s", len(data), exc)
+            self.wake()
 
     async def _writer(self) -> None:
         for _ in iter(int, 1):  # until closed and flushed, or the transport fails
@@ -275,7 +292,7 @@ class Pump:
                         self.transport_error = exc
                         self._log.info("transport failed while writing: %r", exc)
                     self._feed_eof()
-                    self._reader_scope.cancel()
+                    self._stop_reader(-math.inf)
                     return
                 self.bytes_sent += len(data)
                 continue
@@ -283,7 +300,7 @@ class Pump:
                 try:
                     await self.transport.send_eof()
                 except Exception:
-                    self._reader_scope.deadline = -math.inf
+                    self._stop_reader(-math.inf)
                 return
             timer = self.conn.get_timer()
             deadline = math.inf if timer is None else float(timer)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -118,7 +117,7 @@ class _SessionCore:
         self._log: _PeerLog = _PeerLog(logger, {"peer": "handshake"})
         self._pump = Pump(conn, transport, self._on_event, NEED_DATA, self._log, linger=linger)
         self._channels: dict[int, _Channel] = {}
-        self._incoming: deque[Incoming] = deque()
+        self._incoming: list[Incoming] = []  # short; a list is 700 bytes smaller idle
         self._incoming_signal = Signal()
         self._current_incoming: Incoming | None = None
         self._handshake_done = Flag()

@@ -398,7 +398,7 @@ class Session(_Dispatcher):
             self._current_incoming = None
         for _ in iter(int, 1):  # until a message or the close
             if self._incoming:
-                item = self._incoming.popleft()
+                item = self._incoming.pop(0)
                 self._current_incoming = item
                 return item
             if self._closed.is_set():
