@@ -80,7 +80,10 @@ class Signal:
         event = self._event
         if event is None:
             event = self._event = anyio.Event()
-        await event.wait()
+        try:
+            await event.wait()
+        finally:
+            _drop_if_unwaited(self, event)
 
 
 class Flag:
@@ -121,7 +124,17 @@ class Flag:
         event = self._event
         if event is None:
             event = self._event = anyio.Event()
-        await event.wait()
+        try:
+            await event.wait()
+        finally:
+            _drop_if_unwaited(self, event)
+
+
+def _drop_if_unwaited(owner: Signal | Flag, event: anyio.Event) -> None:
+    """After a wait ended (woken or cancelled): free the event if nobody else waits on it,
+    so a wait that was cancelled (a timer, a finished handshake) leaves no event behind."""
+    if owner._event is event and not event.statistics().tasks_waiting:
+        owner._event = None
 
 
 class Pump:
