@@ -126,6 +126,11 @@ def test_full_flow(world: tuple[Path, dict[str, str]], backend: str) -> None:
     log = peer.log()
     short_a, short_b = ids["a"][:12], ids["b"][:12]
     assert short_a in log and short_b in log
+    # Each refusal is logged with the peer's short ID: the stream B had no
+    # capability for, and B's revoked token at the handshake.
+    b_lines = [line for line in log.splitlines() if short_b in line]
+    assert any("refused stream" in line and "UNAUTHORIZED" in line for line in b_lines), log
+    assert any("closed (REVOKED" in line for line in b_lines), log  # the precise local reason
     assert "Traceback" not in log
 
 

@@ -136,6 +136,9 @@ class _Dispatcher(_SessionCore):
         self._maybe_forget(chan)
 
     def _on_reset(self, sid: int, code: int, remote: bool) -> None:
+        if not remote and code == ErrorCode.UNAUTHORIZED:
+            # the Connection refused the peer's stream or message: no capability covers it
+            self._log.info("refused stream %d: %s", sid, code_name(code))
         chan = self._channels.pop(sid, None)
         if chan is not None:
             chan.reset = (code, remote)
