@@ -145,7 +145,7 @@ class Configuration:
     #: bound to the connection's identity), or a raw 32-byte X25519 private key (bound
     #: and signed per connection). Default: fresh per connection from ``entropy`` (the
     #: transport instead shares one per identity per process, ``process_static_key``).
-    static_key: StaticKey | bytes | None = None
+    static_key: StaticKey | bytes | None = field(default=None, repr=False)  # a secret
     #: Largest handshake message accepted.
     max_handshake_message: int = 65535
 

@@ -181,3 +181,12 @@ def test_honest_small_windows_never_trip_the_budget() -> None:
     got = b"".join(e.data for e in p.events[p.b] if isinstance(e, DataReceived))
     assert got == b"h" * 20_000
     assert p.a.state is ConnectionState.ESTABLISHED
+
+
+def test_configuration_repr_hides_the_static_key() -> None:
+    from m2mproto.config import Configuration
+
+    secret = bytes(range(100, 132))
+    text = repr(Configuration(static_key=secret))
+    assert secret.hex() not in text and repr(secret) not in text
+    assert "static_key" not in text
