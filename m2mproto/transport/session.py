@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -312,12 +311,15 @@ class Session(_Dispatcher):
                 ``APPLICATION_ERROR``: the handler failed).
             ConnectionClosedError: the session is closed.
         """
-        chan = await self._open(resource)
+        chan = await self._open(resource, wake=False)
         done = False
         try:
-            await self._queue_send(chan.stream_id, value, message=True, end_stream=True)
-            with anyio.fail_after(math.inf if timeout is None else timeout):
+            await self._queue_send(chan.stream_id, value, message=True, end_stream=True, flush=True)
+            if timeout is None:  # no scope to enter and leave per request
                 got, reply = await self._next_item(chan, want_message=True)
+            else:
+                with anyio.fail_after(timeout):
+                    got, reply = await self._next_item(chan, want_message=True)
             if not got:
                 raise StreamResetError(f"stream {chan.stream_id}: ended without a reply", 0, True)
             done = True
