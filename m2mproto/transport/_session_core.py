@@ -121,6 +121,8 @@ class _SessionCore:
         self._incoming_signal = Signal()
         self._current_incoming: Incoming | None = None
         self._handshake_done = Flag()
+        #: Set when the handshake is over either way (completed or closed).
+        self._handshake_settled = Flag()
         self._closed = Flag()
         self._closed_info: tuple[int, str, bool] | None = None
         self._close_error: M2MError | None = None
@@ -158,6 +160,7 @@ class _SessionCore:
             who = "peer" if remote else "we"
             self._log.info("connection closed (%s, %s)", code_name(code), who)
         self._closed.set()
+        self._handshake_settled.set()
         for chan in self._channels.values():
             chan.changed.notify()
         self._incoming_signal.notify()

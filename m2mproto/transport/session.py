@@ -227,15 +227,8 @@ class Session(_Dispatcher):
             await tg.__aexit__(None, None, None)
 
     async def _wait_handshake(self) -> None:
-        async with anyio.create_task_group() as waiter:
-
-            async def _closed() -> None:
-                await self._closed.wait()
-                waiter.cancel_scope.cancel()
-
-            waiter.start_soon(_closed)
-            await self._handshake_done.wait()
-            waiter.cancel_scope.cancel()
+        # one flag for "completed or closed": no watcher task and task group per handshake
+        await self._handshake_settled.wait()
         if not self._handshake_done.is_set() or self._peer is None:
             raise self._handshake_error()
 
