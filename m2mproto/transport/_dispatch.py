@@ -60,7 +60,6 @@ class _Dispatcher(_SessionCore):
             self._log.extra = {"peer": event.peer.short}
             self._log.info("handshake complete (%s)", "server" if self._server_side else "client")
             self._handshake_done.set()
-            self._handshake_settled.set()
         elif isinstance(event, ev.ConnectionClosed):
             self._mark_closed(event.code, event.reason, event.remote)
             self._pump.finish()

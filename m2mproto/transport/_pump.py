@@ -163,6 +163,32 @@ class Pump:
     ``handle_timer``), so the pump has no opinion about events.
     """
 
+    # slotted: one pump per session, and an idle session should stay small
+    __slots__ = (
+        "_armed",
+        "_closing",
+        "_early_deadline",
+        "_eof_fed",
+        "_held",
+        "_linger",
+        "_log",
+        "_need_data",
+        "_on_event",
+        "_processing",
+        "_scope",
+        "_send_done",
+        "_send_scope",
+        "_sending",
+        "_wake",
+        "bytes_received",
+        "bytes_sent",
+        "conn",
+        "finished",
+        "flushed",
+        "transport",
+        "transport_error",
+    )
+
     def __init__(
         self,
         conn: Any,

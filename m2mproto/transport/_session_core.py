@@ -120,9 +120,9 @@ class _SessionCore:
         self._incoming: list[Incoming] = []  # short; a list is 700 bytes smaller idle
         self._incoming_signal = Signal()
         self._current_incoming: Incoming | None = None
+        #: Set when the handshake is over either way: completed (``_peer`` is
+        #: then set) or the session closed first.
         self._handshake_done = Flag()
-        #: Set when the handshake is over either way (completed or closed).
-        self._handshake_settled = Flag()
         self._closed = Flag()
         self._closed_info: tuple[int, str, bool] | None = None
         self._close_error: M2MError | None = None
@@ -160,7 +160,7 @@ class _SessionCore:
             who = "peer" if remote else "we"
             self._log.info("connection closed (%s, %s)", code_name(code), who)
         self._closed.set()
-        self._handshake_settled.set()
+        self._handshake_done.set()  # a handshake still waited for has failed
         for chan in self._channels.values():
             chan.changed.notify()
         self._incoming_signal.notify()

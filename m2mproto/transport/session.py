@@ -228,8 +228,8 @@ class Session(_Dispatcher):
 
     async def _wait_handshake(self) -> None:
         # one flag for "completed or closed": no watcher task and task group per handshake
-        await self._handshake_settled.wait()
-        if not self._handshake_done.is_set() or self._peer is None:
+        await self._handshake_done.wait()
+        if self._peer is None:
             raise self._handshake_error()
 
     async def _run_pump(self) -> None:
