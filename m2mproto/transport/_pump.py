@@ -19,20 +19,22 @@ transport. A :class:`Pump` runs two tasks for one connection:
 Writes and the send slot
 ------------------------
 At most one task writes to the transport at a time: the one holding the send
-slot (``_sending``). A task that just queued something (``request``, a
-handler's reply, a stream write) calls :meth:`Pump.flush`: if the slot is free
-and the pump is running, it takes the sealed bytes from the core and writes
-them itself, inside a cancel scope shielded from the caller's cancellation
-(so a record is never half-written) that :meth:`Pump.abort` still cancels (so
-a stuck transport cannot hold the caller past an abort). The shield covers
+slot (``_sending``). A task that just queued a request or a reply (someone
+waits for it) calls :meth:`Pump.flush`: if the slot is free and the pump is
+running, it takes the sealed bytes from the core and writes them itself,
+inside a cancel scope shielded from the caller's cancellation (so a record is
+never half-written) that :meth:`Pump.abort` and the pump's end still cancel
+(so a stuck transport cannot hold the caller past an abort). The shield covers
 only bytes already taken from the core. If the slot is busy the writer task is
-woken instead. This saves the two task switches of handing every write to the
-writer. Synchronous state changes call :meth:`Pump.wake`, which dispatches new
-events and wakes the writer only when there is something for it: bytes the
-core produced (taken at once and held for the writer, in order, ahead of
-anything taken later), a closing connection, or a core deadline earlier than
-the one the writer sleeps on. The reader never writes: a reader blocked on a
-full transport would stop reading and could deadlock two peers.
+woken instead. This saves the two task switches of handing the write to the
+writer. Other state changes (stream writes, which should coalesce) call
+:meth:`Pump.wake`, which dispatches new events and wakes the writer. A
+consumer that just drained an inbox calls :meth:`Pump.settle`, which wakes the
+writer only when there is something for it: bytes the core produced (taken at
+once and held for the writer, ahead of anything taken later), a closing
+connection, or a core deadline earlier than the one the writer sleeps on. The
+reader never writes: a reader blocked on a full transport would stop reading
+and could deadlock two peers.
 
 Because application tasks only change the Connection synchronously and write
 only under the shield, cancelling an application task at any await leaves the
