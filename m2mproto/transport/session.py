@@ -217,7 +217,10 @@ class Session(_Dispatcher):
             raise
 
     async def _fail_start(self, exc: BaseException) -> None:
-        self._pump.abort()
+        # The core failed the handshake (closed itself): its ABORT gets the same short
+        # chance to reach the peer as an abort's CLOSE. Otherwise (cancelled, our own
+        # failure) cut at once.
+        self._pump.abort(grace=0.1 if self._closed.is_set() else 0.0)
         self._exited = True
         tg = self._tg
         with anyio.CancelScope(shield=True):
