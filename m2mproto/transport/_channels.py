@@ -96,7 +96,9 @@ class Incoming:
         if self._answered:
             raise LocalProtocolError("this message was already answered", ErrorCode.INVALID_STATE)
         self._answered = True
-        await self._session._queue_send(self.stream_id, value, message=True, end_stream=True)
+        await self._session._queue_send(
+            self.stream_id, value, message=True, end_stream=True, flush=True
+        )
 
     def _finish(self) -> None:
         if not self._answered:
@@ -160,7 +162,7 @@ class _StreamBase:
             _m, _v, size = chan.inbox.popleft()
             self._session._acknowledge(chan.stream_id, size)
         chan.inbox_bytes = 0
-        self._session._pump.wake()
+        self._session._pump.settle()
         self._session._maybe_forget(chan)
 
     @property
@@ -191,7 +193,7 @@ class DataStream(_StreamBase, ByteStream):
                 chan.inbox[0] = (False, data[max_bytes:], size - max_bytes)
                 chan.inbox_bytes -= max_bytes
                 self._session._acknowledge(chan.stream_id, max_bytes)
-                self._session._pump.wake()
+                self._session._pump.settle()
                 return bytes(data[:max_bytes])
         got, value = await self._session._next_item(chan, want_message=False)
         if not got:

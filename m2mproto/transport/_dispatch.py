@@ -165,7 +165,9 @@ class _Dispatcher(_SessionCore):
             return
         if route.kind == "request":
             try:
-                await self._queue_send(chan.stream_id, result, message=True, end_stream=True)
+                await self._queue_send(
+                    chan.stream_id, result, message=True, end_stream=True, flush=True
+                )
             except M2MError as exc:
                 self._log.warning("reply to %r not sent: %s", chan.resource, exc)
                 self._reset_quietly(chan.stream_id, ErrorCode.APPLICATION_ERROR)

@@ -11,21 +11,40 @@ transport. A :class:`Pump` runs two tasks for one connection:
   End of stream and transport failures are fed to the core as EOF
   (``receive_data(b"")``), so the core decides what they mean (a clean end after
   CLOSE, otherwise ``TRUNCATED``).
-* the *writer* is the only task that ever calls ``transport.send``. It drains
-  ``conn.data_to_send()``; when there is nothing to send it sleeps until it is
-  woken (:meth:`Pump.wake`, called after every state change made by the
-  session) or until the core's timer (``conn.get_timer()``, on anyio's clock)
-  expires, and then calls ``conn.handle_timer(now)``.
+* the *writer* task drains ``conn.data_to_send()`` when woken; when there is
+  nothing to send it sleeps until it is woken or until the core's timer
+  (``conn.get_timer()``, on anyio's clock) expires, and then calls
+  ``conn.handle_timer(now)``.
 
-Because application tasks only change the Connection synchronously and never
-touch the transport, cancelling an application task at any await leaves the
+Writes and the send slot
+------------------------
+At most one task writes to the transport at a time: the one holding the send
+slot (``_sending``). A task that just queued a request or a reply (someone
+waits for it) calls :meth:`Pump.flush`: if the slot is free and the pump is
+running, it takes the sealed bytes from the core and writes them itself,
+inside a cancel scope shielded from the caller's cancellation (so a record is
+never half-written) that :meth:`Pump.abort` and the pump's end still cancel
+(so a stuck transport cannot hold the caller past an abort). The shield covers
+only bytes already taken from the core. If the slot is busy the writer task is
+woken instead. This saves the two task switches of handing the write to the
+writer. Other state changes (stream writes, which should coalesce) call
+:meth:`Pump.wake`, which dispatches new events and wakes the writer. A
+consumer that just drained an inbox calls :meth:`Pump.settle`, which wakes the
+writer only when there is something for it: bytes the core produced (taken at
+once and held for the writer, ahead of anything taken later), a closing
+connection, or a core deadline earlier than the one the writer sleeps on. The
+reader never writes: a reader blocked on a full transport would stop reading
+and could deadlock two peers.
+
+Because application tasks only change the Connection synchronously and write
+only under the shield, cancelling an application task at any await leaves the
 Connection and the byte stream consistent: a record is either entirely in the
-outbox or entirely written. Backpressure toward the application is the
-``flushed`` signal: it fires each time the writer took bytes from the outbox,
-which is when queued stream data moves (the session waits on it while a
-stream's send buffer is above its high-water mark). A writer blocked on a full
-transport therefore blocks senders, and credit-starved streams stay queued in
-the core, never here.
+core or entirely written. Backpressure toward the application is the
+``flushed`` signal: it fires each time bytes were taken from the core, which
+is when queued stream data moves (the session waits on it while a stream's
+send buffer is above its high-water mark). A blocked transport therefore
+blocks senders, and credit-starved streams stay queued in the core; outside
+the core there is at most one batch held for the writer and one being written.
 
 After the core reports the connection closed, the writer flushes what is left
 (the CLOSE frame), half-closes the transport, and the reader lingers for the
@@ -146,6 +165,32 @@ class Pump:
     ``handle_timer``), so the pump has no opinion about events.
     """
 
+    # slotted: one pump per session, and an idle session should stay small
+    __slots__ = (
+        "_armed",
+        "_closing",
+        "_early_deadline",
+        "_eof_fed",
+        "_held",
+        "_linger",
+        "_log",
+        "_need_data",
+        "_on_event",
+        "_processing",
+        "_scope",
+        "_send_done",
+        "_send_scope",
+        "_sending",
+        "_wake",
+        "bytes_received",
+        "bytes_sent",
+        "conn",
+        "finished",
+        "flushed",
+        "transport",
+        "transport_error",
+    )
+
     def __init__(
         self,
         conn: Any,
@@ -177,6 +222,16 @@ class Pump:
         self._scope: anyio.CancelScope | None = None
         #: An abort before :meth:`run` entered its scope: the deadline to apply.
         self._early_deadline = math.inf
+        #: The send slot: a task (writer or :meth:`flush` caller) is writing.
+        self._sending = False
+        #: Fires when the send slot is released.
+        self._send_done = Signal()
+        #: The scope of a :meth:`flush` caller's shielded write (abort cancels it).
+        self._send_scope: anyio.CancelScope | None = None
+        #: Bytes :meth:`settle` took from the core for the writer (written first).
+        self._held = b""
+        #: The deadline the parked writer sleeps until (-inf: not parked).
+        self._armed = -math.inf
         self.bytes_sent = 0
         self.bytes_received = 0
 
@@ -186,6 +241,85 @@ class Pump:
         """Process new events and let the writer flush and re-arm the timer."""
         self.process()
         self._wake.notify()
+
+    def settle(self) -> None:
+        """Like :meth:`wake`, but wake the writer only if there is work for it.
+
+        Work is: bytes the core has to send (taken now and held for the
+        writer, ahead of anything taken later), a closing connection, or a
+        core deadline earlier than the one the writer sleeps on. For paths
+        that rarely produce output (the reader after each receive, the
+        application taking an item): an idle writer is not woken for nothing.
+        Senders use :meth:`wake` or :meth:`flush`, which leave the sealing to
+        the writer or do it at once, so that their frames coalesce.
+        """
+        self.process()
+        if self._closing or self._sending or self._held:
+            self._wake.notify()  # the writer re-checks once the slot is free
+            return
+        data = self.conn.data_to_send()
+        if data:
+            self._held = data
+            self.flushed.notify()
+            self._wake.notify()
+            return
+        timer = self.conn.get_timer()
+        if timer is not None and timer < self._armed:
+            self._wake.notify()
+
+    def _take(self) -> bytes:
+        """The bytes to write next: those held for the writer, then the core's."""
+        held, self._held = self._held, b""
+        data: bytes = self.conn.data_to_send()
+        return held + data if held else data
+
+    async def flush(self) -> None:
+        """Process new events and write what the core has queued, from this task.
+
+        If the send slot is taken (or the pump is not running, or closing),
+        the writer task is woken instead. The write is shielded from this
+        task's cancellation (a record is never half-written) but not from
+        :meth:`abort`.
+        """
+        if self._sending or self._closing or self._scope is None:
+            self.wake()
+            return
+        self.process()
+        data = self._take()
+        if not data:
+            self.wake()  # the timer or the close may still need the writer
+            return
+        self.flushed.notify()
+        self._sending = True
+        try:
+            with anyio.CancelScope(shield=True) as scope:
+                self._send_scope = scope
+                await self._write(data)
+        finally:
+            self._send_scope = None
+            self._sending = False
+            self._send_done.notify()
+        if self._closing:
+            self._wake.notify()
+        else:
+            timer = self.conn.get_timer()
+            if timer is not None and timer < self._armed:
+                self._wake.notify()
+
+    async def _write(self, data: bytes) -> bool:
+        """Write *data* (the caller holds the send slot); False if the transport failed."""
+        try:
+            await self.transport.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            if not self._closing:
+                self.transport_error = exc
+                self._log.info("transport failed while writing: %r", exc)
+            self._closing = True
+            self._feed_eof()
+            self._stop_reader(-math.inf)
+            return False
+        self.bytes_sent += len(data)
+        return True
 
     def process(self) -> None:
         """Pull every pending event from the core and dispatch it, in order.
@@ -221,6 +355,9 @@ class Pump:
         """Stop both tasks and close the transport; *grace* seconds may flush a CLOSE."""
         self._closing = True
         deadline = -math.inf if grace <= 0 else anyio.current_time() + grace
+        send_scope = self._send_scope
+        if send_scope is not None:
+            send_scope.deadline = min(send_scope.deadline, deadline)
         scope = self._scope
         if scope is None:
             self._early_deadline = min(self._early_deadline, deadline)
@@ -253,6 +390,8 @@ class Pump:
             self._log.exception("transport pump failed")
         finally:
             with anyio.CancelScope(shield=True):
+                if self._send_scope is not None:  # a caller's write must not outlive the pump
+                    self._send_scope.cancel()
                 with contextlib.suppress(Exception):  # closing a broken transport
                     await anyio.aclose_forcefully(self.transport)
                 self._feed_eof()
@@ -295,19 +434,20 @@ class Pump:
 
     async def _writer(self) -> None:
         for _ in iter(int, 1):  # until closed and flushed, or the transport fails
-            data = self.conn.data_to_send()
+            if self._sending:  # a flush() caller holds the send slot
+                await self._send_done.wait()
+                continue
+            data = self._take()
             if data:
                 self.flushed.notify()
+                self._sending = True
                 try:
-                    await self.transport.send(data)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                    if not self._closing:
-                        self.transport_error = exc
-                        self._log.info("transport failed while writing: %r", exc)
-                    self._feed_eof()
-                    self._stop_reader(-math.inf)
+                    ok = await self._write(data)
+                finally:
+                    self._sending = False
+                    self._send_done.notify()
+                if not ok:
                     return
-                self.bytes_sent += len(data)
                 continue
             if self._closing:
                 try:
@@ -317,8 +457,12 @@ class Pump:
                 return
             timer = self.conn.get_timer()
             deadline = math.inf if timer is None else float(timer)
-            with anyio.CancelScope(deadline=deadline):
-                await self._wake.wait()
+            self._armed = deadline
+            try:
+                with anyio.CancelScope(deadline=deadline):
+                    await self._wake.wait()
+            finally:
+                self._armed = -math.inf
             now = anyio.current_time()
             if timer is not None and now >= deadline:
                 self.conn.handle_timer(now)

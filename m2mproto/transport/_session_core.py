@@ -120,6 +120,8 @@ class _SessionCore:
         self._incoming: list[Incoming] = []  # short; a list is 700 bytes smaller idle
         self._incoming_signal = Signal()
         self._current_incoming: Incoming | None = None
+        #: Set when the handshake is over either way: completed (``_peer`` is
+        #: then set) or the session closed first.
         self._handshake_done = Flag()
         self._closed = Flag()
         self._closed_info: tuple[int, str, bool] | None = None
@@ -158,6 +160,7 @@ class _SessionCore:
             who = "peer" if remote else "we"
             self._log.info("connection closed (%s, %s)", code_name(code), who)
         self._closed.set()
+        self._handshake_done.set()  # a handshake still waited for has failed
         for chan in self._channels.values():
             chan.changed.notify()
         self._incoming_signal.notify()
@@ -193,7 +196,14 @@ class _SessionCore:
             raise self._closed_error()
 
     def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Call a Connection method, mapping "not established" to the closed error."""
+        """Call a Connection method, mapping "not established" to the closed error;
+        then wake the pump."""
+        result = self._apply(method, *args, **kwargs)
+        self._pump.wake()
+        return result
+
+    def _apply(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """:meth:`_call` without waking the pump (the caller flushes next)."""
         self._check_open()
         try:
             result = method(*args, **kwargs)
@@ -201,7 +211,6 @@ class _SessionCore:
             if exc.code == ErrorCode.INVALID_STATE and self._conn.state.name != "ESTABLISHED":
                 raise self._closed_error() from None
             raise
-        self._pump.wake()
         return result
 
     def _acknowledge(self, sid: int, size: int) -> None:
@@ -238,13 +247,20 @@ class _SessionCore:
         self._pump.wake()
 
     async def _queue_send(
-        self, sid: int, data: Any, *, message: bool, end_stream: bool = False
+        self, sid: int, data: Any, *, message: bool, end_stream: bool = False, flush: bool = False
     ) -> None:
-        """Queue bytes or one message in the core, waiting while its send buffer is full."""
+        """Queue bytes or one message in the core, waiting while its send buffer is full.
+
+        With ``flush`` (a request or a reply: someone waits for it), write it
+        from this task at once if the transport is idle (see
+        :meth:`~._pump.Pump.flush`: the write is shielded, so a cancellation
+        arriving now takes effect at the caller's next await). Otherwise the
+        writer task sends it, coalesced with whatever else is queued by then.
+        """
         method = self._conn.send_message if message else self._conn.send
         for _ in iter(int, 1):  # until queued; each retry follows progress in the core
             try:
-                self._call(method, sid, data, end_stream=end_stream)
+                self._apply(method, sid, data, end_stream=end_stream)
                 break
             except LocalProtocolError as exc:
                 if exc.code != ErrorCode.FLOW_CONTROL_ERROR or self._conn.send_buffered() == 0:
@@ -254,6 +270,10 @@ class _SessionCore:
         if chan is not None and end_stream:
             chan.send_ended = True
             self._maybe_forget(chan)
+        if flush:
+            await self._pump.flush()
+        else:
+            self._pump.wake()
 
     async def _wait_drained(self, sid: int) -> None:
         """Wait while stream *sid* has more than ``high_water`` bytes queued in the core."""
@@ -266,11 +286,14 @@ class _SessionCore:
                 return
             await self._pump.flushed.wait()
 
-    async def _open(self, resource: str) -> _Channel:
-        """Open a stream, waiting for a free slot under the peer's stream limit."""
+    async def _open(self, resource: str, *, wake: bool = True) -> _Channel:
+        """Open a stream, waiting for a free slot under the peer's stream limit
+        (``wake=False``: the caller queues on it and flushes next)."""
         for _ in iter(int, 1):  # until a slot is free; each retry follows an event
             try:
-                sid = self._call(self._conn.open_stream, resource)
+                sid = self._apply(self._conn.open_stream, resource)
+                if wake:
+                    self._pump.wake()
                 break
             except LocalProtocolError as exc:
                 if exc.code != ErrorCode.STREAM_LIMIT_ERROR:
@@ -293,7 +316,10 @@ class _SessionCore:
                         ErrorCode.PROTOCOL_ERROR,
                     )
                 self._acknowledge(chan.stream_id, size)
-                self._pump.wake()
+                if chan.inbox:  # more to take: the writer coalesces what this freed
+                    self._pump.wake()
+                else:  # drained: wake the writer only if the credit produced output
+                    self._pump.settle()
                 return True, value
             if chan.recv_ended:  # a reset after the peer's end only affects sending
                 self._maybe_forget(chan)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -218,7 +217,10 @@ class Session(_Dispatcher):
             raise
 
     async def _fail_start(self, exc: BaseException) -> None:
-        self._pump.abort()
+        # The core failed the handshake (closed itself): its ABORT gets the same short
+        # chance to reach the peer as an abort's CLOSE. Otherwise (cancelled, our own
+        # failure) cut at once.
+        self._pump.abort(grace=0.1 if self._closed.is_set() else 0.0)
         self._exited = True
         tg = self._tg
         with anyio.CancelScope(shield=True):
@@ -228,16 +230,9 @@ class Session(_Dispatcher):
             await tg.__aexit__(None, None, None)
 
     async def _wait_handshake(self) -> None:
-        async with anyio.create_task_group() as waiter:
-
-            async def _closed() -> None:
-                await self._closed.wait()
-                waiter.cancel_scope.cancel()
-
-            waiter.start_soon(_closed)
-            await self._handshake_done.wait()
-            waiter.cancel_scope.cancel()
-        if not self._handshake_done.is_set() or self._peer is None:
+        # one flag for "completed or closed": no watcher task and task group per handshake
+        await self._handshake_done.wait()
+        if self._peer is None:
             raise self._handshake_error()
 
     async def _run_pump(self) -> None:
@@ -312,12 +307,15 @@ class Session(_Dispatcher):
                 ``APPLICATION_ERROR``: the handler failed).
             ConnectionClosedError: the session is closed.
         """
-        chan = await self._open(resource)
+        chan = await self._open(resource, wake=False)
         done = False
         try:
-            await self._queue_send(chan.stream_id, value, message=True, end_stream=True)
-            with anyio.fail_after(math.inf if timeout is None else timeout):
+            await self._queue_send(chan.stream_id, value, message=True, end_stream=True, flush=True)
+            if timeout is None:  # no scope to enter and leave per request
                 got, reply = await self._next_item(chan, want_message=True)
+            else:
+                with anyio.fail_after(timeout):
+                    got, reply = await self._next_item(chan, want_message=True)
             if not got:
                 raise StreamResetError(f"stream {chan.stream_id}: ended without a reply", 0, True)
             done = True
