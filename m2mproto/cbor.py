@@ -31,7 +31,7 @@ from typing import Any
 
 from .errors import DecodeError, ErrorCode, LocalProtocolError
 
-__all__ = ["DEFAULT_MAX_DEPTH", "Tag", "decode", "decode_prefix", "encode"]
+__all__ = ["DEFAULT_MAX_DEPTH", "Tag", "decode", "decode_prefix", "encode", "to_json"]
 
 #: Default bound on nesting (arrays, maps and tags each count one level).
 DEFAULT_MAX_DEPTH = 16
@@ -347,4 +347,21 @@ def decode(
     value, end = decode_prefix(data, 0, max_depth=max_depth, allowed_tags=allowed_tags)
     if end != len(data):
         raise DecodeError(f"CBOR trailing bytes at offset {end}")
+    return value
+
+
+def to_json(value: Any) -> Any:
+    """A JSON-friendly view of a decoded CBOR value, for tools and logs.
+
+    Byte strings become lowercase hex, map keys become text, and a tag becomes
+    ``{"tag": n, "value": ...}``; everything else is returned as it is.
+    """
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, Tag):
+        return {"tag": value.tag, "value": to_json(value.value)}
     return value

@@ -153,3 +153,15 @@ def test_encode_rejects_outside_profile(bad: object) -> None:
     with pytest.raises(LocalProtocolError) as info:
         cbor.encode(bad)
     assert info.value.code is ErrorCode.INVALID_ARGUMENT
+
+
+def test_to_json_view() -> None:
+    value = cbor.decode(
+        cbor.encode({1: b"\x00\xff", "list": [b"ab", 2, None], "t": cbor.Tag(18, [b"x"])}),
+        allowed_tags=frozenset({18}),
+    )
+    assert cbor.to_json(value) == {
+        "1": "00ff",
+        "list": ["6162", 2, None],
+        "t": {"tag": 18, "value": ["78"]},
+    }

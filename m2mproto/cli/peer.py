@@ -26,12 +26,13 @@ from typing import Any
 
 import anyio
 
+from ..cbor import to_json
 from ..errors import ErrorCode, LocalProtocolError, M2MError
 from ..identity import AgentId, Identity
 from ..tokens import FileRevocationStore
 from .token import read_token
 
-__all__ = ["jsonable", "parse_hostport", "register"]
+__all__ = ["parse_hostport", "register"]
 
 logger = logging.getLogger("m2mproto.cli")
 
@@ -47,17 +48,6 @@ def parse_hostport(text: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, int(port)
-
-
-def jsonable(value: Any) -> Any:
-    """Turn a CBOR value into JSON (byte strings become hex text)."""
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, list):
-        return [jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    return value
 
 
 def _parse_json(text: str) -> Any:
@@ -179,9 +169,9 @@ class ReferencePeer:
         return message
 
     async def log(self, message: Any, ctx: Any) -> None:
-        logger.info("log from %s: %s", ctx.peer.short_id, json.dumps(jsonable(message)))
+        logger.info("log from %s: %s", ctx.peer.short_id, json.dumps(to_json(message)))
         if self.log_file is not None:
-            line = json.dumps({"peer": ctx.peer.agent_id.text, "message": jsonable(message)})
+            line = json.dumps({"peer": ctx.peer.agent_id.text, "message": to_json(message)})
             with self.log_file.open("a") as fh:
                 fh.write(line + "\n")
 
@@ -291,7 +281,7 @@ def cmd_client(args: argparse.Namespace) -> int:
         ) from None
     elapsed = time.monotonic() - started
     if args.client_kind == "request":
-        print(json.dumps(jsonable(reply)))
+        print(json.dumps(to_json(reply)))
     elif getattr(args, "reliable", False):
         print(json.dumps({"sent": True, "resource": args.resource, "seq": reply,
                           "delivered": True, "seconds": round(elapsed, 3)}))  # fmt: skip

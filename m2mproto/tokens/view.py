@@ -42,18 +42,6 @@ _HEADER_NAMES = {1: "alg", 2: "crit", 3: "content_type", 4: "kid"}
 _MAX_NESTED = 16
 
 
-def _json(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, list):
-        return [_json(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _json(v) for k, v in value.items()}
-    if isinstance(value, cbor.Tag):
-        return {"tag": value.tag, "value": _json(value.value)}
-    return value
-
-
 def _decode_loose(data: bytes) -> Any:
     try:
         return cbor.decode(data, max_depth=MAX_DEPTH, allowed_tags=frozenset({COSE_SIGN1_TAG}))
@@ -88,23 +76,24 @@ def _view(token: bytes, depth: int) -> dict[str, Any]:
             continue
         if label == CLAIM_CAPS and isinstance(value, list):
             out_claims[name] = [
-                f"{c[0]}={c[1]}" if isinstance(c, list) and len(c) == 2 else _json(c) for c in value
+                f"{c[0]}={c[1]}" if isinstance(c, list) and len(c) == 2 else cbor.to_json(c)
+                for c in value
             ]
             continue
-        out_claims[name] = _json(value)
+        out_claims[name] = cbor.to_json(value)
     headers = (
         {
-            _HEADER_NAMES.get(k, str(k)) if isinstance(k, int) else str(k): _json(v)
+            _HEADER_NAMES.get(k, str(k)) if isinstance(k, int) else str(k): cbor.to_json(v)
             for k, v in protected.items()
         }
         if isinstance(protected, dict)
-        else _json(protected_raw)
+        else cbor.to_json(protected_raw)
     )
     view: dict[str, Any] = {
         "protected": headers,
-        "unprotected": _json(unprotected),
+        "unprotected": cbor.to_json(unprotected),
         "claims": out_claims,
-        "signature": _json(signature),
+        "signature": cbor.to_json(signature),
         "size": len(token),
     }
     if parent is not None:
