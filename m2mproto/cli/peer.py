@@ -80,9 +80,9 @@ def _state_path(args: argparse.Namespace, name: str) -> Path | None:
         return None
     if not args.reliable:
         raise LocalProtocolError("--state-dir needs --reliable", ErrorCode.INVALID_ARGUMENT)
-    directory = Path(args.state_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory / name
+    from ..reliable import ensure_state_dir
+
+    return ensure_state_dir(args.state_dir) / name  # 0700; state files are 0600
 
 
 def register(sub: Any) -> None:

@@ -3,9 +3,10 @@
 Theory of operation
 -------------------
 :class:`ReliableReceiver` is a ``message_stream`` handler. For each stream it
-reads ``hello``, checks that the epoch belongs to the authenticated peer
-(another identity's epoch: reset ``UNAUTHORIZED``, nothing revealed), and
-answers ``welcome`` with the high-water mark of (peer, resource, epoch).
+reads ``hello`` and answers ``welcome`` with the high-water mark of
+(authenticated peer, resource, epoch). Epochs are scoped per peer: the same
+epoch bytes from another identity name another, unrelated channel, so a peer
+can neither block another's epoch by using it first nor learn its mark.
 Then each ``data`` at the mark is delivered to the application, the new mark
 is stored, and an ``ack`` is sent; a ``data`` below the mark is a resend and is
 only acknowledged again.
@@ -79,8 +80,6 @@ class ReliableReceiver:
         self.delivered = 0
         #: Resent messages dropped as duplicates.
         self.duplicates = 0
-        #: Streams refused (another identity's epoch).
-        self.refused = 0
         #: Streams that took over a key from an older stream.
         self.takeovers = 0
 
@@ -100,13 +99,6 @@ class ReliableReceiver:
         if not isinstance(first, Hello):
             await stream.reset(ErrorCode.PROTOCOL_ERROR)
             return
-        owner = self.store.owner(first.epoch)
-        if owner is not None and owner != peer:
-            self.refused += 1
-            logger.warning("epoch of another identity presented by %s: refused", ctx.peer.short_id)
-            await stream.reset(ErrorCode.UNAUTHORIZED)
-            return
-        self.store.claim(first.epoch, peer)
         key: Key = (peer, ctx.resource, first.epoch)
         slot = self._slots.setdefault(key, _Slot())
         if slot.scope is not None:
@@ -136,8 +128,6 @@ class ReliableReceiver:
                 if isinstance(exc, DecodeError):
                     await stream.reset(ErrorCode.DECODE_ERROR)
                 return  # ended, reset, or the connection is gone: the sender resumes
-                await stream.reset(ErrorCode.DECODE_ERROR)
-                return
             if not isinstance(msg, Data) or msg.seq > nxt:
                 await stream.reset(ErrorCode.PROTOCOL_ERROR)
                 return

@@ -17,6 +17,12 @@ refused connection) ends the connection (aborted at once) and the loop waits
 a jittered exponential backoff before the next attempt. Authentication and
 authorization failures are permanent: they stop the task and are raised to
 whoever waits.
+
+The outbox is bound to the receiver's agent ID: to *peer* when given, else to
+the first peer a session authenticates. Every later connection requires that
+identity in the handshake, so an impostor at the address can neither receive
+the queued messages nor empty the outbox with acks (``AUTH_UNEXPECTED_PEER``,
+permanent; the messages stay queued).
 """
 
 from __future__ import annotations
@@ -103,6 +109,14 @@ class ReliableSender:
         self.outbox = outbox if outbox is not None else MemoryOutbox()
         self.tokens = tuple(tokens)
         self.peer = peer
+        if peer is not None:
+            expected = peer.text if isinstance(peer, AgentId) else AgentId.parse(peer).text
+            if self.outbox.receiver not in (None, expected):
+                raise LocalProtocolError(
+                    f"outbox is bound to receiver {self.outbox.receiver}, not {expected}",
+                    ErrorCode.INVALID_ARGUMENT,
+                )
+            self.outbox.bind(expected)
         self.trust_roots = trust_roots
         self.config = config if config is not None else DEFAULT_CONFIG
         self.backoff_initial = backoff_initial
@@ -210,19 +224,46 @@ class ReliableSender:
             attempt = min(attempt + 1, 30)
             await anyio.sleep(delay * self._rng.random())
 
+    def _check_receiver(self, authenticated: str) -> None:
+        """Bind the outbox to the first authenticated receiver; refuse any other."""
+        bound = self.outbox.receiver
+        if bound is None:
+            self.outbox.bind(authenticated)
+        elif bound != authenticated:
+            raise AuthenticationError(
+                f"outbox is bound to receiver {bound}; the peer authenticated as "
+                f"{authenticated}: refusing to deliver to it or accept its acks",
+                ErrorCode.AUTH_UNEXPECTED_PEER,
+            )
+
     async def _connection(self) -> None:
         # the handshake deadline is the core's (config.handshake_timeout); the session's
         # task group must not nest inside a scope of ours, hence no fail_after here
+        bound = self.outbox.receiver
+        try:
+            await self._session(peer=bound if bound is not None else self.peer)
+        except AuthenticationError as exc:
+            if bound is None or exc.code != ErrorCode.AUTH_UNEXPECTED_PEER:
+                raise
+            if exc.message.startswith("outbox is bound"):
+                raise
+            raise AuthenticationError(
+                f"outbox is bound to receiver {bound}; refusing another peer ({exc.message})",
+                ErrorCode.AUTH_UNEXPECTED_PEER,
+            ) from None
+
+    async def _session(self, peer: AgentId | str | None) -> None:
         async with connect(
             self.address,
             identity=self.identity,
             tokens=self.tokens,
-            peer=self.peer,
+            peer=peer,
             trust_roots=self.trust_roots,
             config=self.config,
             connect_timeout=self.connect_timeout,
         ) as session:
             try:
+                self._check_receiver(session.peer.agent_id.text)
                 self.connections += 1
                 with anyio.fail_after(self.connect_timeout):
                     stream = await session.open_message_stream(self.resource)

@@ -6,12 +6,22 @@ An :class:`Outbox` is the sender's queue of unacknowledged messages of one
 epoch: ``put`` assigns the next sequence number and stores the message (a
 :class:`SqliteOutbox` commits before returning, so a queued message survives
 a crash of the process); ``ack(next_expected)`` drops everything below it.
-A :class:`DedupStore` is the receiver's table of high-water marks keyed by
-(authenticated peer, resource, epoch) plus the owner of each epoch, which is
-what binds resumption state to the identity that created it.
+An outbox is also bound to the receiver's agent ID (``bind``, stored with a
+persistent outbox): the sender refuses to deliver to, or take acks from, any
+other authenticated peer.
 
-SQLite connections are used from one thread (the event loop's); each call is
-a short transaction. Schemas are in spec/reliability.md §5.
+A :class:`DedupStore` is the receiver's table of high-water marks keyed by
+(authenticated peer, resource, epoch). Epochs are scoped per peer: the same
+epoch bytes under two identities are two unrelated channels, so no identity
+can claim, block or observe another's. Each peer keeps at most
+``max_epochs_per_peer`` (resource, epoch) marks; using one more expires the
+least recently used.
+
+State files are created 0600 (the SQLite ``-wal`` and ``-shm`` side files
+too) and never opened through a symbolic link; :func:`ensure_state_dir`
+creates their directory 0700. SQLite connections are used from one thread (the
+event loop's); each call is a short transaction. Schemas are in
+spec/reliability.md §5.
 """
 
 from __future__ import annotations
@@ -24,17 +34,33 @@ from pathlib import Path
 from typing import Any
 
 from .. import cbor
+from .._files import ensure_private_dir, open_private
 from ..errors import ErrorCode, LocalProtocolError
 from ._wire import EPOCH_SIZE, MAX_SEQ
 
 __all__ = [
+    "DEFAULT_MAX_EPOCHS_PER_PEER",
     "DedupStore",
     "MemoryDedup",
     "MemoryOutbox",
     "Outbox",
     "SqliteDedup",
     "SqliteOutbox",
+    "ensure_state_dir",
 ]
+
+#: Default number of (resource, epoch) high-water marks a receiver keeps per peer.
+DEFAULT_MAX_EPOCHS_PER_PEER = 128
+
+
+def ensure_state_dir(path: str | os.PathLike[str]) -> Path:
+    """Create the state directory 0700 (parents as needed), or check an existing one.
+
+    Raises:
+        LocalProtocolError: (``INVALID_ARGUMENT``) not a directory, owned by
+            another user, or writable by group or others.
+    """
+    return ensure_private_dir(Path(path))
 
 
 class Outbox:
@@ -45,6 +71,8 @@ class Outbox:
             raise LocalProtocolError("epoch must be 16 bytes", ErrorCode.INVALID_ARGUMENT)
         self.epoch = epoch
         self.next_seq = next_seq
+        #: The receiver's agent ID (text) this outbox delivers to, once bound.
+        self.receiver: str | None = None
         self._items: OrderedDict[int, Any] = OrderedDict()
 
     def __len__(self) -> int:
@@ -80,6 +108,22 @@ class Outbox:
                 del self._items[s]
         return done
 
+    def bind(self, receiver: str) -> None:
+        """Bind the outbox to *receiver* (agent ID text); durable for persistent outboxes.
+
+        Raises:
+            LocalProtocolError: (``INVALID_STATE``) already bound to another receiver.
+        """
+        if self.receiver == receiver:
+            return
+        if self.receiver is not None:
+            raise LocalProtocolError(
+                f"outbox is bound to receiver {self.receiver}, not {receiver}",
+                ErrorCode.INVALID_STATE,
+            )
+        self._bind(receiver)
+        self.receiver = receiver
+
     def items_from(self, seq: int) -> Iterator[tuple[int, Any]]:
         """The held messages with sequence number >= *seq*, in order (a snapshot)."""
         return iter([(s, b) for s, b in self._items.items() if s >= seq])
@@ -94,6 +138,9 @@ class Outbox:
     def _drop(self, below: int) -> None:
         pass
 
+    def _bind(self, receiver: str) -> None:
+        pass
+
 
 class MemoryOutbox(Outbox):
     """An outbox that lives as long as the process (a fresh random epoch)."""
@@ -102,7 +149,22 @@ class MemoryOutbox(Outbox):
         super().__init__(entropy(EPOCH_SIZE))
 
 
+_SIDE_FILES = ("", "-wal", "-shm")
+
+
+def _secure_files(path: Path) -> None:
+    """Create (or check) the database and its WAL side files: 0600, ours, no symlinks.
+
+    SQLite creates ``-wal``/``-shm`` later with the database file's mode; making
+    them first (and the database 0600) keeps queued plaintext private whatever
+    the umask.
+    """
+    for suffix in _SIDE_FILES:
+        os.close(open_private(Path(f"{path}{suffix}"), ErrorCode.INVALID_ARGUMENT))
+
+
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    _secure_files(path)
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous}")
@@ -149,13 +211,15 @@ class SqliteOutbox(Outbox):
             rows = db.execute(
                 "SELECT seq, body FROM outbox WHERE channel=? ORDER BY seq", (channel,)
             ).fetchall()
+            bound = db.execute("SELECT value FROM meta WHERE key='receiver'").fetchone()
             db.execute("COMMIT")
-        except (sqlite3.DatabaseError, TypeError, ValueError) as exc:
+        except (sqlite3.DatabaseError, TypeError, ValueError, UnicodeError) as exc:
             raise LocalProtocolError(
                 f"{self.path}: not a usable outbox ({exc})", ErrorCode.INVALID_ARGUMENT
             ) from None
         self._db = db
         super().__init__(epoch, int(next_seq))
+        self.receiver = None if bound is None else str(bound[0])
         for seq, body in rows:
             self._items[int(seq)] = cbor.decode(bytes(body))
 
@@ -171,35 +235,63 @@ class SqliteOutbox(Outbox):
     def _drop(self, below: int) -> None:
         self._db.execute("DELETE FROM outbox WHERE channel=? AND seq<?", (self.channel, below))
 
+    def _bind(self, receiver: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES('receiver', ?)", (receiver,))
+
     def close(self) -> None:
         self._db.close()
 
 
+Channel = tuple[str, bytes]  # (resource, epoch) within one peer
+
+
 class DedupStore:
-    """The receiver's high-water marks and epoch owners (base: in memory)."""
+    """The receiver's high-water marks, scoped per peer (base: in memory).
 
-    def __init__(self) -> None:
-        self._hwm: dict[tuple[str, str, bytes], int] = {}
-        self._owner: dict[bytes, str] = {}
+    At most *max_epochs_per_peer* (resource, epoch) marks are kept per peer;
+    storing one more expires that peer's least recently used mark (a sender
+    resuming an expired epoch starts from its own ``first-unacked``).
 
-    def owner(self, epoch: bytes) -> str | None:
-        """The agent ID (text) that first used *epoch*, or None."""
-        return self._owner.get(epoch)
+    Raises:
+        LocalProtocolError: (``INVALID_ARGUMENT``) a cap below 1.
+    """
 
-    def claim(self, epoch: bytes, peer: str) -> None:
-        """Record *peer* as the owner of *epoch* (first use)."""
-        self._owner.setdefault(epoch, peer)
+    def __init__(self, *, max_epochs_per_peer: int = DEFAULT_MAX_EPOCHS_PER_PEER) -> None:
+        if max_epochs_per_peer < 1:
+            raise LocalProtocolError("max_epochs_per_peer must be >= 1", ErrorCode.INVALID_ARGUMENT)
+        self.max_epochs_per_peer = max_epochs_per_peer
+        self._hwm: dict[str, OrderedDict[Channel, int]] = {}
 
     def get(self, peer: str, resource: str, epoch: bytes) -> int:
         """The next expected sequence number (0 if unknown)."""
-        return self._hwm.get((peer, resource, epoch), 0)
+        marks = self._hwm.get(peer)
+        return 0 if marks is None else marks.get((resource, epoch), 0)
 
     def set(self, peer: str, resource: str, epoch: bytes, next_expected: int) -> None:
-        """Store the high-water mark (durably, for persistent stores)."""
-        self._hwm[(peer, resource, epoch)] = next_expected
+        """Store the high-water mark (durably, for persistent stores); expire the oldest."""
+        marks = self._hwm.setdefault(peer, OrderedDict())
+        marks[(resource, epoch)] = next_expected
+        marks.move_to_end((resource, epoch))
+        self._stored(peer, resource, epoch, next_expected)
+        expired = []
+        while len(marks) > self.max_epochs_per_peer:
+            expired.append(marks.popitem(last=False)[0])
+        if expired:
+            self._expired(peer, expired)
+
+    def count(self, peer: str) -> int:
+        """How many (resource, epoch) marks are kept for *peer*."""
+        return len(self._hwm.get(peer, ()))
 
     def close(self) -> None:
         """Release resources."""
+
+    # hooks for persistent subclasses
+    def _stored(self, peer: str, resource: str, epoch: bytes, next_expected: int) -> None:
+        pass
+
+    def _expired(self, peer: str, channels: list[Channel]) -> None:
+        pass
 
 
 class MemoryDedup(DedupStore):
@@ -213,36 +305,53 @@ class SqliteDedup(DedupStore):
         LocalProtocolError: (``INVALID_ARGUMENT``) the file is not a dedup store.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_epochs_per_peer: int = DEFAULT_MAX_EPOCHS_PER_PEER,
+    ) -> None:
+        super().__init__(max_epochs_per_peer=max_epochs_per_peer)
         self.path = Path(path)
+        self._clock = 0
         try:
             db = _connect(self.path, "NORMAL")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS hwm(peer TEXT, resource TEXT, epoch BLOB,"
-                " next INTEGER, PRIMARY KEY(peer, resource, epoch))"
+                " next INTEGER, used INTEGER NOT NULL DEFAULT 0,"
+                " PRIMARY KEY(peer, resource, epoch))"
             )
-            db.execute("CREATE TABLE IF NOT EXISTS owner(epoch BLOB PRIMARY KEY, peer TEXT)")
-            for peer, resource, epoch, nxt in db.execute("SELECT * FROM hwm"):
-                self._hwm[(str(peer), str(resource), bytes(epoch))] = int(nxt)
-            for epoch, peer in db.execute("SELECT * FROM owner"):
-                self._owner[bytes(epoch)] = str(peer)
-        except (sqlite3.DatabaseError, TypeError, ValueError) as exc:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(hwm)")}
+            if "used" not in columns:  # a file from before the per-peer cap
+                db.execute("ALTER TABLE hwm ADD COLUMN used INTEGER NOT NULL DEFAULT 0")
+            db.execute("DROP TABLE IF EXISTS owner")  # epochs are no longer owned globally
+            rows = db.execute("SELECT peer, resource, epoch, next, used FROM hwm ORDER BY used")
+            for peer, resource, epoch, nxt, used in rows.fetchall():
+                marks = self._hwm.setdefault(str(peer), OrderedDict())
+                marks[(str(resource), bytes(epoch))] = int(nxt)
+                self._clock = max(self._clock, int(used))
+        except (sqlite3.DatabaseError, TypeError, ValueError, UnicodeError) as exc:
             raise LocalProtocolError(
                 f"{self.path}: not a usable dedup store ({exc})", ErrorCode.INVALID_ARGUMENT
             ) from None
         self._db = db
+        for peer, marks in self._hwm.items():  # a smaller cap than the file was written with
+            if len(marks) > self.max_epochs_per_peer:
+                extra = len(marks) - self.max_epochs_per_peer
+                self._expired(peer, [marks.popitem(last=False)[0] for _ in range(extra)])
 
-    def claim(self, epoch: bytes, peer: str) -> None:
-        if epoch not in self._owner:
-            self._db.execute("INSERT OR IGNORE INTO owner VALUES(?, ?)", (epoch, peer))
-        super().claim(epoch, peer)
-
-    def set(self, peer: str, resource: str, epoch: bytes, next_expected: int) -> None:
+    def _stored(self, peer: str, resource: str, epoch: bytes, next_expected: int) -> None:
+        self._clock += 1
         self._db.execute(
-            "INSERT OR REPLACE INTO hwm VALUES(?, ?, ?, ?)", (peer, resource, epoch, next_expected)
+            "INSERT OR REPLACE INTO hwm VALUES(?, ?, ?, ?, ?)",
+            (peer, resource, epoch, next_expected, self._clock),
         )
-        super().set(peer, resource, epoch, next_expected)
+
+    def _expired(self, peer: str, channels: list[Channel]) -> None:
+        self._db.executemany(
+            "DELETE FROM hwm WHERE peer=? AND resource=? AND epoch=?",
+            [(peer, resource, epoch) for resource, epoch in channels],
+        )
 
     def close(self) -> None:
         self._db.close()
