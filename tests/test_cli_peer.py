@@ -88,6 +88,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
 def test_full_flow(world: tuple[Path, dict[str, str]], backend: str) -> None:
     d, ids = world
     revocations = d / f"rev-{backend}.bin"
+    revocations.write_bytes(b"")  # it must exist: an empty file revokes nothing
     peer = start_serve(d, "--root", ids["root"], "--revocations", str(revocations),
                        "--log-file", f"log-{backend}.jsonl", backend=backend)  # fmt: skip
     try:

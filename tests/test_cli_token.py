@@ -96,7 +96,8 @@ def test_revoke_appends_and_revokes_descendants(tmp_path: Path) -> None:
     ok("token", "delegate", "--key", "a.key", "--parent", "a.tok", "--to", ids["b"], "--cap",
        "x=*", "--out", "b.tok", cwd=d)  # fmt: skip
     verify_b = ("token", "verify", "b.tok", "--root", ids["root"], "--revocations", "rev.bin")
-    ok(*verify_b, cwd=d)  # a missing revocation file means nothing is revoked
+    result = m2m(*verify_b, cwd=d)  # a missing file named by the operator is a mistake
+    assert result.returncode == EXIT_CODES["local"] and "rev.bin" in result.stderr
     ok("token", "revoke", "--key", "root.key", "c.tok", "--out", "rev.bin", cwd=d)
     ok(*verify_b, cwd=d)
     size_one = (d / "rev.bin").stat().st_size

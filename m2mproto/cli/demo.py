@@ -166,6 +166,7 @@ def run_demo(workdir: Path, backend: str = "asyncio") -> int:
     tok_b = delegate(ids["A"], tok_a, ids["B"].agent_id, ["echo=*"], now=now, ttl=600)
     (workdir / "a.tok").write_bytes(tok_a)
     (workdir / "b.tok").write_bytes(tok_b)
+    (workdir / "revocations.bin").write_bytes(b"")  # the peer requires its revocation file
     print("\n  root -> A: echo=*, log=*   (1 h)")
     print("  A -> B:    echo=*          (10 min, delegated: B may not log)\n")
 

@@ -29,8 +29,7 @@ import anyio
 from ..cbor import to_json
 from ..errors import ErrorCode, LocalProtocolError, M2MError
 from ..identity import AgentId, Identity
-from ..tokens import FileRevocationStore
-from .token import read_token
+from .token import open_revocations, read_token
 
 __all__ = ["parse_hostport", "register"]
 
@@ -149,7 +148,7 @@ class ReferencePeer:
         self.identity = Identity.load(args.key)
         self.roots = [AgentId.parse(r) for r in args.root]
         self.host, self.port = parse_hostport(args.listen)
-        self.revocations = FileRevocationStore(args.revocations) if args.revocations else None
+        self.revocations = open_revocations(args.revocations) if args.revocations else None
         self.log_file = Path(args.log_file) if args.log_file else None
         self.server = Server(self.identity, trust_roots=self.roots, revocations=self.revocations)
         self.server.request("echo")(self.echo)
@@ -179,16 +178,32 @@ class ReferencePeer:
         await self.log(message, _ReliableContext(delivery.peer))
 
     async def watch_revocations(self) -> None:
-        assert self.revocations is not None
+        """Poll the revocation file; read and verify changes in a worker thread.
+
+        Entries are only ever added (a file being rewritten never un-revokes),
+        and only what changed is parsed, off the event loop.
+        """
+        store = self.revocations
+        assert store is not None
         while True:
             await anyio.sleep(REVOCATION_POLL)
             try:
-                changed = self.revocations.reload_if_changed()
+                update = await anyio.to_thread.run_sync(store.read_changes)
+                if update is None:
+                    continue
+                store.apply(update)
             except M2MError as exc:
-                logger.warning("revocation file not reloaded: %s", exc)
+                logger.warning("revocation file: %s (keeping %d entries)", exc, len(store))
                 continue
-            if changed:
-                logger.info("revocations reloaded (%d entries)", len(self.revocations))
+            if update.stamp is None or update.pending:
+                logger.warning(
+                    "revocation file %s: %s; keeping %d entries",
+                    store.path,
+                    "missing" if update.stamp is None else "a statement is being written",
+                    len(store),
+                )
+            if update.statements:  # something new was recorded
+                logger.info("revocations reloaded (%d entries)", len(store))
                 for session in list(self.server.sessions):
                     session.reauthorize()
 

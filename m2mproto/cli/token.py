@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ErrorCode, LocalProtocolError
+from ..errors import ErrorCode, LocalProtocolError, TokenError
 from ..identity import AgentId, Identity
 from ..tokens import (
     FileRevocationStore,
@@ -28,7 +28,7 @@ from ..tokens import (
     verify,
 )
 
-__all__ = ["parse_duration", "read_token", "register", "write_file"]
+__all__ = ["open_revocations", "parse_duration", "read_token", "register", "write_file"]
 
 #: Largest file read as a token (the verifier's own limit applies after reading).
 MAX_TOKEN_FILE = 1024 * 1024
@@ -60,6 +60,22 @@ def read_token(path: str) -> bytes:
     except OSError as exc:
         raise LocalProtocolError(
             f"{path}: cannot read token file ({exc.strerror})", ErrorCode.INVALID_ARGUMENT
+        ) from None
+
+
+def open_revocations(path: str) -> FileRevocationStore:
+    """Load a revocation file named on the command line (it must exist and be valid).
+
+    Raises:
+        LocalProtocolError: (``INVALID_ARGUMENT``) the file is missing,
+            unreadable or holds a bad statement; the message names the file.
+    """
+    try:
+        return FileRevocationStore(path, must_exist=True)
+    except TokenError as exc:
+        raise LocalProtocolError(
+            f"{path}: not a usable revocation file ({exc.code.name}: {exc.message})",
+            ErrorCode.INVALID_ARGUMENT,
         ) from None
 
 
@@ -201,7 +217,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    revocations = FileRevocationStore(args.revocations) if args.revocations else None
+    revocations = open_revocations(args.revocations) if args.revocations else None
     grant = verify(
         read_token(args.file),
         trust_roots=[_agent(r) for r in args.root],

@@ -12,18 +12,29 @@ delegated under it, and nobody else can). Because every link of a chain is
 checked, revoking a link revokes everything delegated from it.
 
 :class:`FileRevocationStore` keeps statements in a file of concatenated CBOR
-items. Appending keeps what is there; a missing or empty file means nothing is
-revoked; :meth:`FileRevocationStore.reload_if_changed` re-reads the file when
+items. Appending keeps what is there (never through a symbolic link).
+Revocations are monotonic: a reload only ever *adds* entries, so a file that
+is truncated, rewritten in pieces, removed or replaced never un-revokes
+anything. :meth:`FileRevocationStore.reload_if_changed` re-reads the file when
 its size, mtime or inode changed -- the caller decides when to call it (no
-threads, no timers). A corrupt file raises and leaves the previous state.
+threads, no timers). When the file only grew, only the new bytes are read;
+when it was replaced, statements already verified (by digest) are skipped, so
+a reload costs what changed. A statement cut short at the end of the file is
+"not written yet" (:attr:`~FileRevocationStore.pending_bytes`) and read when
+complete; a bad statement raises, naming the file, after the good ones before
+it were recorded. The work is split for callers on an event loop:
+:meth:`~FileRevocationStore.read_changes` (reads and verifies, records
+nothing: run it in a worker thread) and :meth:`~FileRevocationStore.apply`.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -39,6 +50,7 @@ __all__ = [
     "InMemoryRevocationStore",
     "RevocationStatement",
     "RevocationStore",
+    "RevocationUpdate",
     "parse_statement",
     "revoke",
 ]
@@ -187,16 +199,78 @@ class InMemoryRevocationStore:
         return len(self._revoked) + len(self._local)
 
 
+_TAGS = frozenset({18})
+_TAIL = 64  # bytes before the read offset remembered to detect an in-place rewrite
+
+
+def _incomplete(data: bytes, offset: int) -> bool:
+    """True if ``data[offset:]`` is the beginning of one item that is not complete yet."""
+    rest = len(data) - offset
+    if rest >= MAX_STATEMENT_SIZE:
+        return False
+    padded = data[offset:] + bytes(MAX_STATEMENT_SIZE)
+    try:
+        _, end = cbor.decode_prefix(padded, 0, max_depth=MAX_DEPTH, allowed_tags=_TAGS)
+    except DecodeError:
+        return False
+    return end > rest
+
+
+@dataclass(slots=True)
+class RevocationUpdate:
+    """What :meth:`FileRevocationStore.read_changes` found (apply it with ``apply``)."""
+
+    stamp: tuple[int, int, int] | None
+    offset: int
+    tail: bytes
+    pending: int
+    statements: list[RevocationStatement] = field(default_factory=list)
+    digests: list[bytes] = field(default_factory=list)
+    bytes_read: int = 0
+    error: TokenError | None = None
+
+
 class FileRevocationStore(InMemoryRevocationStore):
-    """A revocation store backed by a file of concatenated statements."""
+    """A revocation store backed by a file of concatenated statements.
+
+    With *must_exist*, a missing or unreadable file is an error
+    (``LocalProtocolError``, ``INVALID_ARGUMENT``, naming the file) instead of
+    "nothing revoked": use it when the file was named by an operator.
+
+    Raises:
+        LocalProtocolError: see *must_exist*.
+        TokenError: the file holds a bad statement (see :meth:`reload_if_changed`).
+    """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, max_file_size: int = 16 * 1024 * 1024
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_file_size: int = 16 * 1024 * 1024,
+        must_exist: bool = False,
     ) -> None:
         super().__init__()
         self.path = Path(path)
         self.max_file_size = max_file_size
         self._stamp: tuple[int, int, int] | None = None
+        self._offset = 0  # bytes of the current file already parsed
+        self._tail = b""  # the _TAIL bytes before _offset, to detect a rewrite
+        self._digests: set[bytes] = set()  # SHA-256 of every statement verified
+        #: Trailing bytes of the file that are not a complete statement yet.
+        self.pending_bytes = 0
+        #: Statements whose signature was verified (each distinct statement once).
+        self.verified = 0
+        #: Bytes read from the file so far (all reloads).
+        self.bytes_read = 0
+        if must_exist:
+            try:
+                with self.path.open("rb"):
+                    pass
+            except OSError as exc:
+                raise LocalProtocolError(
+                    f"{self.path}: cannot read revocation file ({exc.strerror})",
+                    ErrorCode.INVALID_ARGUMENT,
+                ) from None
         self.reload_if_changed()
 
     def _current_stamp(self) -> tuple[int, int, int] | None:
@@ -211,64 +285,158 @@ class FileRevocationStore(InMemoryRevocationStore):
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def reload_if_changed(self) -> bool:
-        """Re-read the file if it changed since the last read; return True if it did.
+        """Read what changed in the file and record it; return True if it changed.
 
-        "Changed" means a different inode, size or modification time. A rewrite
-        of the same size within the file system's timestamp granularity is not
-        seen; writers should append (as :meth:`add` does) or replace the file
-        by renaming a new one over it.
+        "Changed" means a different inode, size or modification time. Entries
+        are only ever added: a shrunk, emptied or removed file keeps what was
+        recorded. A rewrite of the same size within the file system's
+        timestamp granularity is not seen; writers should append (as
+        :meth:`add` does) or replace the file by renaming a new one over it.
 
         Raises:
             TokenError: (``MALFORMED`` / ``TOO_LARGE`` / ``BAD_SIGNATURE``) if the
-                file cannot be read or holds a bad statement; the previous
-                state is kept.
+                file cannot be read or holds a bad statement; the message names
+                the file. What was recorded stays, plus the good statements
+                before the bad one.
+        """
+        update = self.read_changes()
+        if update is None:
+            return False
+        self.apply(update)
+        return True
+
+    def read_changes(self) -> RevocationUpdate | None:
+        """Read and verify what changed since the last read, recording nothing.
+
+        Safe to run in a worker thread while the store serves lookups. Returns
+        None when the file did not change. Errors are carried in the update
+        (raised by :meth:`apply`), except a file that cannot even be stat'ed.
         """
         stamp = self._current_stamp()
         if stamp == self._stamp:
-            return False
-        data = b""
-        if stamp is not None:
-            if stamp[1] > self.max_file_size:
-                raise TokenError(f"{self.path}: revocation file too large", ErrorCode.TOO_LARGE)
-            try:
-                data = self.path.read_bytes()
-            except OSError as exc:
-                raise TokenError(
-                    f"{self.path}: cannot read ({exc.strerror})", ErrorCode.MALFORMED
-                ) from None
-        fresh: dict[bytes, set[AgentId]] = {}
-        offset = 0
+            return None
+        if stamp is None:  # removed: keep everything, start afresh if it comes back
+            return RevocationUpdate(None, 0, b"", 0)
+        offset, tail = 0, b""
+        same_file = self._stamp is not None and stamp[0] == self._stamp[0]
+        if same_file and stamp[1] >= self._offset:
+            offset, tail = self._offset, self._tail
+        update = RevocationUpdate(stamp, offset, tail, 0)
+        if stamp[1] > self.max_file_size:
+            update.error = TokenError(
+                f"{self.path}: revocation file too large", ErrorCode.TOO_LARGE
+            )
+            return update
+        try:
+            with self.path.open("rb") as fh:
+                start = offset - len(tail)
+                fh.seek(start)
+                data = fh.read(self.max_file_size + 1 - start)
+        except OSError as exc:
+            update.error = TokenError(
+                f"{self.path}: cannot read ({exc.strerror})", ErrorCode.MALFORMED
+            )
+            return update
+        update.bytes_read = len(data)
+        if data[: len(tail)] != tail:  # the bytes already read were rewritten: read it all
+            return self._parse_all(stamp)
+        self._parse(data, len(tail), update)
+        update.offset = start + update.offset
+        return update
+
+    def _parse_all(self, stamp: tuple[int, int, int]) -> RevocationUpdate:
+        update = RevocationUpdate(stamp, 0, b"", 0)
+        try:
+            data = self.path.read_bytes()[: self.max_file_size + 1]
+        except OSError as exc:
+            update.error = TokenError(
+                f"{self.path}: cannot read ({exc.strerror})", ErrorCode.MALFORMED
+            )
+            return update
+        update.bytes_read = len(data)
+        self._parse(data, 0, update)
+        return update
+
+    def _parse(self, data: bytes, offset: int, update: RevocationUpdate) -> None:
+        """Parse statements from *offset*; leave update.offset relative to *data*."""
+        seen = self._digests
         while offset < len(data):
             try:
-                _, end = cbor.decode_prefix(
-                    data, offset, max_depth=MAX_DEPTH, allowed_tags=frozenset({18})
-                )
+                _, end = cbor.decode_prefix(data, offset, max_depth=MAX_DEPTH, allowed_tags=_TAGS)
             except DecodeError as exc:
-                raise _malformed(f"{self.path}: offset {offset}: {exc.message}") from None
-            parsed = parse_statement(data[offset:end])
-            for cti in parsed.token_ids:
-                fresh.setdefault(cti, set()).add(parsed.revoker)
+                if _incomplete(data, offset):
+                    update.pending = len(data) - offset
+                    break
+                update.error = _malformed(f"{self.path}: offset {offset}: {exc.message}")
+                break
+            item = data[offset:end]
+            digest = hashlib.sha256(item).digest()
+            if digest not in seen:
+                try:
+                    parsed = parse_statement(item)
+                except TokenError as exc:
+                    update.error = TokenError(
+                        f"{self.path}: offset {offset}: {exc.message}", exc.code
+                    )
+                    break
+                update.statements.append(parsed)
+                update.digests.append(digest)
             offset = end
-        self._revoked = fresh
-        self._stamp = stamp
-        return True
+        update.offset = offset
+        update.tail = data[max(0, offset - _TAIL) : offset]
+
+    def apply(self, update: RevocationUpdate) -> None:
+        """Record what :meth:`read_changes` found (only ever adds entries).
+
+        Raises:
+            TokenError: the error the read found, after recording the good part.
+        """
+        for parsed, digest in zip(update.statements, update.digests, strict=True):
+            if digest not in self._digests:
+                self._digests.add(digest)
+                self.verified += 1
+                self._record(parsed)
+        self.bytes_read += update.bytes_read
+        self._stamp = update.stamp
+        self._offset, self._tail = update.offset, update.tail
+        self.pending_bytes = update.pending
+        if update.error is not None:
+            raise update.error
 
     def add(self, statement: bytes) -> RevocationStatement:
         """Verify *statement*, append it to the file and record it.
 
+        The file is opened without following a symbolic link.
+
         Raises:
             TokenError: see :func:`parse_statement`; ``MALFORMED`` if the file
-                cannot be written.
+                cannot be written or is a symbolic link.
         """
         parsed = parse_statement(statement)
         self.reload_if_changed()
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
         try:
-            with self.path.open("ab") as fh:
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP or self.path.is_symlink():
+                raise TokenError(
+                    f"{self.path}: is a symbolic link (refusing to append through it)",
+                    ErrorCode.MALFORMED,
+                ) from None
+            raise TokenError(
+                f"{self.path}: cannot append ({exc.strerror})", ErrorCode.MALFORMED
+            ) from None
+        try:
+            with os.fdopen(fd, "ab") as fh:
                 fh.write(bytes(statement))
         except OSError as exc:
             raise TokenError(
                 f"{self.path}: cannot append ({exc.strerror})", ErrorCode.MALFORMED
             ) from None
         self._record(parsed)
-        self._stamp = self._current_stamp()
+        digest = hashlib.sha256(bytes(statement)).digest()
+        if digest not in self._digests:
+            self._digests.add(digest)
+            self.verified += 1
+        self.reload_if_changed()  # our own append: already known, only the offset moves
         return parsed
