@@ -112,13 +112,72 @@ def test_revoke_appends_and_revokes_descendants(tmp_path: Path) -> None:
     assert "REVOKED" in result.stderr
 
 
-def test_revoke_by_unrelated_key_has_no_effect(tmp_path: Path) -> None:
-    d = tmp_path
-    ids = {name: ok("keygen", "--out", f"{name}.key", cwd=d).strip() for name in ("root", "x")}
-    ok("token", "issue", "--key", "root.key", "--to", ids["x"], "--cap", "y=*", "--out", "t.tok",
-       cwd=d)  # fmt: skip
-    ok("token", "revoke", "--key", "x.key", "t.tok", "--out", "rev.bin", cwd=d)
-    ok("token", "verify", "t.tok", "--root", ids["root"], "--revocations", "rev.bin", cwd=d)
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """root -> a -> b, plus an unrelated x; tokens a.tok (root->a) and b.tok (a->b)."""
+    d = tmp_path_factory.mktemp("chain")
+    ids = {n: ok("keygen", "--out", f"{n}.key", cwd=d).strip() for n in ("root", "a", "b", "x")}
+    ok("token", "issue", "--key", "root.key", "--to", ids["a"], "--cap", "y/*=*",
+       "--out", "a.tok", cwd=d)  # fmt: skip
+    ok("token", "delegate", "--key", "a.key", "--parent", "a.tok", "--to", ids["b"],
+       "--cap", "y/z=*", "--out", "b.tok", cwd=d)  # fmt: skip
+    return d, ids
+
+
+@pytest.mark.parametrize(
+    ("key", "token"),
+    [("x", "a.tok"), ("x", "b.tok"), ("a", "a.tok"), ("b", "b.tok"), ("b", "a.tok")],
+)
+def test_revoke_without_authority_is_refused(
+    chain: tuple[Path, dict[str, str]], key: str, token: str
+) -> None:
+    """Unrelated keys, a token's own holder, a descendant: no authority, nothing written."""
+    d, ids = chain
+    out = f"refused-{key}-{token}.bin"
+    result = m2m("token", "revoke", "--key", f"{key}.key", token, "--out", out, cwd=d)
+    assert result.returncode == EXIT_CODES["local"], result.stderr
+    assert result.stderr.startswith("m2m: INVALID_ARGUMENT:")
+    assert "no authority" in result.stderr and token in result.stderr
+    assert result.stdout == "" and not (d / out).exists()
+
+
+@pytest.mark.parametrize(("key", "token"), [("root", "a.tok"), ("root", "b.tok"), ("a", "b.tok")])
+def test_revoke_with_authority(chain: tuple[Path, dict[str, str]], key: str, token: str) -> None:
+    d, ids = chain
+    out = f"ok-{key}-{token}.bin"
+    ok("token", "revoke", "--key", f"{key}.key", token, "--out", out, cwd=d)
+    result = m2m("token", "verify", token, "--root", ids["root"], "--revocations", out, cwd=d)
+    assert result.returncode == EXIT_CODES["token"] and "REVOKED" in result.stderr
+
+
+def test_revoke_twice_is_idempotent(chain: tuple[Path, dict[str, str]]) -> None:
+    d, _ids = chain
+    ok("token", "revoke", "--key", "a.key", "b.tok", "--out", "twice.bin", cwd=d)
+    size = (d / "twice.bin").stat().st_size
+    out = json.loads(ok("token", "revoke", "--key", "a.key", "b.tok", "--out", "twice.bin",
+                        "--json", cwd=d))  # fmt: skip
+    assert out["revoked"] == [] and len(out["already_revoked"]) == 1
+    assert (d / "twice.bin").stat().st_size == size  # nothing appended
+    text = ok("token", "revoke", "--key", "a.key", "b.tok", "--out", "twice.bin", cwd=d)
+    assert "already revoked" in text and "nothing appended" in text
+    # another authority's statement is not a duplicate: it is appended
+    ok("token", "revoke", "--key", "root.key", "b.tok", "--out", "twice.bin", cwd=d)
+    assert (d / "twice.bin").stat().st_size > size
+    # a mix: only the new one is signed
+    out = json.loads(ok("token", "revoke", "--key", "root.key", "b.tok", "a.tok", "--out",
+                        "twice.bin", "--json", cwd=d))  # fmt: skip
+    assert len(out["revoked"]) == 1 and len(out["already_revoked"]) == 1
+
+
+def test_revoke_refuses_a_forged_chain(chain: tuple[Path, dict[str, str]]) -> None:
+    """A token whose signature does not verify is not evidence of authority."""
+    d, _ids = chain
+    raw = bytearray((d / "a.tok").read_bytes())
+    raw[-1] ^= 1
+    (d / "forged.tok").write_bytes(bytes(raw))
+    result = m2m("token", "revoke", "--key", "root.key", "forged.tok", "--out", "f.bin", cwd=d)
+    assert result.returncode == EXIT_CODES["token"] and "BAD_SIGNATURE" in result.stderr
+    assert not (d / "f.bin").exists()
 
 
 def test_user_mistakes(tmp_path: Path) -> None:

@@ -27,6 +27,8 @@ from ..tokens import (
     revoke,
     verify,
 )
+from ..tokens.claims import parse_link
+from ..tokens.revocation import revocation_authorities
 
 __all__ = ["open_revocations", "parse_duration", "read_token", "register", "write_file"]
 
@@ -238,13 +240,45 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
+    """Sign a statement for the tokens this key may revoke and append it, once.
+
+    The key must be the issuer of a link in each token's chain (spec/tokens.md
+    6.7): any other statement would be ignored by every verifier, so it is
+    refused rather than reported as a success. Token IDs this key already
+    revoked in the file are reported and not signed again.
+    """
     revoker = Identity.load(args.key)
-    statement = revoke(revoker, [read_token(t) for t in args.tokens], now=time.time())
+    me = revoker.agent_id
+    tokens: list[bytes] = []
+    for path in args.tokens:
+        token = read_token(path)
+        authorities = revocation_authorities(token)
+        if me not in authorities:
+            allowed = ", ".join(a.text for a in authorities)
+            raise LocalProtocolError(
+                f"{path}: key {me.text} has no authority to revoke this token; only the "
+                f"issuer of a link in its chain may ({allowed})",
+                ErrorCode.INVALID_ARGUMENT,
+            )
+        tokens.append(token)
     store = FileRevocationStore(args.out)
-    parsed = store.add(statement)
-    ids = [cti.hex() for cti in parsed.token_ids]
+    fresh: list[bytes] = []
+    already: list[bytes] = []
+    for token in tokens:
+        cti = parse_link(token).token_id
+        if store.is_revoked(cti, [me]):
+            already.append(cti)
+        elif cti not in fresh:
+            fresh.append(cti)
+    if fresh:
+        store.add(revoke(revoker, fresh, now=time.time()))
+    ids, old = [c.hex() for c in fresh], [c.hex() for c in already]
     if args.json:
-        print(json.dumps({"file": args.out, "revoked": ids, "revoker": revoker.agent_id.text}))
-    else:
+        print(json.dumps({"file": args.out, "revoked": ids, "already_revoked": old,
+                          "revoker": me.text}))  # fmt: skip
+        return 0
+    if ids:
         print(f"revoked {', '.join(ids)} -> {args.out}")
+    if old:
+        print(f"already revoked by this key in {args.out}: {', '.join(old)} (nothing appended)")
     return 0

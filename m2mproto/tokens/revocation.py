@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -41,7 +42,16 @@ from typing import Protocol, runtime_checkable
 from .. import cbor
 from ..errors import DecodeError, ErrorCode, LocalProtocolError, TokenError
 from ..identity import AgentId, Identity
-from .claims import CLAIM_IAT, CLAIM_ISS, CLAIM_REVOKED, MAX_CTI, MIN_CTI, parse_link, sign_claims
+from .claims import (
+    CLAIM_IAT,
+    CLAIM_ISS,
+    CLAIM_REVOKED,
+    MAX_CTI,
+    MIN_CTI,
+    parse_chain,
+    parse_link,
+    sign_claims,
+)
 from .cose import HDR_ALG, HDR_KID, MAX_DEPTH, decode_sign1, verify_sign1
 
 __all__ = [
@@ -52,6 +62,7 @@ __all__ = [
     "RevocationStore",
     "RevocationUpdate",
     "parse_statement",
+    "revocation_authorities",
     "revoke",
 ]
 
@@ -115,6 +126,28 @@ def revoke(issuer: Identity, token_ids_or_tokens: Iterable[bytes], *, now: float
         raise LocalProtocolError("now must be finite", ErrorCode.INVALID_ARGUMENT)
     claims = {CLAIM_ISS: issuer.agent_id.text, CLAIM_IAT: math.floor(now), CLAIM_REVOKED: ids}
     return sign_claims(issuer, claims)
+
+
+def revocation_authorities(token: bytes, *, max_links: int = 8) -> tuple[AgentId, ...]:
+    """The agents whose statement revokes *token*: the issuer of each link of its chain.
+
+    That is the root issuer and every delegator above the holder (each
+    ancestor's holder); never the token's own holder. The chain's signatures
+    and linkage are verified, so a forged token is not evidence of authority
+    (nor a way to get a real token's ID revoked); trust roots, time and
+    attenuation are not checked.
+
+    Raises:
+        TokenError: ``MALFORMED``, ``TOO_DEEP``, ``CHAIN_INVALID``,
+            ``BAD_SIGNATURE`` (and the other parse codes).
+    """
+    chain = parse_chain(bytes(token), max_links=max_links)
+    for parent, child in itertools.pairwise(chain):
+        if child.issuer != parent.holder:
+            raise TokenError("a link is not issued by its parent's holder", ErrorCode.CHAIN_INVALID)
+    for link in chain:
+        verify_sign1(link.sign1, link.issuer.public_key)
+    return tuple(dict.fromkeys(link.issuer for link in chain))
 
 
 def _malformed(message: str) -> TokenError:

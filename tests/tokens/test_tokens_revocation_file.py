@@ -186,3 +186,18 @@ def test_own_append_is_not_reparsed(tmp_path: Path) -> None:
     store.add(revoke(BOB, [leaf_token()], now=NOW))
     assert not store.reload_if_changed()
     assert store.verified == 1
+
+
+def test_revocation_authorities_are_the_issuers_of_the_chain() -> None:
+    from m2mproto.tokens import delegate
+    from m2mproto.tokens.revocation import revocation_authorities
+
+    t1 = issue(ROOT, ALICE.agent_id, ["x/*=*"], now=NOW, ttl=3600, entropy=counter_entropy(1))
+    t2 = delegate(ALICE, t1, BOB.agent_id, ["x/*=*"], now=NOW, ttl=60, entropy=counter_entropy(2))
+    assert revocation_authorities(t1) == (ROOT.agent_id,)
+    assert revocation_authorities(t2) == (ROOT.agent_id, ALICE.agent_id)  # never BOB, the holder
+    forged = bytearray(t2)
+    forged[-1] ^= 1
+    with pytest.raises(TokenError) as info:
+        revocation_authorities(bytes(forged))
+    assert info.value.code == ErrorCode.BAD_SIGNATURE
