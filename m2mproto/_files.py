@@ -54,14 +54,18 @@ def check_private(
     """Check that the open file *fd* is a regular file of ours with no group/other bits.
 
     Raises:
-        LocalProtocolError: *code* for a non-regular file or a foreign owner;
-            *mode_code* (default *code*) for group/other permission bits.
+        LocalProtocolError: *code* for a non-regular file; *mode_code*
+            (default *code*) for a foreign owner or group/other permission bits.
     """
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise _fail(path, "not a regular file", code)
     if not _owner_ok(st.st_uid):
-        raise _fail(path, f"owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})", code)
+        raise _fail(
+            path,
+            f"owned by uid {st.st_uid}, not by this user (uid {os.geteuid()}) or root",
+            mode_code or code,
+        )
     if st.st_mode & 0o077:
         raise _fail(
             path,

@@ -9,8 +9,11 @@ text encoding of the public key with a checksum (spec/identity.md)::
 so an ID names a key without any PKI, and a mistyped ID is detected. The
 *short form* (the first 12 characters) is for logs only.
 
-Private keys are stored as unencrypted PKCS#8 PEM, written with mode 0600;
-loading a private key file that group or others can read is refused.
+Private keys are stored as unencrypted PKCS#8 PEM, written with mode 0600
+atomically (a fresh temporary file, then a rename) and never through a
+symbolic link at the destination. Loading a private key file that is not a
+regular file, belongs to another user (root excepted) or that group or others
+can access is refused; the checks apply to the file actually opened.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ._files import check_private, write_atomic
 from .errors import AuthenticationError, ErrorCode, LocalProtocolError
 
 __all__ = ["AGENT_ID_PREFIX", "AgentId", "Identity", "verify_signature"]
@@ -192,59 +195,59 @@ class Identity:
         )
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
-        """Write the private key to *path* with mode 0600 (created atomically).
+        """Write the private key to *path* with mode 0600, atomically.
+
+        The key goes to a fresh ``O_EXCL`` temporary file in the same
+        directory, then is renamed into place; a symbolic link at *path* is
+        refused (never followed, never replaced).
 
         Raises:
-            LocalProtocolError: (``KEY_FILE_INVALID``) if the file exists and
-                *overwrite* is false, or it cannot be written.
+            LocalProtocolError: (``KEY_FILE_INVALID``) if *path* is a symbolic
+                link or not a regular file, exists and *overwrite* is false, or
+                cannot be written.
         """
-        target = Path(path)
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
-        try:
-            fd = os.open(target, flags, 0o600)
-        except FileExistsError:
-            raise LocalProtocolError(
-                f"{target}: file exists (refusing to overwrite a key)", ErrorCode.KEY_FILE_INVALID
-            ) from None
-        except OSError as exc:
-            raise LocalProtocolError(
-                f"{target}: cannot write key file ({exc.strerror})", ErrorCode.KEY_FILE_INVALID
-            ) from None
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, self.to_pem())
-        finally:
-            os.close(fd)
+        write_atomic(
+            path, self.to_pem(), mode=0o600, overwrite=overwrite,
+            code=ErrorCode.KEY_FILE_INVALID, what="key",
+        )  # fmt: skip
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Identity:
         """Load a private key written by :meth:`save`.
 
+        A symbolic link is followed (mounted secrets use them); the checks
+        apply to the file actually opened.
+
         Raises:
             LocalProtocolError: ``KEY_FILE_PERMISSIONS`` if group or others can
-                read the file; ``KEY_FILE_INVALID`` if it is missing or not an
-                Ed25519 PKCS#8 PEM key.
+                access the file or another user (not root) owns it;
+                ``KEY_FILE_INVALID`` if it is missing, not a regular file or not
+                an Ed25519 PKCS#8 PEM key.
         """
         target = Path(path)
+        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
         try:
-            st = target.stat()
+            fd = os.open(target, flags)
         except OSError as exc:
             raise LocalProtocolError(
                 f"{target}: cannot read key file ({exc.strerror})", ErrorCode.KEY_FILE_INVALID
             ) from None
-        if not stat.S_ISREG(st.st_mode):
-            raise LocalProtocolError(f"{target}: not a regular file", ErrorCode.KEY_FILE_INVALID)
-        if st.st_mode & 0o077:
-            raise LocalProtocolError(
-                f"{target}: private key is accessible by group or others "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {target}",
-                ErrorCode.KEY_FILE_PERMISSIONS,
+        try:
+            st = check_private(
+                fd, target, ErrorCode.KEY_FILE_INVALID, mode_code=ErrorCode.KEY_FILE_PERMISSIONS
             )
-        if st.st_size > 64 * 1024:
+            if st.st_size > 64 * 1024:
+                raise LocalProtocolError(
+                    f"{target}: too large for a key file", ErrorCode.KEY_FILE_INVALID
+                )
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                data = fh.read(64 * 1024 + 1)
+        except OSError as exc:
             raise LocalProtocolError(
-                f"{target}: too large for a key file", ErrorCode.KEY_FILE_INVALID
-            )
-        data = target.read_bytes()
+                f"{target}: cannot read key file ({exc.strerror})", ErrorCode.KEY_FILE_INVALID
+            ) from None
+        finally:
+            os.close(fd)
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError):

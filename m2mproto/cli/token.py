@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from .._files import write_atomic
 from ..errors import ErrorCode, LocalProtocolError, TokenError
 from ..identity import AgentId, Identity
 from ..tokens import (
@@ -81,22 +81,12 @@ def open_revocations(path: str) -> FileRevocationStore:
         ) from None
 
 
-def write_file(path: str, data: bytes, *, mode: int = 0o644) -> None:
-    """Write *data* to *path* atomically (write to a temporary file, then rename)."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise LocalProtocolError(
-            f"{path}: cannot write ({exc.strerror})", ErrorCode.INVALID_ARGUMENT
-        ) from None
+def write_file(path: str, data: bytes, *, mode: int = 0o600) -> None:
+    """Write *data* to *path* atomically (a fresh ``O_EXCL`` temporary, then a rename).
+
+    A symbolic link at *path* is refused, never followed or replaced.
+    """
+    write_atomic(path, data, mode=mode, overwrite=True, code=ErrorCode.INVALID_ARGUMENT)
 
 
 def _agent(text: str) -> AgentId:
@@ -261,7 +251,13 @@ def cmd_revoke(args: argparse.Namespace) -> int:
                 ErrorCode.INVALID_ARGUMENT,
             )
         tokens.append(token)
-    store = FileRevocationStore(args.out)
+    try:
+        store = FileRevocationStore(args.out)
+    except TokenError as exc:
+        raise LocalProtocolError(
+            f"{args.out}: not a usable revocation file ({exc.code.name}: {exc.message})",
+            ErrorCode.INVALID_ARGUMENT,
+        ) from None
     fresh: list[bytes] = []
     already: list[bytes] = []
     for token in tokens:
@@ -271,7 +267,11 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         elif cti not in fresh:
             fresh.append(cti)
     if fresh:
-        store.add(revoke(revoker, fresh, now=time.time()))
+        statement = revoke(revoker, fresh, now=time.time())
+        try:
+            store.add(statement)
+        except TokenError as exc:
+            raise LocalProtocolError(exc.message, ErrorCode.INVALID_ARGUMENT) from None
     ids, old = [c.hex() for c in fresh], [c.hex() for c in already]
     if args.json:
         print(json.dumps({"file": args.out, "revoked": ids, "already_revoked": old,
