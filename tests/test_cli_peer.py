@@ -78,9 +78,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
     d = tmp_path_factory.mktemp("world")
     ids = {n: ok("keygen", "--out", f"{n}.key", cwd=d).strip() for n in ("root", "a", "b", "srv")}
     ok("token", "issue", "--key", "root.key", "--to", ids["a"], "--cap", "echo=*", "--cap",
-       "log=*", "--out", "a.tok", cwd=d)  # fmt: skip
+       "log=*", "--aud", ids["srv"], "--out", "a.tok", cwd=d)  # fmt: skip
     ok("token", "delegate", "--key", "a.key", "--parent", "a.tok", "--to", ids["b"], "--cap",
-       "echo=*", "--out", "b.tok", cwd=d)  # fmt: skip
+       "echo=*", "--aud", ids["srv"], "--out", "b.tok", cwd=d)  # fmt: skip
     yield d, ids
 
 

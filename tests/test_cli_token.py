@@ -34,9 +34,10 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, st
     d = tmp_path_factory.mktemp("agents")
     ids = {name: ok("keygen", "--out", f"{name}.key", cwd=d).strip() for name in ("root", "a", "b")}
     ok("token", "issue", "--key", "root.key", "--to", ids["a"], "--cap", "orders/*=msg/send",
-       "--cap", "echo=*", "--ttl", "2h", "--out", "a.tok", cwd=d)  # fmt: skip
+       "--cap", "echo=*", "--ttl", "2h", "--any-audience", "--out", "a.tok", cwd=d)  # fmt: skip
     ok("token", "delegate", "--key", "a.key", "--parent", "a.tok", "--to", ids["b"],
-       "--cap", "orders/eu/*=msg/send", "--ttl", "10m", "--out", "b.tok", cwd=d)  # fmt: skip
+       "--cap", "orders/eu/*=msg/send", "--ttl", "10m", "--any-audience", "--out", "b.tok",
+       cwd=d)  # fmt: skip
     return d, ids
 
 
@@ -81,7 +82,7 @@ def test_verify_failures(
 def test_delegate_cannot_widen(agents: tuple[Path, dict[str, str]]) -> None:
     d, ids = agents
     result = m2m("token", "delegate", "--key", "a.key", "--parent", "a.tok", "--to", ids["b"],
-                 "--cap", "admin/*=*", "--out", "bad.tok", cwd=d)  # fmt: skip
+                 "--cap", "admin/*=*", "--any-audience", "--out", "bad.tok", cwd=d)  # fmt: skip
     assert result.returncode == EXIT_CODES["local"]
     assert "INVALID_ARGUMENT" in result.stderr
     assert not (d / "bad.tok").exists()
@@ -91,10 +92,10 @@ def test_revoke_appends_and_revokes_descendants(tmp_path: Path) -> None:
     d = tmp_path
     ids = {name: ok("keygen", "--out", f"{name}.key", cwd=d).strip() for name in ("root", "a", "b")}
     for name in ("a", "c"):
-        ok("token", "issue", "--key", "root.key", "--to", ids["a"], "--cap", "x=*", "--out",
-           f"{name}.tok", cwd=d)  # fmt: skip
+        ok("token", "issue", "--key", "root.key", "--to", ids["a"], "--cap", "x=*",
+           "--any-audience", "--out", f"{name}.tok", cwd=d)  # fmt: skip
     ok("token", "delegate", "--key", "a.key", "--parent", "a.tok", "--to", ids["b"], "--cap",
-       "x=*", "--out", "b.tok", cwd=d)  # fmt: skip
+       "x=*", "--any-audience", "--out", "b.tok", cwd=d)  # fmt: skip
     verify_b = ("token", "verify", "b.tok", "--root", ids["root"], "--revocations", "rev.bin")
     result = m2m(*verify_b, cwd=d)  # a missing file named by the operator is a mistake
     assert result.returncode == EXIT_CODES["local"] and "rev.bin" in result.stderr
@@ -118,9 +119,9 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
     d = tmp_path_factory.mktemp("chain")
     ids = {n: ok("keygen", "--out", f"{n}.key", cwd=d).strip() for n in ("root", "a", "b", "x")}
     ok("token", "issue", "--key", "root.key", "--to", ids["a"], "--cap", "y/*=*",
-       "--out", "a.tok", cwd=d)  # fmt: skip
+       "--any-audience", "--out", "a.tok", cwd=d)  # fmt: skip
     ok("token", "delegate", "--key", "a.key", "--parent", "a.tok", "--to", ids["b"],
-       "--cap", "y/z=*", "--out", "b.tok", cwd=d)  # fmt: skip
+       "--cap", "y/z=*", "--any-audience", "--out", "b.tok", cwd=d)  # fmt: skip
     return d, ids
 
 
@@ -201,3 +202,36 @@ def test_parse_duration_invalid(text: str) -> None:
 
     with pytest.raises(LocalProtocolError):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("command", ["issue", "delegate"])
+def test_audience_is_required_or_explicitly_waived(
+    agents: tuple[Path, dict[str, str]], command: str
+) -> None:
+    d, ids = agents
+    base = [
+        "token",
+        command,
+        "--key",
+        "root.key" if command == "issue" else "a.key",
+        "--to",
+        ids["b"],
+        "--cap",
+        "orders/eu/*=msg/send",
+        "--out",
+        f"aud-{command}.tok",
+    ]
+    if command == "delegate":
+        base += ["--parent", "a.tok"]  # fmt: skip
+    result = m2m(*base, cwd=d)  # neither: refused, nothing written
+    assert result.returncode == EXIT_CODES["usage"]
+    assert "--aud" in result.stderr and "--any-audience" in result.stderr
+    assert not (d / f"aud-{command}.tok").exists()
+    result = m2m(*base, "--aud", ids["root"], "--any-audience", cwd=d)  # both: contradictory
+    assert result.returncode == EXIT_CODES["usage"]
+    ok(*base, "--aud", ids["root"], cwd=d)
+    view = json.loads(ok("token", "inspect", f"aud-{command}.tok", "--json", cwd=d))
+    assert view["claims"]["aud"] == ids["root"]
+    ok(*base, "--any-audience", cwd=d)
+    view = json.loads(ok("token", "inspect", f"aud-{command}.tok", "--json", cwd=d))
+    assert "aud" not in view["claims"]

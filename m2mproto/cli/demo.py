@@ -162,8 +162,11 @@ def run_demo(workdir: Path, backend: str = "asyncio") -> int:
                         ("A", "agent A"), ("B", "agent B")):  # fmt: skip
         print(f"  {label:<15} {ids[name].agent_id.text}")
     now = time.time()
-    tok_a = issue(ids["root"], ids["A"].agent_id, ["echo=*", "log=*"], now=now, ttl=3600)
-    tok_b = delegate(ids["A"], tok_a, ids["B"].agent_id, ["echo=*"], now=now, ttl=600)
+    server = ids["S"].agent_id  # tokens name their audience: only the reference peer accepts them
+    tok_a = issue(ids["root"], ids["A"].agent_id, ["echo=*", "log=*"], now=now, ttl=3600,
+                  audience=server)  # fmt: skip
+    tok_b = delegate(ids["A"], tok_a, ids["B"].agent_id, ["echo=*"], now=now, ttl=600,
+                     audience=server)  # fmt: skip
     (workdir / "a.tok").write_bytes(tok_a)
     (workdir / "b.tok").write_bytes(tok_b)
     (workdir / "revocations.bin").write_bytes(b"")  # the peer requires its revocation file

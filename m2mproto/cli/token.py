@@ -109,7 +109,15 @@ def _add_common_issue_args(p: argparse.ArgumentParser) -> None:
         help="a capability, e.g. orders/eu/*=msg/send (repeatable)",
     )
     p.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
-    p.add_argument("--aud", metavar="AGENT_ID", help="the only peer that may accept the token")
+    audience = p.add_mutually_exclusive_group(required=True)
+    audience.add_argument(
+        "--aud", metavar="AGENT_ID", help="the only peer that may accept the token (required...)"
+    )
+    audience.add_argument(
+        "--any-audience",
+        action="store_true",
+        help="...or: any peer trusting the root may accept it (a token replayable to all of them)",
+    )
     p.add_argument(
         "--max-message-size", type=int, metavar="BYTES", help="caveat: largest message allowed"
     )

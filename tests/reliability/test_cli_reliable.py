@@ -22,7 +22,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
     d = tmp_path_factory.mktemp("rworld")
     ids = {n: ok("keygen", "--out", f"{n}.key", cwd=d).strip() for n in ("root", "a", "srv")}
     ok("token", "issue", "--key", "root.key", "--to", ids["a"], "--cap", "log=*",
-       "--out", "a.tok", cwd=d)  # fmt: skip
+       "--aud", ids["srv"], "--out", "a.tok", cwd=d)  # fmt: skip
     yield d, ids
 
 

@@ -56,7 +56,7 @@ async def test_c_1000_concurrent_sessions(tmp_path: Path) -> None:
     d = tmp_path
     ids = {n: ok("keygen", "--out", f"{n}.key", cwd=d).strip() for n in ("root", "a", "srv")}
     ok("token", "issue", "--key", "root.key", "--to", ids["a"], "--cap", "echo=*",
-       "--out", "a.tok", cwd=d)  # fmt: skip
+       "--aud", ids["srv"], "--out", "a.tok", cwd=d)  # fmt: skip
     identity = Identity.load(d / "a.key")
     from m2mproto.cli.token import read_token
 
