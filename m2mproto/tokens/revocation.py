@@ -352,7 +352,7 @@ class FileRevocationStore(InMemoryRevocationStore):
             return RevocationUpdate(None, 0, b"", 0)
         offset, tail = 0, b""
         same_file = self._stamp is not None and stamp[0] == self._stamp[0]
-        if same_file and stamp[1] >= self._offset:
+        if same_file and stamp[1] > self._offset:  # grew: read only the new bytes
             offset, tail = self._offset, self._tail
         update = RevocationUpdate(stamp, offset, tail, 0)
         if stamp[1] > self.max_file_size:

@@ -201,3 +201,17 @@ def test_revocation_authorities_are_the_issuers_of_the_chain() -> None:
     with pytest.raises(TokenError) as info:
         revocation_authorities(bytes(forged))
     assert info.value.code == ErrorCode.BAD_SIGNATURE
+
+
+def test_same_size_rewrite_is_reparsed(tmp_path: Path) -> None:
+    """Same inode and size, new mtime: read it all again (the new statement counts)."""
+    path = tmp_path / "revoked.cbor"
+    old, new = statements(1, 300)[0], statements(1, 400)[0]
+    assert len(old) == len(new)
+    path.write_bytes(old)
+    store = FileRevocationStore(path)
+    path.write_bytes(new)
+    os.utime(path, ns=(1, 1))  # a different mtime even within one timestamp tick
+    assert store.reload_if_changed()
+    assert store.is_revoked((300).to_bytes(16, "big"), ROOTS)  # kept
+    assert store.is_revoked((400).to_bytes(16, "big"), ROOTS)  # and read
