@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 An Ed25519 verification is the expensive step of token verification (spec/tokens.md
-§6.6 step 6); everything before it is parsing and comparisons.
+§6.6 step 7); everything before it is parsing and comparisons.
 :class:`VerificationCache` remembers links whose signature verified, keyed by the
 SHA-256 of the link's bytes, with the chain above each link (root first), so a
 token presented again -- or a new leaf under known ancestors -- costs hashing and

@@ -8,11 +8,12 @@ Everything that can be decided from the parsed, unverified structure comes
 before the first public-key operation (cheap first, spec/tokens.md
 "Verification cost"):
 
-1. size (``TOO_LARGE``), then structure and chain length while unwrapping the
-   ``prf`` claims (``MALFORMED``, ``BAD_ALG``, ``UNKNOWN_CRITICAL``,
-   ``UNKNOWN_CAVEAT``, ``TOO_DEEP``);
-2. trust root (``UNTRUSTED_ROOT``), linkage (``CHAIN_INVALID``) and the leaf's
-   holder against the authenticated peer (``CNF_MISMATCH``);
+1. size (``TOO_LARGE``); structure of the leaf (``MALFORMED``, ``BAD_ALG``,
+   ``UNKNOWN_CRITICAL``, ``UNKNOWN_CAVEAT``) and its holder against the
+   authenticated peer (``CNF_MISMATCH``) before any ancestor is unwrapped;
+   then structure and chain length of the ``prf`` ancestors (same codes,
+   ``TOO_DEEP``);
+2. trust root (``UNTRUSTED_ROOT``) and linkage (``CHAIN_INVALID``);
 3. one Ed25519 signature per link not already verified, root first
    (``BAD_SIGNATURE``); an optional ``charge`` callback is told how many are
    about to run and may refuse (the authorizer's budget);
@@ -224,17 +225,23 @@ def _check_revocation(chain: Sequence[ChainEntry], revocations: RevocationStore)
             raise TokenError(f"token {entry.token_id.hex()} is revoked", ErrorCode.REVOKED)
 
 
+def _check_holder(leaf: Link, holder: AgentId | None) -> None:
+    if holder is not None and leaf.holder != holder:
+        raise TokenError("token is bound to another key", ErrorCode.CNF_MISMATCH)
+
+
 def _unwrap(
-    token: bytes, max_links: int, cache: VerificationCache | None
+    token: bytes, max_links: int, cache: VerificationCache | None, holder: AgentId | None
 ) -> tuple[tuple[Link, ...], list[tuple[bytes, Link]]]:
-    """Parse *token* and its ``prf`` ancestors, leaf first, up to a cached link.
+    """Parse *token*, check its holder, then parse its ``prf`` ancestors up to a cached link.
 
     Returns the verified chain from the cache (root first, possibly empty) and
     the parsed, unverified links below it with their digests (root first).
 
     Raises:
-        TokenError: ``TOO_DEEP`` (more than *max_links* links in all) or any
-            code of :func:`~m2mproto.tokens.claims.parse_link`.
+        TokenError: any code of :func:`~m2mproto.tokens.claims.parse_link`,
+            ``CNF_MISMATCH`` (as soon as the leaf is parsed, before any
+            ancestor is), ``TOO_DEEP`` (more than *max_links* links in all).
     """
     fresh: list[tuple[bytes, Link]] = []
     known: tuple[Link, ...] = ()
@@ -245,6 +252,8 @@ def _unwrap(
             key = digest(current)
             hit = cache.get(key)
             if hit is not None:
+                if not fresh:
+                    _check_holder(hit[-1], holder)
                 if len(fresh) + len(hit) > max_links:
                     raise TokenError(
                         f"delegation chain longer than {max_links} links", ErrorCode.TOO_DEEP
@@ -254,6 +263,8 @@ def _unwrap(
         if len(fresh) >= max_links:
             raise TokenError(f"delegation chain longer than {max_links} links", ErrorCode.TOO_DEEP)
         link = parse_link(current)
+        if not fresh:
+            _check_holder(link, holder)
         fresh.append((key, link))
         current = link.parent
     fresh.reverse()
@@ -312,16 +323,14 @@ def verify(
     roots = frozenset(trust_roots)
     if cache is not None:
         cache.check_roots(roots)
-    known, fresh = _unwrap(bytes(token), limits.max_chain_length, cache)
+    known, fresh = _unwrap(bytes(token), limits.max_chain_length, cache, holder)
     chain = known + tuple(link for _, link in fresh)
+    leaf = chain[-1]
     if chain[0].issuer not in roots:
         raise TokenError("root issuer is not a trust root", ErrorCode.UNTRUSTED_ROOT)
     for parent, child in itertools.pairwise(chain):
         if child.issuer != parent.holder:
             raise TokenError("link not issued by its parent's holder", ErrorCode.CHAIN_INVALID)
-    leaf = chain[-1]
-    if holder is not None and leaf.holder != holder:
-        raise TokenError("token is bound to another key", ErrorCode.CNF_MISMATCH)
     if fresh and charge is not None:
         charge(len(fresh))
     above = known

@@ -130,6 +130,28 @@ def test_wrong_holder_is_reported_before_time_and_audience() -> None:
         assert code == ErrorCode.CNF_MISMATCH
 
 
+def test_wrong_holder_is_decided_on_the_leaf_before_its_ancestors() -> None:
+    # The leaf's holder is checked before the prf ancestors are unwrapped, so a chain the
+    # peer does not hold costs the parse of one link: too deep, a malformed or untrusted
+    # ancestor, or a broken link behind it are not looked at.
+    too_deep = chain(9)  # held by ALICE
+    assert code_of(lambda: verify(too_deep, trust_roots=ROOTS, now=NOW, holder=BOB.agent_id)) == (
+        ErrorCode.CNF_MISMATCH
+    )
+    from tok_helpers import base_claims
+
+    from m2mproto.tokens.claims import sign_claims
+
+    bad_parent = sign_claims(MALLORY, base_claims() | {8: "not a cnf"})  # MALFORMED if parsed
+    child = sign_claims(ALICE, base_claims() | {1: ALICE.agent_id.text, -65539: bad_parent})
+    assert code_of(lambda: verify(child, trust_roots=ROOTS, now=NOW, holder=ALICE.agent_id)) == (
+        ErrorCode.MALFORMED
+    )
+    assert code_of(lambda: verify(child, trust_roots=ROOTS, now=NOW, holder=BOB.agent_id)) == (
+        ErrorCode.CNF_MISMATCH
+    )
+
+
 def _forged_link() -> bytes:
     # Mallory signs a child of Alice's token: linkage broken (issuer is not the parent's holder).
     from tok_helpers import claims_of
