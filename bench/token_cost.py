@@ -29,6 +29,7 @@ what the older code lacks is reported as null.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -39,7 +40,7 @@ from typing import Any
 
 from m2mproto.config import Configuration
 from m2mproto.connection import NEED_DATA, Connection, Role
-from m2mproto.errors import LocalProtocolError
+from m2mproto.errors import LocalProtocolError, TokenError
 from m2mproto.identity import AgentId, Identity
 from m2mproto.tokens import TokenAuthorizer, TokenLimits, delegate, issue, verify
 
@@ -158,10 +159,8 @@ def bench_verify(n: int) -> dict[str, Any]:
         sig0 = signature_verifications()
         for _ in range(count):
             t0 = time.process_time()
-            try:
+            with contextlib.suppress(TokenError):  # the wrong holder is refused on purpose
                 verify(leaf, trust_roots=[ROOT.agent_id], now=NOW, **kwargs)
-            except Exception:  # noqa: BLE001 - the wrong holder is refused on purpose
-                pass
             samples.append(time.process_time() - t0)
         out[f"verify_{name}_us"] = _median_us(samples)
         out[f"signatures_verify_{name}"] = _per(signature_verifications() - sig0, count)
@@ -182,7 +181,9 @@ def bench_verify(n: int) -> dict[str, Any]:
 
 
 def _per(total: int, n: int) -> float | None:
-    return None if total < 0 else round(total / n, 2)
+    if signature_verifications() < 0:
+        return None  # an older checkout: not counted
+    return round(total / n, 2)
 
 
 def bench_frames(n: int) -> dict[str, Any]:
