@@ -51,7 +51,10 @@ def _slim(link: Link) -> Link:
 
 
 class VerificationCache:
-    """Signature-verified links by SHA-256 of their bytes, bounded, least recently used out."""
+    """Signature-verified links by SHA-256 of their bytes, bounded, least recently used out.
+
+    Not thread-safe: share one between the connections of one event loop.
+    """
 
     def __init__(
         self, *, trust_roots: Iterable[AgentId], max_entries: int = DEFAULT_CACHE_ENTRIES
