@@ -134,7 +134,8 @@ class Configuration:
     max_records_per_key: int = 2**32
     #: Largest token accepted in a TOKEN frame.
     max_token_size: int = 8 * KiB
-    #: Most tokens accepted in the peer's handshake payload (more: TOO_LARGE).
+    #: Most tokens accepted in the peer's handshake payload, when an authorizer is set
+    #: (more: the connection closes, local TOO_LARGE, before any token is verified).
     max_handshake_tokens: int = 8
     #: Total bytes of partial incoming messages held across all streams.
     max_reassembly_bytes: int = 16 * MiB
