@@ -4,7 +4,8 @@ The first input byte picks the entry point, the rest is the untrusted bytes:
 
 * 0: ``verify`` (fixed roots, holder, audience, clock and a revocation store);
   when it accepts, the grant is bound to the holder, rooted in a trust root
-  and live at the clock;
+  and live at the clock; and the verdict through a verification cache shared
+  by every input (twice: filling it, then hitting it) is the uncached one;
 * 1: ``inspect`` (offline view; its result must be JSON-serialisable);
 * 2: ``parse_statement`` (revocation statements);
 * 3: ``FileRevocationStore`` reading the bytes as its file.
@@ -27,6 +28,7 @@ with instrumented(__name__):
     from m2mproto.tokens import (
         FileRevocationStore,
         InMemoryRevocationStore,
+        VerificationCache,
         inspect,
         revoke,
         verify,
@@ -45,6 +47,7 @@ def _world() -> dict[str, Any]:
             holder=identity("alice").agent_id,
             audience=identity("bob").agent_id,
             store=InMemoryRevocationStore([revocation]),
+            cache=VerificationCache(trust_roots=[identity("authority").agent_id]),
             dir=tempfile.mkdtemp(prefix="m2m-fuzz-revocations-"),
         )
     return _STATE
@@ -57,16 +60,25 @@ def check_tokens(data: bytes) -> None:
     w = _world()
     mode, body = data[0] % 4, data[1:]
     if mode == 0:
-        try:
-            grant = verify(
-                body,
-                trust_roots=w["roots"],
-                now=NOW,
-                holder=w["holder"],
-                audience=w["audience"],
-                revocations=w["store"],
-            )
-        except TokenError:
+
+        def run(cache: Any) -> Any:
+            try:
+                return verify(
+                    body,
+                    trust_roots=w["roots"],
+                    now=NOW,
+                    holder=w["holder"],
+                    audience=w["audience"],
+                    revocations=w["store"],
+                    cache=cache,
+                )
+            except TokenError as exc:
+                return exc.code
+
+        grant = run(None)
+        for _ in range(2):
+            assert run(w["cache"]) == grant, "the cache changed a verdict"
+        if not hasattr(grant, "holder"):
             return
         assert grant.holder == w["holder"], "grant bound to another holder"
         assert grant.root in w["roots"], "grant from an untrusted root"

@@ -19,7 +19,7 @@ from typing import Final
 
 from ._conn_budgets import Budgets, _Fail
 from .config import Authorizer, Configuration, TransportParameters
-from .errors import AuthorizationError, ErrorCode, TokenError
+from .errors import AuthorizationError, ErrorCode, TokenBudgetExceeded, TokenError
 from .events import ConnectionClosed, Event, StreamReset
 from .frames import CloseFrame, Frame, KeyUpdateFrame, ResetFrame
 from .handshake import Handshake
@@ -112,6 +112,8 @@ class ConnectionCore:
             return None
         assert self.peer is not None
         try:
+            if at_handshake and len(tokens) > self.config.max_handshake_tokens:
+                raise TokenError("too many tokens in the handshake", ErrorCode.TOO_LARGE)
             return self._authorizer.accept_tokens(self.peer, tokens, self._unix())
         except AuthorizationError as exc:
             if not at_handshake:
@@ -119,6 +121,8 @@ class ConnectionCore:
             wire = exc.code if self.config.wire_token_reason else ErrorCode.TOKEN_INVALID
             if not isinstance(exc, TokenError):
                 wire = ErrorCode.TOKEN_INVALID
+            if isinstance(exc, TokenBudgetExceeded):
+                wire = ErrorCode.ENHANCE_YOUR_CALM
             # The handshake is complete: report it, then the close.
             self._pending_fail = _Fail(exc.code, "token rejected", wire=wire)
             return None

@@ -17,7 +17,13 @@ from __future__ import annotations
 from . import cbor
 from ._conn_base import ConnectionCore, ConnectionState
 from ._conn_budgets import _Fail
-from .errors import AuthorizationError, DecodeError, ErrorCode, RemoteProtocolError
+from .errors import (
+    AuthorizationError,
+    DecodeError,
+    ErrorCode,
+    RemoteProtocolError,
+    TokenBudgetExceeded,
+)
 from .events import (
     DataReceived,
     Event,
@@ -286,6 +292,8 @@ class FrameHandlers(ConnectionCore):
             return TokenRejected(code=ErrorCode.TOO_LARGE)
         try:
             grant = self._accept_tokens((f.token,), at_handshake=False)
+        except TokenBudgetExceeded as exc:
+            raise _Fail(ErrorCode.ENHANCE_YOUR_CALM, exc.message) from None
         except AuthorizationError as exc:
             return TokenRejected(code=exc.code)
         return TokenAccepted(grant=grant)

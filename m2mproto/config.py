@@ -46,6 +46,8 @@ class Authorizer(Protocol):
 
         Raises:
             TokenError: with the precise reason code if a token is invalid.
+            TokenBudgetExceeded: if *peer* made it verify too many signatures
+                (the connection closes with ENHANCE_YOUR_CALM).
         """
         ...
 
@@ -132,6 +134,9 @@ class Configuration:
     max_records_per_key: int = 2**32
     #: Largest token accepted in a TOKEN frame.
     max_token_size: int = 8 * KiB
+    #: Most tokens accepted in the peer's handshake payload, when an authorizer is set
+    #: (more: the connection closes, local TOO_LARGE, before any token is verified).
+    max_handshake_tokens: int = 8
     #: Total bytes of partial incoming messages held across all streams.
     max_reassembly_bytes: int = 16 * MiB
     #: Total bytes the application may queue for sending before send() refuses.
@@ -165,6 +170,7 @@ class Configuration:
         _positive("key_update_after_records", self.key_update_after_records)
         _positive("max_records_per_key", self.max_records_per_key, 2**64 - 2)
         _positive("max_token_size", self.max_token_size, MAX_TOKEN_BYTES)
+        _positive("max_handshake_tokens", self.max_handshake_tokens)
         _positive("max_reassembly_bytes", self.max_reassembly_bytes)
         _positive("max_send_buffer", self.max_send_buffer)
         _timeout("handshake_timeout", self.handshake_timeout, False)

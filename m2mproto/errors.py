@@ -42,6 +42,7 @@ __all__ = [
     "LocalProtocolError",
     "M2MError",
     "RemoteProtocolError",
+    "TokenBudgetExceeded",
     "TokenError",
     "code_name",
 ]
@@ -220,6 +221,16 @@ class TokenError(AuthorizationError):
     """A capability token failed verification; ``code`` is the precise reason."""
 
     default_code = ErrorCode.MALFORMED
+
+
+class TokenBudgetExceeded(AuthorizationError):
+    """The peer exhausted its budget of token signature verifications.
+
+    Not a :class:`TokenError`: the token was not judged. The connection
+    closes with ``ENHANCE_YOUR_CALM`` (spec/tokens.md, verification cost).
+    """
+
+    default_code = ErrorCode.ENHANCE_YOUR_CALM
 
 
 class LimitExceeded(M2MError):

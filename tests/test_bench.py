@@ -80,3 +80,25 @@ def test_bench_quick_json_shape(tmp_path: Path) -> None:
         )
         assert plot.returncode == 2
         assert plot.stderr.strip().count("\n") == 0 and "matplotlib" in plot.stderr
+
+
+def test_token_cost_bench_counts_signatures(tmp_path: Path) -> None:
+    """``python -m bench.token_cost`` runs; its signature counts (not its timings) are checked."""
+    out = tmp_path / "tokens.json"
+    cmd = [sys.executable, "-m", "bench.token_cost", "--frames", "4", "--handshakes", "2"]
+    proc = subprocess.run(
+        [*cmd, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["signatures_verify_uncached"] == 8
+    assert data["signatures_verify_wrong_holder"] == 0
+    assert data["signatures_verify_cached"] == 0
+    assert data["signatures_frame_first_time"] == 8
+    assert data["signatures_frame_cached"] == 0
+    assert data["signatures_frame_wrong_holder"] == 0
+    assert data["signatures_handshake_23_copies_default"] == 0
+    assert data["state_handshake_23_copies_default"] == "CLOSED"
+    assert data["signatures_handshake_23_copies_cap_23"] == 8
+    assert data["state_handshake_23_copies_cap_23"] == "ESTABLISHED"
+    assert all(_positive(v) for k, v in data.items() if k.endswith(("_us", "_ms")))

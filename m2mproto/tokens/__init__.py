@@ -7,6 +7,7 @@ injected (``entropy``). The only I/O is in :class:`FileRevocationStore`.
 from __future__ import annotations
 
 from .authorizer import TokenAuthorizer
+from .cache import VerificationBudget, VerificationCache
 from .capabilities import Capability, Caveats
 from .issue import delegate, issue
 from .revocation import (
@@ -30,6 +31,8 @@ __all__ = [
     "RevocationStore",
     "TokenAuthorizer",
     "TokenLimits",
+    "VerificationBudget",
+    "VerificationCache",
     "delegate",
     "inspect",
     "issue",

@@ -11,6 +11,17 @@ revocation re-checked on every call, so a grant that expires or is revoked
 mid-connection stops covering new operations at once) and whose
 capabilities match the resource and ability. All state is in memory and
 changes only through these calls; nothing here reads a clock.
+
+Verification cost (spec/tokens.md "Verification cost"): tokens are verified
+through a :class:`~m2mproto.tokens.cache.VerificationCache` (the authorizer's
+own, ``limits.verification_cache_entries`` links, unless one is passed in to
+share, e.g. per server), so a link whose signature verified once is not
+verified again; and each peer has a :class:`~m2mproto.tokens.cache.VerificationBudget`
+of ``limits.verification_burst`` signature verifications refilled at
+``limits.verification_rate`` per second of ``now``. A token that needs more
+than is left raises :class:`~m2mproto.errors.TokenBudgetExceeded` before any
+signature is verified (the connection closes with ``ENHANCE_YOUR_CALM``).
+Duplicates and tokens rejected by the cheap checks cost no budget.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from collections.abc import Iterable, Sequence
 
 from ..errors import AuthorizationError, ErrorCode, TokenError
 from ..identity import AgentId
+from .cache import VerificationBudget, VerificationCache
 from .revocation import RevocationStore
 from .verify import DEFAULT_CLOCK_SKEW, Grant, TokenLimits, check_live, verify
 
@@ -36,13 +48,35 @@ class TokenAuthorizer:
         revocations: RevocationStore | None = None,
         limits: TokenLimits | None = None,
         clock_skew: float = DEFAULT_CLOCK_SKEW,
+        cache: VerificationCache | None = None,
     ) -> None:
+        """Args as :func:`~m2mproto.tokens.verify`; *cache* shares verified links.
+
+        Raises:
+            LocalProtocolError: (``INVALID_ARGUMENT``) if *cache* serves other
+                trust roots.
+        """
         self.trust_roots = frozenset(trust_roots)
         self.audience = audience
         self.revocations = revocations
         self.limits = limits or TokenLimits()
         self.clock_skew = clock_skew
+        if cache is None:
+            cache = VerificationCache(
+                trust_roots=self.trust_roots, max_entries=self.limits.verification_cache_entries
+            )
+        cache.check_roots(self.trust_roots)
+        self.cache = cache
         self._grants: dict[AgentId, list[Grant]] = {}
+        self._budgets: dict[AgentId, VerificationBudget] = {}
+
+    def _budget(self, peer: AgentId) -> VerificationBudget:
+        budget = self._budgets.get(peer)
+        if budget is None:
+            limits = self.limits
+            budget = VerificationBudget(limits.verification_burst, limits.verification_rate)
+            self._budgets[peer] = budget
+        return budget
 
     def accept_tokens(self, peer: AgentId, tokens: Sequence[bytes], now: float) -> list[Grant]:
         """Verify *tokens* presented by *peer* and remember the grants.
@@ -55,7 +89,14 @@ class TokenAuthorizer:
 
         Raises:
             TokenError: with the precise code of the first invalid token.
+            TokenBudgetExceeded: (``ENHANCE_YOUR_CALM``) when a token needs more
+                signature verifications than *peer*'s budget has left.
         """
+        budget = self._budget(peer)
+
+        def charge(count: int) -> None:
+            budget.charge(count, now)
+
         grants = [
             verify(
                 token,
@@ -66,6 +107,8 @@ class TokenAuthorizer:
                 revocations=self.revocations,
                 limits=self.limits,
                 clock_skew=self.clock_skew,
+                cache=self.cache,
+                charge=charge,
             )
             for token in tokens
         ]
@@ -119,3 +162,4 @@ class TokenAuthorizer:
     def forget(self, peer: AgentId) -> None:
         """Drop all state about *peer* (call when its connection closes)."""
         self._grants.pop(peer, None)
+        self._budgets.pop(peer, None)

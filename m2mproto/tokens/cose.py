@@ -43,6 +43,7 @@ __all__ = [
     "decode_sign1",
     "encode_sign1",
     "sig_structure",
+    "signature_verifications",
     "verify_sign1",
 ]
 
@@ -61,6 +62,17 @@ _UNDERSTOOD = frozenset({HDR_ALG, HDR_CRIT, HDR_CONTENT_TYPE, HDR_KID})
 _ALLOWED_TAGS = frozenset({COSE_SIGN1_TAG})
 #: Nesting bound for token CBOR (spec/README.md: 32 in tokens).
 MAX_DEPTH = 32
+
+_verifications = 0
+
+
+def signature_verifications() -> int:
+    """Ed25519 verifications :func:`verify_sign1` has started in this process.
+
+    An instrument for tests and benchmarks (the cost of verifying tokens is
+    counted here, where it is spent); it never decides anything.
+    """
+    return _verifications
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +185,10 @@ def verify_sign1(message: Sign1, public_key: bytes, external_aad: bytes = b"") -
         TokenError: ``BAD_SIGNATURE`` if the key is invalid or the signature
             does not verify (wrong length, S >= L, any other bit).
     """
+    global _verifications
     if len(message.signature) != 64:
         raise TokenError("signature must be 64 bytes", ErrorCode.BAD_SIGNATURE)
+    _verifications += 1
     try:
         key = Ed25519PublicKey.from_public_bytes(public_key)
         key.verify(
