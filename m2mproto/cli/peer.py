@@ -3,7 +3,8 @@
 ``serve`` accepts any agent that authenticates and presents a token chain
 rooted at a ``--root``. It serves two built-in resources:
 
-* ``echo`` — a request gets the same message back;
+* ``echo`` — every message comes back as sent (a request gets its reply),
+  stream bytes come back XOR 0xff (spec/interop.md §3);
 * ``log``  — messages are appended to the log (stderr, and ``--log-file`` as
   JSON lines when given).
 
@@ -37,6 +38,9 @@ logger = logging.getLogger("m2mproto.cli")
 
 #: Seconds between checks of the revocation file.
 REVOCATION_POLL = 0.5
+
+#: ``bytes.translate`` table: every byte XOR 0xff (the ``echo`` of stream bytes).
+_XOR_FF = bytes(range(255, -1, -1))
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -151,7 +155,7 @@ class ReferencePeer:
         self.revocations = open_revocations(args.revocations) if args.revocations else None
         self.log_file = Path(args.log_file) if args.log_file else None
         self.server = Server(self.identity, trust_roots=self.roots, revocations=self.revocations)
-        self.server.request("echo")(self.echo)
+        self.server.stream("echo")(self.echo)
         self.dedup = None
         if getattr(args, "reliable", False):
             from ..reliable import MemoryDedup, ReliableReceiver, SqliteDedup
@@ -163,9 +167,24 @@ class ReferencePeer:
             _state_path(args, "dedup.sqlite3")  # refuses --state-dir without --reliable
             self.server.message("log")(self.log)
 
-    async def echo(self, message: Any, ctx: Any) -> Any:
-        logger.info("echo request from %s", ctx.peer.short_id)
-        return message
+    async def echo(self, stream: Any, ctx: Any) -> None:
+        """``echo`` (spec/interop.md §3): each message back on the stream, each
+        byte back XOR 0xff; our end follows the peer's (the router ends it)."""
+        kind = await stream.next_kind()
+        logger.info("echo %s from %s", kind or "(empty)", ctx.peer.short_id)
+        try:
+            if kind == "message":
+                messages = stream.as_message_stream()
+                async for value in messages:
+                    await messages.send(value)
+            elif kind == "bytes":
+                async for chunk in stream:
+                    await stream.send(chunk.translate(_XOR_FF))
+        except LocalProtocolError as exc:
+            if exc.code != ErrorCode.PROTOCOL_ERROR:
+                raise
+            # the peer mixed messages and bytes: the stream is already reset
+            logger.info("echo from %s reset: %s", ctx.peer.short_id, exc)
 
     async def log(self, message: Any, ctx: Any) -> None:
         logger.info("log from %s: %s", ctx.peer.short_id, json.dumps(to_json(message)))

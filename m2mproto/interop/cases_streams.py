@@ -257,6 +257,34 @@ def _peer_window(ctx: Ctx) -> Actual:
     return ctx.observe(s)
 
 
+case(
+    "5.2/4",
+    "Params-EmptyMap-Pass",
+    "5.2: an empty transport-parameter map is valid: every parameter takes its default.",
+    ok(),
+)(lambda ctx: ctx.observe(ctx.session(params={})))
+
+case(
+    "5.2/5",
+    "Params-ZeroStreamLimit-Pass",
+    "5.2: max_concurrent_streams 0 is in range (the peer may open no stream; we still may).",
+    ok(),
+)(lambda ctx: ctx.observe(ctx.session(params={1: 0})))
+
+case(
+    "5.2/6",
+    "Params-ZeroWindow",
+    "5.2: initial_stream_window 0 is out of range (1..2^62-1): PROTOCOL_ERROR.",
+    conn("PROTOCOL_ERROR"),
+)(
+    lambda ctx: (
+        ctx.observe(s)
+        if isinstance(s := ctx.peer(params={2: 0}).handshake(), Session)
+        else Actual("fail", detail="handshake aborted")
+    )
+)
+
+
 # ------------------------------------------------------------------ §5.3 flow control
 
 _FLOW = IUTProfile(
@@ -890,4 +918,110 @@ def _keepalive(ctx: Ctx) -> Actual:
     if not pings:
         return Actual("fail", detail="no keepalive PING")
     s.send(PongFrame(pings[0].payload))
+    return ctx.observe(s)
+
+
+# ------------------------------------------------------------------ §5.7 / frames §2.1: order
+
+
+@case(
+    "5.7/9",
+    "Authz-TokenThenOpenSameRecord",
+    "frames §2.1: a TOKEN frame applies to the later frames of its own record: "
+    "[TOKEN, OPEN, MESSAGE] in one record is authorized by that token.",
+    ok(),
+)
+def _token_then_open(ctx: Ctx) -> Actual:
+    s = ctx.session(tokens=[])
+    data = cbor.encode({"same": "record"})
+    s.send(TokenFrame(holder_token()), OpenFrame(0, "echo"), MessageFrame(0, data, True, True))
+    got = s.receive()
+    if resets(got, 0) or not any(
+        f.stream_id == 0 and f.fragment == data for f in got.of(MessageFrame)
+    ):
+        return Actual("fail", detail="OPEN after TOKEN in one record was not authorized")
+    return ctx.observe(s)
+
+
+@case(
+    "5.7/10",
+    "Authz-OpenThenTokenSameRecord",
+    "frames §2.1: frames act in record order: an OPEN before the TOKEN of its record is "
+    "checked without it (UNAUTHORIZED); the token then applies to later streams.",
+    stream("UNAUTHORIZED"),
+)
+def _open_then_token(ctx: Ctx) -> Actual:
+    s = ctx.session(tokens=[])
+    s.send(OpenFrame(0, "echo"), TokenFrame(holder_token()))
+    s.next_stream = 2
+    return ctx.observe(s, sid=0)
+
+
+# ------------------------------------------------------------------ application.md (§7)
+
+
+@case(
+    "7.1/1",
+    "App-EchoBytesXor",
+    "7.1 / interop §3: STREAM bytes on `echo` come back XOR ff; our end of stream is answered "
+    "by the IUT's.",
+    ok(),
+)
+def _echo_bytes(ctx: Ctx) -> Actual:
+    s = ctx.session()
+    data = bytes(range(256))
+    s.send(OpenFrame(0, "echo"), StreamFrame(0, data, False))
+    got = s.receive()
+    s.send(StreamFrame(0, b"", True))
+    got2 = s.receive()
+    back = b"".join(f.data for f in got.of(StreamFrame) + got2.of(StreamFrame) if f.stream_id == 0)
+    if back != bytes(b ^ 0xFF for b in data):
+        return Actual("fail", detail=f"echo sent back {len(back)} bytes, not the input XOR ff")
+    if (
+        resets(got, 0)
+        or resets(got2, 0)
+        or not any(f.stream_id == 0 and f.end_stream for f in got2.of(StreamFrame))
+    ):
+        return Actual("fail", detail="the IUT did not end its half after ours")
+    s.next_stream = 2
+    return ctx.observe(s)
+
+
+@case(
+    "7.2/1",
+    "App-RequestReplyEnds",
+    "7.2: a request (OPEN, MESSAGE last end) gets one reply message and the IUT's end of "
+    "stream (on the reply or in an empty STREAM frame after it).",
+    ok(),
+)
+def _request_reply(ctx: Ctx) -> Actual:
+    s = ctx.session()
+    data = cbor.encode({"request": 1})
+    s.send(OpenFrame(0, "echo"), MessageFrame(0, data, True, True))
+    got = s.receive()
+    mine = [f for f in got.frames if getattr(f, "stream_id", None) == 0]
+    replies = [f for f in mine if isinstance(f, MessageFrame)]
+    ended = any(getattr(f, "end_stream", False) for f in mine)
+    if [f.fragment for f in replies] != [data] or not replies[0].last or not ended:
+        return Actual("fail", detail=f"not one reply and an end: {mine}")
+    s.next_stream = 2
+    return ctx.observe(s)
+
+
+@case(
+    "7.3/1",
+    "App-OneWayEnded",
+    "7.3: after handling a one-way message the receiver ends its half with an empty STREAM "
+    "frame carrying end-stream, and sends nothing else on the stream.",
+    ok(),
+)
+def _one_way(ctx: Ctx) -> Actual:
+    s = ctx.session()
+    s.send(OpenFrame(0, "log"), MessageFrame(0, cbor.encode({"event": "boot"}), True, True))
+    got = s.receive()
+    mine = [f for f in got.frames if getattr(f, "stream_id", None) == 0]
+    mine = [f for f in mine if not isinstance(f, WindowUpdateFrame)]
+    if mine != [StreamFrame(0, b"", True)]:
+        return Actual("fail", detail=f"expected only STREAM(0, '', end), got {mine}")
+    s.next_stream = 2
     return ctx.observe(s)

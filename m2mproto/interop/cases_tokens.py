@@ -33,6 +33,7 @@ _SECTION = {
     "Audience": "6.6",
     "HolderBinding": "6.6",
     "Revocation": "6.7",
+    "CheckOrder": "6.6",
 }
 
 

@@ -410,6 +410,49 @@ _INVALID_FRAMES: list[tuple[str, str, ErrorCode, str]] = [
         ErrorCode.DECODE_ERROR,
         "map with a duplicate key inside an extension frame",
     ),
+    # Order of the checks when one record breaks several rules (frames.md §2).
+    (
+        "order-arity-before-size",
+        "8306" + "5841" + "00" * 65 + "00",
+        ErrorCode.DECODE_ERROR,
+        "PING with an extra field and a 65-byte payload: rule 4 (arity) before the size rule",
+    ),
+    (
+        "order-range-before-size",
+        "8302" + "1b4000000000000000" + "790101" + "61" * 257,
+        ErrorCode.PROTOCOL_ERROR,
+        "OPEN with stream ID 2^62 and a 257-byte resource: rule 5 (range) before the size rule",
+    ),
+    (
+        "order-fields-in-order",
+        "8401" + "1b4000000000000000" + "626869" + "f5",
+        ErrorCode.PROTOCOL_ERROR,
+        "STREAM with stream ID 2^62 (rule 5) and text data (rule 4): the first field decides",
+    ),
+    (
+        "order-message-flags-first",
+        "8503" + "1b4000000000000000" + "40" + "01" + "f4",
+        ErrorCode.DECODE_ERROR,
+        "MESSAGE with stream ID 2^62 (rule 5) and last as integer (rule 4): flags come first",
+    ),
+    (
+        "order-type-before-value",
+        "8305" + "6161" + "00",
+        ErrorCode.DECODE_ERROR,
+        "WINDOW_UPDATE with a text stream ID and increment 0: rule 4 before the zero rule",
+    ),
+    (
+        "order-first-invalid-frame",
+        "810b" + "83010042",
+        ErrorCode.PROTOCOL_ERROR,
+        "unknown core kind, then a STREAM with 2 fields: the first invalid frame decides",
+    ),
+    (
+        "order-frames-before-key-update-position",
+        "8209f5" + "80",
+        ErrorCode.DECODE_ERROR,
+        "KEY_UPDATE followed by an empty array: every frame decodes before the KEY_UPDATE rule",
+    ),
 ]
 
 
@@ -491,6 +534,171 @@ def _tokens_file() -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------
+# Application conventions (spec/application.md)
+# --------------------------------------------------------------------------
+
+
+def _msg(sid: int, value: Any, *, end: bool) -> MessageFrame:
+    return MessageFrame(sid, cbor.encode(value), True, end)
+
+
+def _end(sid: int) -> StreamFrame:
+    return StreamFrame(sid, b"", True)
+
+
+_ECHO_DATA = bytes.fromhex("00017f80ff")
+
+#: (name, comment, [(sender, [frames of one record])]) -- each on a fresh connection,
+#: so the initiator's first stream is 0. Senders are "initiator" / "responder".
+_EXCHANGES: list[tuple[str, str, list[tuple[str, list[Frame]]]]] = [
+    (
+        "request-reply",
+        "§7.2 request: OPEN and the request (last, end-stream) in one record; the reply is "
+        "one message with last and end-stream. The stream is then closed both ways.",
+        [
+            ("initiator", [OpenFrame(0, "orders/get"), _msg(0, {"id": 42}, end=True)]),
+            ("responder", [_msg(0, {"id": 42, "state": "shipped"}, end=True)]),
+        ],
+    ),
+    (
+        "request-reply-separate-end",
+        "§7.2 the same reply with its end of stream in a separate empty STREAM frame (how a "
+        "stream handler such as the reference echo answers); a requester MUST accept both.",
+        [
+            ("initiator", [OpenFrame(0, "echo"), _msg(0, {"hello": "world"}, end=True)]),
+            ("responder", [_msg(0, {"hello": "world"}, end=False), _end(0)]),
+        ],
+    ),
+    (
+        "one-way",
+        "§7.3 one-way message: OPEN and the message (last, end-stream); after handling it the "
+        "receiver ends its half with an empty STREAM frame carrying end-stream (the stream "
+        "is then closed both ways and stops counting against max_concurrent_streams).",
+        [
+            ("initiator", [OpenFrame(0, "log"), _msg(0, {"event": "boot"}, end=True)]),
+            ("responder", [_end(0)]),
+        ],
+    ),
+    (
+        "one-way-confirmed",
+        "§7.4 confirmed one-way message: the same bytes as one-way; the sender waits for the "
+        "receiver's end of stream (handled) or a RESET (not handled).",
+        [
+            ("initiator", [OpenFrame(0, "log"), _msg(0, {"event": "boot"}, end=True)]),
+            ("responder", [_end(0)]),
+        ],
+    ),
+    (
+        "error-application",
+        "§7.5 error reply: the handler failed; RESET with APPLICATION_ERROR and final size 0 "
+        "(the receiver sent nothing on the stream). The error's reason never travels.",
+        [
+            ("initiator", [OpenFrame(0, "fail"), _msg(0, {"id": 1}, end=True)]),
+            ("responder", [ResetFrame(0, ErrorCode.APPLICATION_ERROR, 0)]),
+        ],
+    ),
+    (
+        "error-refused",
+        "§7.5 no handler for the resource: RESET(REFUSED); the request message that followed "
+        "the OPEN is discarded (its credit is returned).",
+        [
+            ("initiator", [OpenFrame(0, "nothing/here"), _msg(0, {"id": 1}, end=True)]),
+            ("responder", [ResetFrame(0, ErrorCode.REFUSED, 0)]),
+        ],
+    ),
+    (
+        "error-unauthorized",
+        "§7.5 / streams.md §7 the peer holds no stream/open capability for the resource: "
+        "RESET(UNAUTHORIZED).",
+        [
+            ("initiator", [OpenFrame(0, "admin"), _msg(0, {"op": "drop"}, end=True)]),
+            ("responder", [ResetFrame(0, ErrorCode.UNAUTHORIZED, 0)]),
+        ],
+    ),
+    (
+        "byte-stream-echo",
+        "§7.1 byte stream on echo (interop.md §3): STREAM data comes back XOR ff; each side "
+        "ends its half with an empty STREAM frame carrying end-stream.",
+        [
+            (
+                "initiator",
+                [OpenFrame(0, "echo"), StreamFrame(0, bytes.fromhex("00017f80ff"), False)],
+            ),
+            ("responder", [StreamFrame(0, bytes(b ^ 0xFF for b in _ECHO_DATA), False)]),
+            ("initiator", [_end(0)]),
+            ("responder", [_end(0)]),
+        ],
+    ),
+    (
+        "message-stream",
+        "§7.6 message stream: several messages (each last, not end-stream), then the sender's "
+        "end; the receiver consumed them and sends nothing back but its end.",
+        [
+            (
+                "initiator",
+                [OpenFrame(0, "feed"), _msg(0, 1, end=False), _msg(0, [2, "two"], end=False)],
+            ),
+            ("initiator", [_msg(0, {"n": 3}, end=True)]),
+            ("responder", [_end(0)]),
+        ],
+    ),
+    (
+        "fragmented-request",
+        "§7.2 / streams.md §3 a request message of 12 bytes sent as three fragments (last "
+        "false, false, true); only the final fragment carries end-stream.",
+        [
+            (
+                "initiator",
+                [
+                    OpenFrame(0, "orders/get"),
+                    MessageFrame(0, cbor.encode({"id": "abcdefgh"})[:4], False, False),
+                    MessageFrame(0, cbor.encode({"id": "abcdefgh"})[4:8], False, False),
+                    MessageFrame(0, cbor.encode({"id": "abcdefgh"})[8:], True, True),
+                ],
+            ),
+            ("responder", [_msg(0, {"id": "abcdefgh", "state": "new"}, end=True)]),
+        ],
+    ),
+]
+
+
+def _application_file() -> dict[str, Any]:
+    exchanges = []
+    for name, comment, records in _EXCHANGES:
+        out = []
+        for sender, frames in records:
+            plaintext = b"".join(encode_frame(f) for f in frames)
+            messages, partial = [], b""
+            for f in frames:
+                if isinstance(f, MessageFrame):
+                    partial += f.fragment
+                    if f.last:
+                        messages.append(cbor.to_json(cbor.decode(partial)))
+                        partial = b""
+            entry: dict[str, Any] = {
+                "sender": sender,
+                "frames": [frame_to_json(f) for f in frames],
+                "plaintext": _hex(plaintext),
+            }
+            if messages:
+                entry["messages"] = messages
+            out.append(entry)
+        exchanges.append({"name": name, "comment": comment, "records": out})
+    return {
+        "format": _FORMAT,
+        "description": (
+            "Application conventions (spec/application.md): the record plaintexts of requests, "
+            "replies, one-way and confirmed messages, error replies, a byte stream and a "
+            "message stream, each on a fresh connection (the initiator's first stream is 0). "
+            "Record boundaries are not significant (a sender may coalesce or split records); "
+            "the frames and their order per direction are. `messages` lists, in JSON, the "
+            "complete messages a record's MESSAGE frames carry."
+        ),
+        "exchanges": exchanges,
+    }
+
+
+# --------------------------------------------------------------------------
 # Agent IDs
 # --------------------------------------------------------------------------
 
@@ -557,6 +765,7 @@ FILES: dict[str, Callable[[], dict[str, Any]]] = {
     "frames.json": _frames_file,
     "tokens.json": _tokens_file,
     "agent_ids.json": _agent_ids_file,
+    "application.json": _application_file,
 }
 
 

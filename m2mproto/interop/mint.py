@@ -202,13 +202,18 @@ def _cti(n: int) -> bytes:
     return hashlib.sha256(b"cti" + n.to_bytes(4, "big")).digest()[:16]
 
 
-def _chain(length: int, caps: Sequence[Sequence[str]] = (("*", "*"),)) -> bytes:
-    """A valid chain ROOT -> a1 -> ... -> HOLDER of *length* links."""
+def _chain(
+    length: int, caps: Sequence[Sequence[str]] = (("*", "*"),), *, malformed_link: int = -1
+) -> bytes:
+    """A valid chain ROOT -> a1 -> ... -> HOLDER of *length* links (link *malformed_link*,
+    counted from the root, gets an unknown claim key)."""
     holders = [identity(f"link{i}") for i in range(1, length)] + [HOLDER]
     signer: Identity = ROOT
     token: bytes | None = None
     for i, holder in enumerate(holders):
         claims = claims_for(signer, holder, caps, cti=_cti(100 + i), parent=token)
+        if i == malformed_link:
+            claims[99] = 1
         token = craft_token(signer, claims)
         signer = holder
     assert token is not None
@@ -516,7 +521,92 @@ def token_catalog() -> list[TokenCase]:
         ErrorCode.REVOKED,
         "Revocation",
     )
+    _order_cases(bad)
     return out
+
+
+def _order_cases(bad: Callable[..., None]) -> None:
+    """Tokens that break several rules at once: the code is the first step of
+    spec/tokens.md §6.6 that fails (times far from the skew boundaries)."""
+    r, h, o = ROOT, HOLDER, OTHER
+    past, future = NOW - 7200, NOW + 7200
+    caps = (("echo", "*"),)
+    bad(
+        "OrderTimeBeforeAudience",
+        "exp long past and aud naming another agent: time before audience",
+        craft_token(r, claims_for(r, h, caps, cti=_cti(30), exp=past, nbf=past - 3600,
+                                  aud=o.agent_id)),
+        ErrorCode.EXPIRED,
+        "CheckOrder",
+    )  # fmt: skip
+    bad(
+        "OrderHolderBeforeTime",
+        "exp long past and bound to another agent: holder before time",
+        craft_token(r, claims_for(r, o, caps, cti=_cti(31), exp=past, nbf=past - 3600)),
+        ErrorCode.CNF_MISMATCH,
+        "CheckOrder",
+    )
+    bad(
+        "OrderHolderBeforeAudience",
+        "aud naming another agent and bound to another agent: holder before audience",
+        craft_token(r, claims_for(r, o, caps, cti=_cti(32), aud=o.agent_id)),
+        ErrorCode.CNF_MISMATCH,
+        "CheckOrder",
+    )
+    bad(
+        "OrderHolderBeforeAllowedPeers",
+        "allowed_peers excluding the verifier and bound to another agent: holder before "
+        "allowed_peers",
+        craft_token(
+            r,
+            claims_for(r, o, caps, cti=_cti(33), caveats={"allowed_peers": [o.agent_id.text]}),
+        ),
+        ErrorCode.CNF_MISMATCH,
+        "CheckOrder",
+    )
+    parent = craft_token(r, claims_for(r, o, caps, cti=_cti(34), nbf=future, exp=future + 3600))
+    bad(
+        "OrderTimeRootFirst",
+        "root not yet valid, leaf expired: links are checked root first",
+        craft_token(o, claims_for(o, h, caps, cti=_cti(35), nbf=past - 3600, exp=past,
+                                  parent=parent)),
+        ErrorCode.NOT_YET_VALID,
+        "CheckOrder",
+    )  # fmt: skip
+    stranger = identity("stranger")
+    untrusted = craft_token(o, claims_for(o, h, caps, cti=_cti(36)))
+    bad(
+        "OrderRootBeforeLinkage",
+        "root issued by an untrusted agent and a child not issued by its parent's holder",
+        craft_token(stranger, claims_for(stranger, h, caps, cti=_cti(37), parent=untrusted)),
+        ErrorCode.UNTRUSTED_ROOT,
+        "CheckOrder",
+    )
+    trusted = craft_token(r, claims_for(r, o, caps, cti=_cti(38)))
+    bad(
+        "OrderLinkageBeforeTime",
+        "a child not issued by its parent's holder, and expired: linkage before time",
+        craft_token(stranger, claims_for(stranger, h, caps, cti=_cti(39), exp=past,
+                                         nbf=past - 3600, parent=trusted)),
+        ErrorCode.CHAIN_INVALID,
+        "CheckOrder",
+    )  # fmt: skip
+    bad(
+        "OrderTooDeepBeforeParsing",
+        "nine links whose root (the ninth from the leaf) is malformed: the link past the "
+        "limit is not parsed",
+        _chain(9, malformed_link=0),
+        ErrorCode.TOO_DEEP,
+        "CheckOrder",
+    )
+    bad(
+        "OrderParsedWithinLimit",
+        "nine links whose second link (the eighth from the leaf) is malformed: links are "
+        "parsed from the leaf, so the error comes before the depth limit is reached",
+        _chain(9, malformed_link=1),
+        ErrorCode.MALFORMED,
+        "CheckOrder",
+    )
 
 
 def _payload_of(token: bytes) -> bytes:

@@ -51,6 +51,7 @@ CHAPTERS = {
     "4": "frames",
     "5": "streams, flow control, close",
     "6": "tokens & authorization",
+    "7": "application conventions",
 }
 
 

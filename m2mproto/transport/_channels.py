@@ -139,6 +139,29 @@ class _StreamBase:
         if chan.send_ended:
             raise anyio.ClosedResourceError
 
+    async def next_kind(self) -> str | None:
+        """Wait for the peer's next item on the stream without taking it.
+
+        Returns ``"message"`` (a MESSAGE) or ``"bytes"`` (STREAM data): what
+        the next ``receive`` would take, so a handler can tell a message stream
+        from a byte stream (spec/application.md); ``None`` once the peer ended
+        the stream and nothing is left to read.
+
+        Raises:
+            AuthorizationError / StreamResetError / ConnectionClosedError.
+        """
+        chan, session = self._chan, self._session
+        for _ in iter(int, 1):  # until an item, the end, a reset or the close
+            if chan.inbox:
+                return "message" if chan.inbox[0][0] else "bytes"
+            if chan.recv_ended:
+                return None
+            session._check_open()
+            if chan.reset is not None:
+                raise reset_error(chan.stream_id, *chan.reset)
+            await chan.changed.wait()
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def send_eof(self) -> None:
         """End our half of the stream (the peer's reads then end)."""
         chan = self._chan
@@ -176,6 +199,10 @@ class DataStream(_StreamBase, ByteStream):
     ``send`` waits for flow-control credit; ``receive`` raises
     ``anyio.EndOfStream`` at the peer's end of stream.
     """
+
+    def as_message_stream(self) -> MessageStream:
+        """The same stream read and written as CBOR messages (one stream, one state)."""
+        return MessageStream(self._session, self._chan)
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         """Return up to *max_bytes* bytes.
@@ -223,6 +250,10 @@ class DataStream(_StreamBase, ByteStream):
 
 class MessageStream(_StreamBase, ObjectStream[Any]):
     """A stream of CBOR messages (an ``anyio.abc.ObjectStream``)."""
+
+    def as_data_stream(self) -> DataStream:
+        """The same stream read and written as bytes (one stream, one state)."""
+        return DataStream(self._session, self._chan)
 
     async def receive(self) -> Any:
         """Return the next message.
