@@ -12,7 +12,7 @@ STAMP   = $(VENV)/.installed-dev
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./interop
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check m2mproto
+	$(BIN)/ruff check m2mproto interop
 
 typecheck: $(STAMP)
 	$(BIN)/mypy m2mproto

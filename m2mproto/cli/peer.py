@@ -41,13 +41,10 @@ REVOCATION_POLL = 0.5
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
-    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise LocalProtocolError(f"expected HOST:PORT, got {text!r}", ErrorCode.INVALID_ARGUMENT)
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
+    """:func:`m2mproto.transport.parse_hostport`, imported only when used (fast start-up)."""
+    from ..transport import parse_hostport as parse
+
+    return parse(text)
 
 
 def _parse_json(text: str) -> Any:

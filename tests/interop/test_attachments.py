@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from m2m_interop import mint, runner
+from m2m_interop.framework import CASES, select
+from m2m_interop.inprocess import IUTProfile
+from m2m_interop.netlink import ShimLink, Unsupported, shim_factory, tcp_factory
 from m2mproto.identity import Identity
-from m2mproto.interop import mint, runner
-from m2mproto.interop.framework import CASES, select
-from m2mproto.interop.inprocess import IUTProfile
-from m2mproto.interop.netlink import ShimLink, Unsupported, shim_factory, tcp_factory
 
-SHIM = f"{sys.executable} -m m2mproto.interop.shim"
+SHIM = f"{sys.executable} -m m2m_interop.shim"
 SLICE = ["2.1/1", "2.3/3", "2.5/1", "3.1/7", "4.2/3", "5.4/3", "5.7/1", "6.6/2", "5.5/1"]
 
 

@@ -1,4 +1,4 @@
-"""The fault proxy against a real server (issue 10 §2, CONFORMANCE R8/R9).
+"""The fault proxy against a real server (m2mproto.testing.faultproxy).
 
 Invariants, for every fault: the run ends within a bound (no hang);
 corruption is never delivered (every delivered payload matches its hash);

@@ -1,4 +1,4 @@
-"""Server admission limits and hostile peers on loopback (issue 10 §1, CONFORMANCE R12).
+"""Server admission limits and hostile peers on loopback (spec/streams.md §7 limits).
 
 Every attack runs against a real ``Server`` on 127.0.0.1 while a benign client
 (from 127.0.0.2, so per-source limits do not hit it) completes a handshake and
