@@ -132,3 +132,60 @@ def test_bench_from_the_checkout_leaves_sys_path_alone(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "usage: python -m bench" in r.stdout
     assert f"bench module: {ROOT / 'bench' / '__init__.py'}" in r.stdout
+
+
+# -- --backend trio without trio -----------------------------------------------------------
+
+TRIO_HINT = "trio is not installed: pip install 'm2mproto[trio]'"
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, str]:
+    from m2mproto import Identity
+
+    root, server = Identity.generate(), Identity.generate()
+    server.save(tmp_path / "server.key")
+    return {"root": root.agent_id.text, "server": str(tmp_path / "server.key")}
+
+
+def _argv(command: str, keys: dict[str, str]) -> list[str]:
+    if command == "serve":
+        return ["serve", "--key", keys["server"], "--listen", "127.0.0.1:0",
+                "--root", keys["root"], "--backend", "trio"]  # fmt: skip
+    if command == "request":
+        return ["request", "--key", keys["server"], "--connect", "127.0.0.1:9",
+                "--backend", "trio", "echo", "{}"]  # fmt: skip
+    return ["demo", "--backend", "trio"]
+
+
+@pytest.mark.parametrize("command", ["serve", "demo", "request"])
+def test_backend_trio_without_trio_is_one_line(command: str, keys: dict[str, str],
+                                               tmp_path: Path) -> None:
+    r = m2m("trio", *_argv(command, keys), cwd=tmp_path)
+    assert r.returncode == EXIT_CODES["local"], r.stdout + r.stderr
+    assert r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0] == f"m2m: INVALID_ARGUMENT: --backend trio: {TRIO_HINT}"
+
+
+def test_backend_asyncio_does_not_need_trio(keys: dict[str, str], tmp_path: Path) -> None:
+    """With trio unimportable, the default backend still runs a whole demo."""
+    r = m2m("trio", "demo", cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "All steps behaved as expected" in r.stdout
+
+
+def test_backend_trio_with_trio_starts(keys: dict[str, str], tmp_path: Path) -> None:
+    """The check lets an installed trio through: the reference peer starts on trio."""
+    pytest.importorskip("trio")
+    proc = subprocess.Popen([sys.executable, "-m", "m2mproto", *_argv("serve", keys), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("listening on 127.0.0.1:"), line
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -32,7 +32,7 @@ from ..identity import AgentId, Identity
 from ..tokens import FileRevocationStore
 from .token import read_token
 
-__all__ = ["parse_hostport", "register"]
+__all__ = ["parse_hostport", "register", "require_backend"]
 
 logger = logging.getLogger("m2mproto.cli")
 
@@ -53,6 +53,25 @@ def _parse_json(text: str) -> Any:
     except json.JSONDecodeError as exc:
         raise LocalProtocolError(
             f"message is not valid JSON: {exc.msg} at column {exc.colno}",
+            ErrorCode.INVALID_ARGUMENT,
+        ) from None
+
+
+def require_backend(backend: str) -> None:
+    """Fail with one line if the optional async *backend* (trio) is not installed.
+
+    Raises:
+        LocalProtocolError: (``INVALID_ARGUMENT``) ``--backend trio`` without trio.
+    """
+    if backend != "trio":
+        return
+    try:
+        import trio  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "trio":
+            raise
+        raise LocalProtocolError(
+            "--backend trio: trio is not installed: pip install 'm2mproto[trio]'",
             ErrorCode.INVALID_ARGUMENT,
         ) from None
 
@@ -208,6 +227,7 @@ class ReferencePeer:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    require_backend(args.backend)
     _setup_logging(args.quiet)
     peer = ReferencePeer(args)
     anyio.run(peer.run, backend=args.backend)
@@ -268,6 +288,7 @@ async def _client(args: argparse.Namespace, value: Any) -> Any:
 
 
 def cmd_client(args: argparse.Namespace) -> int:
+    require_backend(args.backend)
     value = _parse_json(args.message)
     started = time.monotonic()
     try:
