@@ -21,6 +21,7 @@ SHIM = f"{sys.executable} -m m2m_interop.shim"
 SLICE = ["2.1/1", "2.3/3", "2.5/1", "3.1/7", "4.2/3", "5.4/3", "5.7/1", "6.6/2", "5.5/1"]
 
 
+@pytest.mark.slow
 def test_shim_slice_passes() -> None:
     cases = [c for c in CASES if c.id in SLICE]
     results = runner.run_cases(cases, shim_factory(SHIM), capabilities=runner.CAPABILITIES["shim"])
@@ -80,6 +81,7 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, 
             proc.wait()
 
 
+@pytest.mark.slow
 def test_tcp_target_slice(serve: tuple[str, int, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     host, port, root_key = serve
     monkeypatch.setattr(mint, "ROOT", mint.ROOT)  # restored after the test

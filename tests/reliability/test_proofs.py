@@ -31,7 +31,7 @@ from m2mproto.reliable import Delivery, ReliableReceiver, ReliableSender, Sqlite
 from m2mproto.testing.faultproxy import FaultProxy, Schedule
 from m2mproto.transport import Server
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 LONG = os.environ.get("M2M_LONG") == "1"
 #: Fast failure detection so blackholes cost about a second each.

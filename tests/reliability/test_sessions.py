@@ -137,4 +137,4 @@ async def test_c_1000_concurrent_sessions(tmp_path: Path) -> None:
     gc.collect()
     assert fds() <= base_fds and tasks() <= base_tasks
     assert requests >= SESSIONS * (HOLD / 3 - 1)
-    assert per_session < 64  # KiB: the R4 budget
+    assert per_session < 64  # KiB per session: the memory budget
