@@ -1,28 +1,42 @@
 # Two commands do all set-up on a fresh clone: `make demo` and `make test`.
-# The Makefile creates and reuses a local virtualenv (.venv) with the project
-# installed in editable mode and the extras it needs.
+# The Makefile creates and reuses a local virtualenv (.venv): `make` (or
+# `make test`) installs the project in editable mode with the dev extra plus
+# the interoperability suite (interop/); `make demo` installs only the project.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-dev
+BASE    = $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check clean
+.PHONY: demo test test-fast lint typecheck check clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# Everything for development: the dev extra (tests, linters) and m2mproto-interop.
+$(STAMP): pyproject.toml interop/pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./interop
+	touch $(STAMP) $(BASE)
 
-demo: $(STAMP)
+# Just the library and the m2m command (what the demo needs).
+$(BASE): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	touch $(BASE)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+demo: $(BASE)
 	$(BIN)/m2m demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The suite without the tests marked slow (long soak and scale runs).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
 lint: $(STAMP)
-	$(BIN)/ruff check m2mproto
+	$(BIN)/ruff check m2mproto interop
 
 typecheck: $(STAMP)
 	$(BIN)/mypy m2mproto

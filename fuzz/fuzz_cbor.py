@@ -1,4 +1,4 @@
-"""F2a: the deterministic CBOR decoder (m2mproto.cbor.decode / decode_prefix).
+"""The deterministic CBOR decoder (m2mproto.cbor.decode / decode_prefix).
 
 Invariant: the decoder accepts or raises ``DecodeError``. When it accepts,
 the input is canonical, so ``encode(decode(data)) == data`` byte for byte,

@@ -1,4 +1,4 @@
-"""F6: a full Connection after a completed handshake, fed validly encrypted frames.
+"""A full Connection after a completed handshake, fed validly encrypted frames.
 
 Theory of operation
 -------------------

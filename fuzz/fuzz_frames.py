@@ -1,4 +1,4 @@
-"""F2: the frame decoder on record plaintext (m2mproto.frames.decode_frames).
+"""The frame decoder on record plaintext (m2mproto.frames.decode_frames).
 
 Invariant: ``decode_frames`` accepts or raises ``RemoteProtocolError``
 (``DecodeError`` included). When it accepts, re-encoding every frame gives

@@ -1,4 +1,4 @@
-"""F3/F4: the handshake driver (m2mproto.handshake.Handshake) in each role and state.
+"""The handshake driver (m2mproto.handshake.Handshake) in each role and state.
 
 The first input byte picks the scenario, the rest is what the peer sends:
 

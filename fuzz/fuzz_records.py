@@ -1,4 +1,4 @@
-"""F1: the record layer (m2mproto.records) with a fixed key.
+"""The record layer (m2mproto.records) with a fixed key.
 
 Two modes, picked by the first byte:
 

@@ -1,4 +1,4 @@
-"""F7: differential round trip of structured frames (no exception allowed).
+"""Differential round trip of structured frames (no exception allowed).
 
 The input is a small grammar (``_common.ByteReader``) that builds a list of
 frames with arbitrary field values inside the types of ``m2mproto.frames``.

@@ -1,4 +1,4 @@
-"""F5: token decoding and verification (m2mproto.tokens), fixed clock, roots and holder.
+"""Token decoding and verification (m2mproto.tokens), fixed clock, roots and holder.
 
 The first input byte picks the entry point, the rest is the untrusted bytes:
 

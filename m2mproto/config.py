@@ -1,11 +1,10 @@
 """Connection configuration, transport parameters and the authorization hook.
 
-Every limit is configuration with a safe default (spec/streams.md §7). The
-defaults follow ../shared/CONFORMANCE.md §3: 1 MiB messages, 100 concurrent
-streams per direction, 256 KiB stream and 1 MiB connection windows, 10 s
-handshake deadline, at most 256 queued control responses, 32 consecutive
-non-productive frames, 32 key updates without data, and a stream open/reset
-budget of 200 refilled at 50/s.
+Every limit is configuration with a safe default (spec/streams.md §7): 1 MiB
+messages, 100 concurrent streams per direction, 256 KiB stream and 1 MiB
+connection windows, 10 s handshake deadline, at most 256 queued control
+responses, 32 consecutive non-productive frames, 32 key updates without data,
+and a stream open/reset budget of 200 refilled at 50/s.
 
 ``entropy`` is the only source of randomness in the core; ``os.urandom`` is
 named here and nowhere else in it.

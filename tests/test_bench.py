@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 RATIO_KEYS = {
@@ -32,6 +34,7 @@ def _positive(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and x > 0
 
 
+@pytest.mark.slow
 def test_bench_quick_json_shape(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "bench", "--quick", "--duration", "0.03"]

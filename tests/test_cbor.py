@@ -33,6 +33,7 @@ values = st.recursive(
 )
 
 
+@pytest.mark.slow
 @given(values)
 def test_round_trip_and_reencode_identical(value: object) -> None:
     encoded = cbor.encode(value)

@@ -59,6 +59,7 @@ _values = st.recursive(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300)
 @given(_values)
 def test_encoder_fast_paths_match_general_path(value: object) -> None:

@@ -84,6 +84,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
     yield d, ids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_full_flow(world: tuple[Path, dict[str, str]], backend: str) -> None:
     d, ids = world
@@ -135,6 +136,7 @@ def test_full_flow(world: tuple[Path, dict[str, str]], backend: str) -> None:
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 def test_client_failures(world: tuple[Path, dict[str, str]]) -> None:
     d, ids = world
     peer = start_serve(d, "--root", ids["root"])
@@ -162,6 +164,7 @@ def test_client_failures(world: tuple[Path, dict[str, str]]) -> None:
         assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_serve_untrusted_root_refuses_tokens(world: tuple[Path, dict[str, str]]) -> None:
     d, ids = world
     peer = start_serve(d, "--root", ids["b"])  # trusts someone else
@@ -181,6 +184,7 @@ def test_serve_user_mistakes(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_demo(tmp_path: Path) -> None:
     result = m2m("demo", cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -192,6 +196,7 @@ def test_demo(tmp_path: Path) -> None:
     assert "All steps behaved as expected" in out
 
 
+@pytest.mark.slow
 def test_make_demo(tmp_path: Path) -> None:
     """The README's main command, through the Makefile, with this test run's virtualenv."""
     root = Path(__file__).resolve().parent.parent

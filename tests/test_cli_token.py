@@ -88,6 +88,7 @@ def test_delegate_cannot_widen(agents: tuple[Path, dict[str, str]]) -> None:
     assert not (d / "bad.tok").exists()
 
 
+@pytest.mark.slow
 def test_revoke_appends_and_revokes_descendants(tmp_path: Path) -> None:
     d = tmp_path
     ids = {name: ok("keygen", "--out", f"{name}.key", cwd=d).strip() for name in ("root", "a", "b")}

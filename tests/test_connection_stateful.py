@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from helpers import Pair, seeded_entropy
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -130,7 +131,8 @@ class ConnectionMachine(RuleBasedStateMachine):
 
 
 TestConnectionMachine = ConnectionMachine.TestCase
-# CONFORMANCE.md R11: 1,000 examples x 50 steps per run; 20,000 in the extended profile.
+TestConnectionMachine.pytestmark = [pytest.mark.slow]  # type: ignore[attr-defined]
+# 1,000 examples x 50 steps per run; 20,000 in the extended profile.
 _EXAMPLES = 20_000 if os.environ.get("HYPOTHESIS_PROFILE") == "extended" else 1_000
 TestConnectionMachine.settings = settings(
     max_examples=_EXAMPLES, stateful_step_count=50, deadline=None

@@ -80,7 +80,7 @@ def test_connection_windows_is_a_frozen_snapshot() -> None:
     assert snap.send_sent == 0 and p.a.connection_windows().send_sent == 3
 
 
-# -- the dribble rule (spec/streams.md §6, CONFORMANCE 5.2/6, CVE-2019-9511) -------------
+# -- the dribble rule (spec/streams.md §6, runner case 5.3/10 Flow-Dribble, CVE-2019-9511) --
 
 #: b advertises a 64-byte stream window: a grant below min(1024, 64 // 2) = 32 is small.
 SMALL_WINDOW = 64

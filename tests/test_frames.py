@@ -126,7 +126,7 @@ def _code_of(raw: bytes) -> ErrorCode:
         (cbor.encode([10, 0, b"r"]), ErrorCode.DECODE_ERROR),
         # KEY_UPDATE not last in its record
         (cbor.encode([9, False]) + cbor.encode([6, b""]), ErrorCode.PROTOCOL_ERROR),
-        # CBOR profile violations (CONFORMANCE 4.1/x)
+        # CBOR profile violations (spec/frames.md §1; the runner's cases 4.1/*)
         (b"\x81" * 10000 + b"\x80", ErrorCode.DECODE_ERROR),  # depth 10000
         (b"\x81" * 16 + b"\x80", ErrorCode.DECODE_ERROR),  # depth 17
         (b"\xbf\x61\x61\x01\xff", ErrorCode.DECODE_ERROR),  # indefinite map

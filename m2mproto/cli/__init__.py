@@ -151,6 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_bench(argv[1:])
         except M2MError as exc:
             return report(exc)
+    if argv[:1] == ["interop"]:  # say how to install the suite before argparse sees its options
+        from .interop import installed, missing_error
+
+        if not installed():
+            return report(missing_error())
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)

@@ -27,6 +27,7 @@ from ..errors import M2MError
 from ..identity import Identity
 from ..tokens import FileRevocationStore, delegate, issue, revoke
 from . import error_name
+from .peer import require_backend
 
 __all__ = ["register", "run_demo"]
 
@@ -197,6 +198,7 @@ def run_demo(workdir: Path, backend: str = "asyncio") -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    require_backend(args.backend)
     if args.keep:
         workdir = Path(args.keep)
         workdir.mkdir(parents=True, exist_ok=True)

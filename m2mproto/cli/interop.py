@@ -1,99 +1,61 @@
-"""``m2m interop ...``: vector runners, vector generator and the conformance runner."""
+"""``m2m interop ...``: provided by the separate interoperability distribution.
+
+The conformance runner, the vector generator and checkers live in the
+``m2mproto-interop`` distribution (import package ``m2m_interop``, directory
+``interop/`` of a checkout). When it is installed, its ``register`` adds the
+``interop`` commands; otherwise ``m2m interop`` prints one line saying how to
+install it and exits with the user-mistake status.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import Any
 
-_DEFAULT_VECTORS = Path("interop") / "vectors"
+from ..errors import ErrorCode, LocalProtocolError
+
+#: How to get the interoperability suite (printed when it is missing).
+INSTALL_HINT = "pip install ./interop (from a checkout) or pip install m2mproto-interop"
+
+
+def installed() -> bool:
+    """Whether the interoperability suite (``m2m_interop``) can be imported."""
+    try:
+        import m2m_interop  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "m2m_interop":
+            raise
+        return False
+    return True
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("interop", help="interoperability tools: vector runners, conformance")
-    isub = p.add_subparsers(dest="interop_command", metavar="SUBCOMMAND")
-    v = isub.add_parser(
-        "noise-vectors",
-        help="replay Noise test-vector files (cacophony, snow, noise-c, flynn dialects)",
+    if installed():
+        from m2m_interop.cli import register as register_suite
+
+        register_suite(sub)
+    else:
+        register_missing(sub)
+
+
+def register_missing(sub: Any) -> None:
+    """Register an ``interop`` command that only says how to install the suite."""
+    p = sub.add_parser(
+        "interop",
+        help="interoperability tools (not installed: pip install ./interop)",
+        add_help=False,
     )
-    v.add_argument("files", nargs="+", metavar="FILE", help="JSON vector files")
-    v.add_argument("-v", "--verbose", action="store_true", help="one line per vector")
-    v.set_defaults(handler=cmd_noise_vectors)
+    p.add_argument("interop_args", nargs=argparse.REMAINDER)
+    p.set_defaults(handler=cmd_missing)
 
-    g = isub.add_parser("vectors", help="write or check the m2mproto vector files")
-    mode = g.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--write", action="store_true", help="(re)generate the files")
-    mode.add_argument("--check", action="store_true", help="fail if a file differs")
-    g.add_argument(
-        "--dir",
-        type=Path,
-        default=_DEFAULT_VECTORS,
-        help=f"vector directory (default: {_DEFAULT_VECTORS})",
+
+def cmd_missing(args: argparse.Namespace) -> int:
+    raise missing_error()
+
+
+def missing_error() -> LocalProtocolError:
+    """The one-line error for ``m2m interop ...`` without the suite."""
+    return LocalProtocolError(
+        f"the interoperability suite is not installed: {INSTALL_HINT}",
+        ErrorCode.INVALID_ARGUMENT,
     )
-    g.set_defaults(handler=cmd_vectors)
-
-    r = isub.add_parser("run", help="run the conformance suite (in-process by default)")
-    r.add_argument("--list", action="store_true", help="list the cases and their requirements")
-    r.add_argument(
-        "--case",
-        action="append",
-        default=[],
-        metavar="PATTERN",
-        help="run only cases whose ID or name matches (glob or prefix; repeatable)",
-    )
-    r.add_argument("--json", type=Path, metavar="FILE", help="write a JSON report")
-    r.add_argument("--junit", type=Path, metavar="FILE", help="write a JUnit XML report")
-    r.add_argument("-q", "--quiet", action="store_true", help="no per-case progress lines")
-    r.add_argument(
-        "--no-sanity", action="store_true", help="skip the benign sessions around hostile cases"
-    )
-    r.add_argument("--target", metavar="HOST:PORT", help="test a running peer over TCP")
-    r.add_argument("--root-key", metavar="FILE", help="with --target: the root key the peer trusts")
-    r.add_argument(
-        "--shim",
-        metavar="COMMAND",
-        help="test an implementation through its shim (spec/interop.md)",
-    )
-    r.set_defaults(handler=cmd_run)
-
-    sh = isub.add_parser("shim", help="the reference implementation's shim (spec/interop.md)")
-    from ..interop.shim import add_arguments
-
-    add_arguments(sh)
-    sh.set_defaults(handler=cmd_shim)
-    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
-
-
-def cmd_noise_vectors(args: argparse.Namespace) -> int:
-    from ..noise.vectors import run_files
-
-    return run_files(args.files, verbose=args.verbose)
-
-
-def cmd_vectors(args: argparse.Namespace) -> int:
-    from ..interop import generate
-
-    directory: Path = args.dir
-    if args.write:
-        for path in generate.write(directory):
-            print(f"wrote {path}")
-        return 0
-    bad = generate.check(directory)
-    for name in bad:
-        print(f"m2m: vector file {directory / name} differs from the generator", file=sys.stderr)
-    if not bad:
-        print(f"{len(generate.FILES)} vector files in {directory} match the generator")
-    return 1 if bad else 0
-
-
-def cmd_shim(args: argparse.Namespace) -> int:
-    from ..interop.shim import run
-
-    return run(args)
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from ..interop.runner import main
-
-    return main(args)

@@ -32,7 +32,7 @@ from ..errors import ErrorCode, LocalProtocolError, M2MError
 from ..identity import AgentId, Identity
 from .token import open_revocations, read_token
 
-__all__ = ["parse_hostport", "register"]
+__all__ = ["parse_hostport", "register", "require_backend"]
 
 logger = logging.getLogger("m2mproto.cli")
 
@@ -44,13 +44,10 @@ _XOR_FF = bytes(range(255, -1, -1))
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
-    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise LocalProtocolError(f"expected HOST:PORT, got {text!r}", ErrorCode.INVALID_ARGUMENT)
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
+    """:func:`m2mproto.transport.parse_hostport`, imported only when used (fast start-up)."""
+    from ..transport import parse_hostport as parse
+
+    return parse(text)
 
 
 def _parse_json(text: str) -> Any:
@@ -59,6 +56,25 @@ def _parse_json(text: str) -> Any:
     except json.JSONDecodeError as exc:
         raise LocalProtocolError(
             f"message is not valid JSON: {exc.msg} at column {exc.colno}",
+            ErrorCode.INVALID_ARGUMENT,
+        ) from None
+
+
+def require_backend(backend: str) -> None:
+    """Fail with one line if the optional async *backend* (trio) is not installed.
+
+    Raises:
+        LocalProtocolError: (``INVALID_ARGUMENT``) ``--backend trio`` without trio.
+    """
+    if backend != "trio":
+        return
+    try:
+        import trio  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "trio":
+            raise
+        raise LocalProtocolError(
+            "--backend trio: trio is not installed: pip install 'm2mproto[trio]'",
             ErrorCode.INVALID_ARGUMENT,
         ) from None
 
@@ -245,6 +261,7 @@ class ReferencePeer:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    require_backend(args.backend)
     _setup_logging(args.quiet)
     peer = ReferencePeer(args)
     anyio.run(peer.run, backend=args.backend)
@@ -305,6 +322,7 @@ async def _client(args: argparse.Namespace, value: Any) -> Any:
 
 
 def cmd_client(args: argparse.Namespace) -> int:
+    require_backend(args.backend)
     value = _parse_json(args.message)
     started = time.monotonic()
     try:

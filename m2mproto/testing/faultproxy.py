@@ -1,4 +1,4 @@
-"""A userspace fault-injection TCP proxy for tests (anyio; CONFORMANCE.md §4.2).
+"""A userspace fault-injection TCP proxy for tests (anyio).
 
 Theory of operation
 -------------------

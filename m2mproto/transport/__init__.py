@@ -7,7 +7,7 @@ memory. See ``README.md`` for a complete client and server.
 """
 
 from .attributes import M2MAttribute
-from .client import SessionOpener, connect
+from .client import SessionOpener, connect, parse_hostport
 from .memory import MemoryByteStream, MemoryPair, memory_pair, memory_stream_pair
 from .server import Route, Router, Server
 from .session import (
@@ -42,4 +42,5 @@ __all__ = [
     "connect",
     "memory_pair",
     "memory_stream_pair",
+    "parse_hostport",
 ]

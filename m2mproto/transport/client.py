@@ -28,10 +28,24 @@ from ..tokens import RevocationStore, TokenAuthorizer
 from .server import Router
 from .session import DEFAULT_HIGH_WATER, Session
 
-__all__ = ["Address", "SessionOpener", "connect"]
+__all__ = ["Address", "SessionOpener", "connect", "parse_hostport"]
 
 #: ``(host, port)``, a Unix socket path, or an already connected anyio byte stream.
 Address = tuple[str, int] | str | os.PathLike[str] | ByteStream
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6) into a TCP :data:`Address`.
+
+    Raises:
+        LocalProtocolError: (``INVALID_ARGUMENT``) not ``HOST:PORT`` with a port in 0..65535.
+    """
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise LocalProtocolError(f"expected HOST:PORT, got {text!r}", ErrorCode.INVALID_ARGUMENT)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
 
 
 async def open_transport(address: Address, *, connect_timeout: float | None) -> ByteStream:

@@ -16,7 +16,7 @@ from m2mproto import cbor
 from m2mproto.errors import ErrorCode, TokenError
 from m2mproto.frames import decode_frame, decode_frames, encode_frame
 from m2mproto.identity import AgentId, Identity
-from m2mproto.interop import generate
+from m2m_interop import generate
 from m2mproto.records import RecordWriter
 from m2mproto.tokens import TokenLimits, verify
 from m2mproto.transport import Context, DataStream, Server, Session, memory_pair
@@ -278,7 +278,7 @@ def _second(name: str) -> tuple[dict[str, Any], str]:
 
 
 def _other() -> str:
-    from m2mproto.interop import mint
+    from m2m_interop import mint
 
     return mint.OTHER.agent_id.text
 

@@ -11,16 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from m2m_interop import mint, runner
+from m2m_interop.framework import CASES, select
+from m2m_interop.inprocess import IUTProfile
+from m2m_interop.netlink import ShimLink, Unsupported, shim_factory, tcp_factory
 from m2mproto.identity import Identity
-from m2mproto.interop import mint, runner
-from m2mproto.interop.framework import CASES, select
-from m2mproto.interop.inprocess import IUTProfile
-from m2mproto.interop.netlink import ShimLink, Unsupported, shim_factory, tcp_factory
 
-SHIM = f"{sys.executable} -m m2mproto.interop.shim"
+SHIM = f"{sys.executable} -m m2m_interop.shim"
 SLICE = ["2.1/1", "2.3/3", "2.5/1", "3.1/7", "4.2/3", "5.4/3", "5.7/1", "6.6/2", "5.5/1"]
 
 
+@pytest.mark.slow
 def test_shim_slice_passes() -> None:
     cases = [c for c in CASES if c.id in SLICE]
     results = runner.run_cases(cases, shim_factory(SHIM), capabilities=runner.CAPABILITIES["shim"])
@@ -80,6 +81,7 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, 
             proc.wait()
 
 
+@pytest.mark.slow
 def test_tcp_target_slice(serve: tuple[str, int, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     host, port, root_key = serve
     monkeypatch.setattr(mint, "ROOT", mint.ROOT)  # restored after the test

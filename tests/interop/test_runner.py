@@ -12,11 +12,11 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
+from m2m_interop import runner
+from m2m_interop.framework import CASES, Case, select
+from m2m_interop.inprocess import InProcessLink, IUTProfile
 from m2mproto.cli import main
 from m2mproto.errors import ErrorCode
-from m2mproto.interop import runner
-from m2mproto.interop.framework import CASES, Case, select
-from m2mproto.interop.inprocess import InProcessLink, IUTProfile
 
 SPEC = Path(__file__).resolve().parents[2] / "spec"
 

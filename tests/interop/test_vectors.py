@@ -14,12 +14,12 @@ import pycddl
 import pytest
 from noise.connection import Keypair, NoiseConnection
 
+from m2m_interop import generate, mint
 from m2mproto import cbor
 from m2mproto.errors import ErrorCode, LocalProtocolError, M2MError, TokenError
 from m2mproto.frames import decode_frame, decode_frames, encode_frame
 from m2mproto.handshake import Handshake, binding_message
 from m2mproto.identity import AgentId, Identity, verify_signature
-from m2mproto.interop import generate, mint
 from m2mproto.noise import CipherState, NoiseProtocol
 from m2mproto.tokens import InMemoryRevocationStore, TokenLimits, verify
 

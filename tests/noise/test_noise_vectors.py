@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from noise_helpers import VECTOR_DIR
 
-from m2mproto.cli import main
-from m2mproto.noise.vectors import (
+from m2m_interop.noise_vectors import (
     NoiseVector,
     VectorFailure,
     check_vector,
@@ -19,6 +18,7 @@ from m2mproto.noise.vectors import (
     parse_vector,
     run_files,
 )
+from m2mproto.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 VDIR = ROOT / VECTOR_DIR

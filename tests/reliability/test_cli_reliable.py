@@ -33,6 +33,7 @@ def logged(d: Path) -> list[object]:
     return [json.loads(line)["message"] for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_reliable_send_survives_a_down_server(world: tuple[Path, dict[str, str]]) -> None:
     d, ids = world
     with socket.socket() as s:  # a port nobody listens on

@@ -1,4 +1,4 @@
-"""The fault proxy against a real server (issue 10 §2, CONFORMANCE R8/R9).
+"""The fault proxy against a real server (m2mproto.testing.faultproxy).
 
 Invariants, for every fault: the run ends within a bound (no hang);
 corruption is never delivered (every delivered payload matches its hash);
@@ -116,7 +116,7 @@ async def test_each_fault_is_bounded_detected_and_never_a_clean_loss(kind: str) 
 
 
 async def test_random_bit_flips_are_always_detected() -> None:
-    """R9 at CI scale: single-bit flips at random offsets of handshake and records."""
+    """At CI scale: single-bit flips at random offsets of handshake and records."""
     runs = 60
     fired = detected = 0
     rng = random.Random(99)

@@ -1,4 +1,6 @@
-"""Issue 10 §4 proofs (a) and (b) at the issue's minimum scale; figures are printed.
+"""Reliability proofs (a) and (b) (spec/reliability.md §6, 10.1/6 and 10.1/7) at minimum scale.
+
+Figures are printed.
 
 (a) 10,000 messages through the fault proxy, which cuts the connection at least
     20 times at random points (RST, truncation, bit flips, dropped records,
@@ -7,7 +9,7 @@
 (b) the same with the sender in a separate process that is SIGKILLed
     mid-stream and restarted on its SQLite outbox.
 
-``M2M_LONG=1`` scales (a) to the R7 extended form (more runs).
+``M2M_LONG=1`` scales (a) to its extended form (more runs).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from m2mproto.reliable import Delivery, ReliableReceiver, ReliableSender, Sqlite
 from m2mproto.testing.faultproxy import FaultProxy, Schedule
 from m2mproto.transport import Server
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 LONG = os.environ.get("M2M_LONG") == "1"
 #: Fast failure detection so blackholes cost about a second each.

@@ -21,7 +21,7 @@ from m2mproto.errors import (
     TokenError,
 )
 from m2mproto.identity import Identity
-from m2mproto.interop import mint
+from m2m_interop import mint
 from m2mproto.tokens import (
     InMemoryRevocationStore,
     TokenAuthorizer,

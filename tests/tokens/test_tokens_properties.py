@@ -6,6 +6,7 @@ import contextlib
 import itertools
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from tok_helpers import ALICE, BOB, CAROL, NOW, ROOT, counter_entropy
@@ -45,6 +46,7 @@ def _link(
     return sign_claims(issuer, claims)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(
     chain_caps=st.lists(_caps, min_size=2, max_size=4),
@@ -139,6 +141,7 @@ _cbor = st.recursive(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300)
 @given(
     protected=st.dictionaries(st.integers(-3, 5), _cbor, max_size=4),

@@ -1,4 +1,4 @@
-"""Server admission limits and hostile peers on loopback (issue 10 §1, CONFORMANCE R12).
+"""Server admission limits and hostile peers on loopback (spec/streams.md §7 limits).
 
 Every attack runs against a real ``Server`` on 127.0.0.1 while a benign client
 (from 127.0.0.2, so per-source limits do not hit it) completes a handshake and
@@ -170,6 +170,7 @@ def test_limits_must_be_positive() -> None:
 # --------------------------------------------------------------------- unauthenticated floods
 
 
+@pytest.mark.slow
 async def test_silent_connections_dropped_at_the_deadline_memory_bounded() -> None:
     """300 connections that never send a byte: each dropped at the deadline.
 
@@ -360,6 +361,7 @@ async def test_flood_closes_the_attacker_and_spares_the_benign_client(kind: str)
     print(f"flood {kind}: {attackers} attackers closed with {expected.name}; benign {benign:.3f}s")
 
 
+@pytest.mark.slow
 async def test_peer_that_never_reads_is_bounded_and_benign_served() -> None:
     """A peer requests large replies and never reads: the server's queue stays within
     the windows, other clients are served, and the peer is cut at the idle deadline."""

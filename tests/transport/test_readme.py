@@ -1,4 +1,4 @@
-"""The README's agent example runs as written (setup, server, client) on loopback."""
+"""The README's agent example runs as written (make_keys, server, client) on loopback."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def example_files() -> dict[str, str]:
 
 def test_readme_blocks_are_short_and_complete() -> None:
     files = example_files()
-    assert set(files) == {"setup.py", "server.py", "client.py"}
+    assert set(files) == {"make_keys.py", "server.py", "client.py"}
     assert len(files["server.py"].splitlines()) <= 30
     assert len(files["client.py"].splitlines()) <= 30
 
@@ -44,11 +44,11 @@ def test_readme_example_runs(tmp_path: Path) -> None:
     # replaced by one that is free now (7700 may be taken on a shared machine).
     port = free_port()
     for name, code in example_files().items():
-        assert str(PORT) in code or name == "setup.py"
+        assert str(PORT) in code or name == "make_keys.py"
         (tmp_path / name).write_text(code.replace(str(PORT), str(port)))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     run = {"cwd": tmp_path, "env": env, "capture_output": True, "text": True, "timeout": 60}
-    subprocess.run([sys.executable, "setup.py"], check=True, **run)  # type: ignore[call-overload]
+    subprocess.run([sys.executable, "make_keys.py"], check=True, **run)  # type: ignore[call-overload]
     server = subprocess.Popen(
         [sys.executable, "server.py"],
         cwd=tmp_path,

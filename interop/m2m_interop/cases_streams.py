@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .. import cbor
-from ..errors import ErrorCode
-from ..frames import (
+from m2mproto import cbor
+from m2mproto.errors import ErrorCode
+from m2mproto.frames import (
     CloseFrame,
     ExtensionFrame,
     Frame,
@@ -19,6 +19,7 @@ from ..frames import (
     TokenFrame,
     WindowUpdateFrame,
 )
+
 from .framework import Actual, Ctx, after, case, conn, holder_token, ok, restricted_token, stream
 from .inprocess import IUTProfile
 from .peer import Session, resets

@@ -24,10 +24,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import Configuration
-from ..errors import ErrorCode, M2MError
-from ..events import HandshakeCompleted, StreamReset, TokenRejected
-from ..identity import AgentId, Identity
+from m2mproto.config import Configuration
+from m2mproto.errors import ErrorCode, M2MError
+from m2mproto.events import HandshakeCompleted, StreamReset, TokenRejected
+from m2mproto.identity import AgentId, Identity
+
 from .inprocess import START, InProcessLink, IUTProfile
 
 __all__ = ["main"]
@@ -179,7 +180,7 @@ def _report(link: InProcessLink, shown: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point (``python -m m2mproto.interop.shim`` or ``m2m interop shim``)."""
+    """Entry point (``python -m m2m_interop.shim`` or ``m2m interop shim``)."""
     args = build_parser().parse_args(argv)
     try:
         return run(args)

@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .. import cbor
-from ..errors import ErrorCode, M2MError
-from ..frames import (
+from m2mproto import cbor
+from m2mproto.errors import ErrorCode, M2MError
+from m2mproto.frames import (
     CloseFrame,
     Frame,
     KeyUpdateFrame,
@@ -38,9 +38,10 @@ from ..frames import (
     decode_frames,
     encode_frame,
 )
-from ..handshake import MAGIC, binding_message
-from ..identity import Identity
-from ..noise import CipherState, HandshakeState, NoiseProtocol, x25519_public_key
+from m2mproto.handshake import MAGIC, binding_message
+from m2mproto.identity import Identity
+from m2mproto.noise import CipherState, HandshakeState, NoiseProtocol, x25519_public_key
+
 from . import mint
 
 __all__ = [

@@ -9,7 +9,7 @@ the codes seen on the wire and, where the attachment shows it, locally. The
 runner compares it with the case's :class:`Expect`; cases never decide their
 own verdict, so a case cannot pass by accident of its own logic.
 
-Outcome kinds (../shared/CONFORMANCE.md §1):
+Outcome kinds (spec/interop.md §2):
 
 * ``ok``: the conversation completed and the positive checks held;
 * ``conn_error``: the IUT sent CLOSE(code) (or a cleartext ABORT(code) before
@@ -26,8 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ErrorCode, code_name
-from ..frames import CloseFrame, ResetFrame, TokenFrame
+from m2mproto.errors import ErrorCode, code_name
+from m2mproto.frames import CloseFrame, ResetFrame, TokenFrame
+
 from . import mint
 from .inprocess import IUT_STATIC_PUBLIC, IUTProfile
 from .peer import Bugs, HostilePeer, Link, PeerError, Received, Session

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import cbor
-from ..errors import ErrorCode, LocalProtocolError
-from ..frames import (
+from m2mproto import cbor
+from m2mproto.errors import ErrorCode, LocalProtocolError
+from m2mproto.frames import (
     CloseFrame,
     ExtensionFrame,
     Frame,
@@ -38,10 +38,11 @@ from ..frames import (
     WindowUpdateFrame,
     encode_frame,
 )
-from ..handshake import Handshake, HandshakeResult, binding_message
-from ..identity import AgentId, Identity
-from ..noise import CipherState, NoiseProtocol, x25519_public_key
-from ..records import RecordWriter
+from m2mproto.handshake import Handshake, HandshakeResult, binding_message
+from m2mproto.identity import AgentId, Identity
+from m2mproto.noise import CipherState, NoiseProtocol, x25519_public_key
+from m2mproto.records import RecordWriter
+
 from . import mint
 
 __all__ = [

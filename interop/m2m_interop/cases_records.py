@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..frames import (
+from m2mproto.frames import (
     ExtensionFrame,
     Frame,
     KeyUpdateFrame,
@@ -17,6 +17,7 @@ from ..frames import (
     StreamFrame,
     TokenFrame,
 )
+
 from .framework import Actual, Ctx, after, case, conn, gone, ok
 from .inprocess import IUTProfile
 from .peer import Session
@@ -143,7 +144,7 @@ def _no_partial(ctx: Ctx) -> Actual:
 @case(
     "3.1/11",
     "Record-OneBytePerWrite",
-    "3.1 (L8): a whole session delivered one byte per write behaves the same.",
+    "3.1: a whole session delivered one byte per write behaves the same.",
     ok(),
 )
 def _one_byte(ctx: Ctx) -> Actual:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import cbor
-from ..handshake import MAGIC
-from ..identity import AgentId
+from m2mproto import cbor
+from m2mproto.handshake import MAGIC
+from m2mproto.identity import AgentId
+
 from . import mint
 from .framework import Actual, Ctx, case, conn, gone, ok
 from .inprocess import IUT_STATIC, IUTProfile, iut_tokens
@@ -38,7 +39,7 @@ def _raw(data: bytes, *, eof: bool = False) -> Any:
         out = link.read()
         local = ctx.local_code(link)
         if out == MAGIC + b"\x00\x02" + out[10:12] and len(out) == 12:
-            from ..errors import code_name
+            from m2mproto.errors import code_name
 
             return Actual("conn_error", code_name(int.from_bytes(out[10:12], "big")), local)
         if not out and link.iut_closed:
@@ -264,7 +265,7 @@ case(
     gone("DECRYPT_ERROR"),
 )
 def _downgrade_responder(ctx: Ctx) -> Actual:
-    from ..errors import M2MError
+    from m2mproto.errors import M2MError
 
     p = ctx.peer(prologue_offer=cbor.encode({1: [2, 1], 2: "XX"}))
     try:
@@ -389,7 +390,7 @@ case(
     ok(),
 )
 def _coalesced(ctx: Ctx) -> Actual:
-    from ..frames import MessageFrame, OpenFrame
+    from m2mproto.frames import MessageFrame, OpenFrame
 
     link = ctx.link()
     p = ctx.peer(link)
@@ -686,7 +687,7 @@ def _hs_timeout(ctx: Ctx) -> Actual:
     out = link.read()
     local = ctx.local_code(link)
     if len(out) == 12 and out[:10] == MAGIC + b"\x00\x02":
-        from ..errors import code_name
+        from m2mproto.errors import code_name
 
         wire = code_name(int.from_bytes(out[10:], "big"))
         return Actual("conn_error" if link.iut_closed else "fail", wire, local)

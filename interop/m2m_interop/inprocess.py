@@ -25,10 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..config import Configuration
-from ..connection import NEED_DATA, Connection, ConnectionState, Role
-from ..errors import AuthenticationError, ErrorCode, LocalProtocolError
-from ..events import (
+from m2mproto.config import Configuration
+from m2mproto.connection import NEED_DATA, Connection, ConnectionState, Role
+from m2mproto.errors import AuthenticationError, ErrorCode, LocalProtocolError
+from m2mproto.events import (
     ConnectionClosed,
     DataReceived,
     Event,
@@ -38,9 +38,10 @@ from ..events import (
     StreamReset,
     TokenRejected,
 )
-from ..identity import AgentId, Identity
-from ..noise import x25519_public_key
-from ..tokens import InMemoryRevocationStore, TokenAuthorizer
+from m2mproto.identity import AgentId, Identity
+from m2mproto.noise import x25519_public_key
+from m2mproto.tokens import InMemoryRevocationStore, TokenAuthorizer
+
 from . import mint
 from .peer import LocalView
 

@@ -19,10 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import cbor
-from ..errors import ErrorCode
-from ..identity import AgentId, Identity
-from ..tokens.claims import (
+from m2mproto import cbor
+from m2mproto.errors import ErrorCode
+from m2mproto.identity import AgentId, Identity
+from m2mproto.tokens.claims import (
     CLAIM_AUD,
     CLAIM_CAPS,
     CLAIM_CAVEATS,
@@ -36,8 +36,8 @@ from ..tokens.claims import (
     CLAIM_SUB,
     cnf_for,
 )
-from ..tokens.cose import COSE_SIGN1_TAG, sig_structure
-from ..tokens.revocation import revoke
+from m2mproto.tokens.cose import COSE_SIGN1_TAG, sig_structure
+from m2mproto.tokens.revocation import revoke
 
 __all__ = [
     "HOLDER",

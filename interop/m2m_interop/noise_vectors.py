@@ -25,10 +25,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from ..errors import M2MError
-from .cipherstate import CipherState
-from .handshake import HandshakeState
-from .protocol import NoiseProtocol
+from m2mproto.errors import M2MError
+from m2mproto.noise.cipherstate import CipherState
+from m2mproto.noise.handshake import HandshakeState
+from m2mproto.noise.protocol import NoiseProtocol
 
 __all__ = [
     "NoiseVector",

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .. import cbor
-from ..errors import ErrorCode
-from ..frames import Frame, MessageFrame, OpenFrame, PingFrame, PongFrame, TokenFrame
+from m2mproto import cbor
+from m2mproto.errors import ErrorCode
+from m2mproto.frames import Frame, MessageFrame, OpenFrame, PingFrame, PongFrame, TokenFrame
+
 from . import mint
 from .framework import Actual, Ctx, case, conn, ok
 from .inprocess import IUTProfile

@@ -8,7 +8,7 @@ PING, graceful close) against a fresh IUT connection with the case's profile,
 session again, so a case that killed the IUT cannot pass, and (4) compares the
 observation with the case's expectation. Results are PASS, FAIL, XFAIL (a
 failure listed in :data:`EXPECTED_FAILURES`), XPASS (a listed case that now
-passes: fails the run, L4), SKIP and ERROR (the runner could not carry the
+passes: fails the run), SKIP and ERROR (the runner could not carry the
 case out). The census counts, per error code of the registry, the passing
 cases that observed it on the wire or locally.
 """
@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any, TextIO
 from xml.etree import ElementTree as ET
 
-from .._version import __version__
-from ..errors import ErrorCode
+from m2mproto import __version__
+from m2mproto.errors import ErrorCode
+
 from . import cases_handshake, cases_records, cases_streams, cases_tokens  # noqa: F401
 from .framework import CASES, Actual, Case, CaseError, Ctx, select
 from .inprocess import IUTProfile, make_link
@@ -377,8 +378,9 @@ def main(args: argparse.Namespace) -> int:
         print("m2m: --target and --shim are exclusive", file=sys.stderr)
         return 2
     if getattr(args, "target", None):
-        from ..cli.peer import parse_hostport
-        from ..identity import Identity
+        from m2mproto.identity import Identity
+        from m2mproto.transport import parse_hostport
+
         from . import mint
         from .netlink import tcp_factory
 

@@ -25,8 +25,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..errors import ErrorCode
-from ..identity import AgentId
+from m2mproto.errors import ErrorCode
+from m2mproto.identity import AgentId
+
 from . import mint
 from .inprocess import IUT_STATIC, IUTProfile, trusted
 from .peer import LocalView
