@@ -6,10 +6,12 @@ their streams to handlers; :func:`memory_pair` connects two sessions in
 memory. See ``README.md`` for a complete client and server.
 """
 
+from ._keys import StaticKeys
 from .attributes import M2MAttribute
-from .client import SessionOpener, connect
+from .client import connect
 from .memory import MemoryByteStream, MemoryPair, memory_pair, memory_stream_pair
-from .server import Route, Router, Server
+from .routing import Route, Router
+from .server import Server, ServerStats
 from .session import (
     ConnectionClosedError,
     Context,
@@ -19,6 +21,7 @@ from .session import (
     Peer,
     RequestTimeout,
     Session,
+    SessionOpener,
     StreamResetError,
 )
 
@@ -36,8 +39,10 @@ __all__ = [
     "Route",
     "Router",
     "Server",
+    "ServerStats",
     "Session",
     "SessionOpener",
+    "StaticKeys",
     "StreamResetError",
     "connect",
     "memory_pair",

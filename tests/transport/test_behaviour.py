@@ -61,8 +61,9 @@ async def test_slow_reader_makes_the_writer_wait() -> None:
                 assert progress <= 64 * KiB + DEFAULT_HIGH_WATER + 16 * KiB
                 queued = client.connection.send_buffered(stream.stream_id)
                 assert queued <= DEFAULT_HIGH_WATER + 16 * KiB
-                (chan,) = server_session._channels.values()
-                assert chan.inbox_bytes <= 64 * KiB  # the receiver holds at most one window
+                (chan,) = server_session._link.channels.values()
+                held = sum(size for _m, _v, size in chan.inbox)
+                assert held <= 64 * KiB  # the receiver holds at most one window
                 release.set()
             await anyio.sleep(0.05)
     assert received.digest() == hashlib.sha256(payload).digest()
@@ -229,7 +230,8 @@ async def test_cancelled_request_resets_its_stream_only() -> None:
             assert await client.request("echo", 1) == 1
             assert not client.closed
             await cancelled.wait()  # the peer's reset cancelled the handler
-            assert not client._channels or all(c.reset is None for c in client._channels.values())
+            channels = client._link.channels
+            assert not channels or all(c.reset is None for c in channels.values())
 
 
 async def test_connection_credit_survives_many_finished_streams() -> None:
