@@ -127,13 +127,19 @@ class M2MClient:
         from m2mproto.identity import Identity
 
         self._connect = transport.connect
+        # one static key for all of this client's connections (signed once)
+        self._static_keys = transport.StaticKeys()
         self._identity = Identity.load(directory / "client.pem")
         self._token = (directory / "client.token").read_bytes()
         self._server_id = Identity.load(directory / "server.pem").agent_id
 
     async def connect(self, host: str, port: int) -> M2MChannel:
         session = await self._connect(
-            (host, port), identity=self._identity, tokens=[self._token], peer=self._server_id
+            (host, port),
+            identity=self._identity,
+            tokens=[self._token],
+            peer=self._server_id,
+            static_keys=self._static_keys,
         )
         return M2MChannel(session)
 

@@ -71,6 +71,8 @@ class Dispatcher(Generic[R]):
         self._serve_stream = serve_stream
         self._serve_call = serve_call
         self._server_side = server_side
+        #: At most this many handler tasks at once (the peer's stream limit).
+        self._max_handlers = link.conn.config.max_concurrent_streams
         self._tg: TaskGroup | None = None
         #: Cancel scope of each running handler, by the channel it serves.
         self._handlers: dict[Channel, anyio.CancelScope] = {}
@@ -153,6 +155,12 @@ class Dispatcher(Generic[R]):
             link.log.info("no handler for %r: refused", event.resource)
             link.reset(event.stream_id, ErrorCode.REFUSED)  # refuse_stream once available
             return
+        if decision[0] is not Plan.INCOMING and len(self._handlers) >= self._max_handlers:
+            # Backstop: reset streams cancel their handlers, but a cancelled handler
+            # may still be finishing; never run more than the peer may have open.
+            link.log.info("%d handlers running: stream %d refused", self.running, chan.stream_id)
+            link.reset(event.stream_id, ErrorCode.REFUSED)  # refuse_stream once available
+            return
         plan, route = decision
         link.channels[event.stream_id] = chan
         if plan is Plan.STREAM:
@@ -218,8 +226,11 @@ class Dispatcher(Generic[R]):
         chan.reset = (code, remote)
         chan.first = None
         scope = self._handlers.get(chan)
-        if remote and scope is not None:
-            scope.cancel()  # nobody waits for this handler's result
+        if scope is not None:
+            # Either side's reset ends the handler: the core has freed the stream's
+            # slot, so a handler left running would let the peer start one more per
+            # open (Rapid Reset, or MadeYouReset when the core resets a bad message).
+            scope.cancel()
         chan.changed.notify()
         link.log.debug(
             "stream %d reset (%s, %s)", sid, code_name(code), "peer" if remote else "local"
@@ -243,8 +254,9 @@ class Dispatcher(Generic[R]):
         *args: Any,
     ) -> None:
         try:
-            with scope:
-                await func(*args)
+            if not scope.cancel_called:  # not reset before it could start
+                with scope:
+                    await func(*args)
         finally:
             del self._handlers[chan]
             if not self._handlers:
