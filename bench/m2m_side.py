@@ -167,13 +167,15 @@ async def serve(directory: Path, ready: Any) -> None:
     # Every dialer is 127.0.0.1 and the harness keeps up to 64 handshakes in
     # flight (plus up to 1000 idle connections), so the admission limits must
     # sit above that, per source too: the defaults (16 pending per source)
-    # would evict honest bench handshakes and show up as TRUNCATED.
+    # would evict honest bench handshakes and show up as TRUNCATED; the idle
+    # connections all come from one address too.
     server = Server(
         Identity.load(directory / "server.pem"),
         trust_roots=[authority.agent_id],
         max_connections=_MAX_CONNECTIONS,
         max_pending_handshakes=_MAX_PENDING,
         max_pending_per_source=_MAX_PENDING,
+        max_sessions_per_source=_MAX_CONNECTIONS,
     )
 
     @server.request(ECHO)

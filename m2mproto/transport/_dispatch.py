@@ -86,6 +86,10 @@ class Dispatcher(Generic[R]):
         self.pings: dict[bytes, anyio.Event] = {}
         #: The peer's last accepted token summary.
         self.capabilities: object = None
+        #: When the peer last did something productive (anyio clock): completed the
+        #: handshake, had a stream admitted, sent data, a message or a stream end,
+        #: had tokens accepted, or answered our ping. Refusals never count.
+        self.last_activity = 0.0
 
     @property
     def running(self) -> int:
@@ -121,6 +125,7 @@ class Dispatcher(Generic[R]):
         self._link.pump.flushed.notify()
 
     def _handshake_completed(self, event: ev.HandshakeCompleted) -> None:
+        self.last_activity = anyio.current_time()
         link = self._link
         link.peer = Peer(event.peer)
         link.log.extra = {"peer": event.peer.short}
@@ -132,6 +137,7 @@ class Dispatcher(Generic[R]):
         self._link.pump.finish()
 
     def _token_accepted(self, event: ev.TokenAccepted) -> None:
+        self.last_activity = anyio.current_time()
         self.capabilities = event.grant
         self._link.log.info("peer tokens accepted")
 
@@ -139,6 +145,7 @@ class Dispatcher(Generic[R]):
         self._link.log.info("peer token rejected: %s", event.code.name)
 
     def _ping_acknowledged(self, event: ev.PingAcknowledged) -> None:
+        self.last_activity = anyio.current_time()
         waiter = self.pings.pop(event.payload, None)
         if waiter is not None:
             waiter.set()
@@ -162,6 +169,7 @@ class Dispatcher(Generic[R]):
             link.reset(event.stream_id, ErrorCode.REFUSED)  # refuse_stream once available
             return
         plan, route = decision
+        self.last_activity = anyio.current_time()
         link.channels[event.stream_id] = chan
         if plan is Plan.STREAM:
             assert route is not None
@@ -170,6 +178,7 @@ class Dispatcher(Generic[R]):
             chan.first = route if plan is Plan.CALL else Plan.INCOMING
 
     def _data_received(self, event: ev.DataReceived) -> None:
+        self.last_activity = anyio.current_time()
         link, sid = self._link, event.stream_id
         chan = link.channels.get(sid)
         if chan is None or chan.discard:
@@ -182,6 +191,7 @@ class Dispatcher(Generic[R]):
         chan.push(False, event.data, len(event.data))
 
     def _message_received(self, event: ev.MessageReceived) -> None:
+        self.last_activity = anyio.current_time()
         link, sid = self._link, event.stream_id
         size = link.message_size(event)
         chan = link.channels.get(sid)
@@ -204,6 +214,7 @@ class Dispatcher(Generic[R]):
             self._spawn(chan, self._serve_call, chan, first, event.value, grant)
 
     def _stream_ended(self, event: ev.StreamEnded) -> None:
+        self.last_activity = anyio.current_time()
         link = self._link
         chan = link.channels.get(event.stream_id)
         if chan is None:

@@ -36,7 +36,9 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import math
 import os
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -84,6 +86,13 @@ class ServerStats:
     timed_out: int = 0
     #: Handshakes completed.
     established: int = 0
+    #: Connections refused (or sessions closed at once) because their source
+    #: address already held ``max_sessions_per_source`` established sessions.
+    source_limited: int = 0
+    #: Sessions closed (``UNAUTHORIZED``) for holding no valid grant at a check.
+    grantless_closed: int = 0
+    #: Sessions closed (``IDLE_TIMEOUT``) with no productive activity and no open stream.
+    idle_closed: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -94,6 +103,15 @@ class _Handshaking:
     source: str
     scope: anyio.CancelScope
     evicted: bool = False
+
+
+def _holds_grant(authorizer: object, peer: AgentId) -> bool:
+    """Whether *authorizer* holds a live grant for *peer* (expired ones are pruned)."""
+    prune = getattr(authorizer, "prune", None)
+    if callable(prune):
+        prune(peer, time.time())
+    grants = getattr(authorizer, "grants", None)
+    return bool(grants(peer)) if callable(grants) else True
 
 
 def _source_of(transport: ByteStream) -> str:
@@ -120,6 +138,8 @@ class Server:
         max_connections: int = 1024,
         max_pending_handshakes: int = 64,
         max_pending_per_source: int = 16,
+        max_sessions_per_source: int = 128,
+        grantless_timeout: float | None = 10.0,
         handshake_timeout: float | None = None,
         high_water: int = DEFAULT_HIGH_WATER,
     ) -> None:
@@ -135,12 +155,27 @@ class Server:
         *max_connections*, *max_pending_handshakes* and *max_pending_per_source*
         bound live and unauthenticated connections (see the module docstring);
         *handshake_timeout* (seconds) overrides ``config.handshake_timeout``.
+        *max_sessions_per_source* bounds the established sessions of one remote
+        address. A session whose authorizer can list grants and that holds no
+        valid (unexpired, unrevoked) grant is closed with ``UNAUTHORIZED``
+        *grantless_timeout* seconds after its handshake, and re-checked at that
+        interval (``None``: never). A session with no open stream and no
+        productive activity for ``config.idle_timeout`` is closed with
+        ``IDLE_TIMEOUT`` even if the peer keeps sending refused opens (the
+        core's own idle timer counts every record).
 
         Raises:
             LocalProtocolError: (``INVALID_ARGUMENT``) bad limits.
         """
-        if min(max_connections, max_pending_handshakes, max_pending_per_source) < 1:
+        if (
+            min(max_connections, max_pending_handshakes, max_pending_per_source) < 1
+            or max_sessions_per_source < 1
+        ):
             raise LocalProtocolError("limits must be positive", ErrorCode.INVALID_ARGUMENT)
+        if grantless_timeout is not None and not grantless_timeout > 0:
+            raise LocalProtocolError(
+                "grantless_timeout must be positive", ErrorCode.INVALID_ARGUMENT
+            )
         if handshake_timeout is not None:
             if not handshake_timeout > 0:
                 raise LocalProtocolError(
@@ -161,6 +196,8 @@ class Server:
         self.max_connections = max_connections
         self.max_pending_handshakes = max_pending_handshakes
         self.max_pending_per_source = max_pending_per_source
+        self.max_sessions_per_source = max_sessions_per_source
+        self.grantless_timeout = grantless_timeout
         self.handshake_timeout = (config or Configuration()).handshake_timeout
         self.high_water = high_water
         #: Live sessions (after the handshake).
@@ -169,6 +206,7 @@ class Server:
         self.stats = ServerStats()
         self._pending: dict[int, _Handshaking] = {}  # insertion order = age
         self._per_source: Counter[str] = Counter()
+        self._established: Counter[str] = Counter()  # established sessions per source
         self._order = itertools.count()
         #: The handlers (the decorators below register here).
         self.router = Router()
@@ -279,6 +317,13 @@ class Server:
         """
         self.stats.accepted += 1
         source = _source_of(transport)
+        if self._established[source] >= self.max_sessions_per_source:
+            self.stats.source_limited += 1
+            logger.warning(
+                "connection from %s refused: %d sessions from it", source, self._established[source]
+            )
+            await anyio.aclose_forcefully(transport)
+            return
         entry = self._admit(source)
         if entry is None:
             self.stats.refused += 1
@@ -292,12 +337,13 @@ class Server:
             return
         established = False
         try:
+            authorizer = self.new_authorizer()
             session = Session.create(
                 transport,
                 identity=self.identity,
                 server_side=True,
                 config=self.config,
-                authorizer=self.new_authorizer(),
+                authorizer=authorizer,
                 tokens=self.tokens,
                 authenticate_peer=self.authenticate_peer,
                 routes=self.router,
@@ -321,16 +367,25 @@ class Server:
                         self.handshake_failed(exc, transport)
                     finally:
                         self._release(entry)
-                if established:
+                if established and self._established[source] >= self.max_sessions_per_source:
+                    # handshakes from this source finished together past the cap
+                    self.stats.source_limited += 1
+                    logger.warning("session from %s closed: source limit", source)
+                    await session.aclose(ErrorCode.ENHANCE_YOUR_CALM, "too many sessions")
+                elif established:
                     self.stats.established += 1
                     self.sessions.add(session)
+                    self._established[source] += 1
                     try:
-                        await session.wait_closed()
+                        await self._watch(session, authorizer)
                     except BaseException:
                         await session.abort()
                         raise
                     finally:
                         self.sessions.discard(session)
+                        self._established[source] -= 1
+                        if self._established[source] <= 0:
+                            del self._established[source]
                     await session.aclose()
         finally:
             if not established:  # evicted, backstop deadline, or failed: make sure it is shut
@@ -339,6 +394,40 @@ class Server:
         if not established and entry.scope.cancelled_caught and not entry.evicted:
             self.stats.failed += 1
             self.stats.timed_out += 1
+
+    async def _watch(self, session: Session, authorizer: Authorizer | None) -> None:
+        """Wait until *session* closes, closing it first if it holds no valid grant at
+        a check or is idle at the transport level (see :meth:`__init__`)."""
+        idle = (self.config or Configuration()).idle_timeout
+        lister = getattr(authorizer, "grants", None)
+        every = self.grantless_timeout if callable(lister) else None
+        now = anyio.current_time()
+        grant_check = math.inf if every is None else now + every
+        idle_base = now  # open streams count as activity (their own traffic is the core's)
+        while True:  # until the session closes; each wait ends at the next check
+            idle_at = math.inf if idle is None else max(session.last_activity, idle_base) + idle
+            with anyio.CancelScope(deadline=min(grant_check, idle_at)):
+                await session.wait_closed()
+            if session.closed:
+                return
+            now = anyio.current_time()
+            if now >= grant_check:
+                assert every is not None
+                if not _holds_grant(authorizer, session.peer.agent_id):
+                    self.stats.grantless_closed += 1
+                    logger.info("session %s closed: no valid grant", session.peer.short_id)
+                    session.request_close(ErrorCode.UNAUTHORIZED, "no valid capability")
+                    break
+                grant_check = now + every
+            if idle is not None and now >= max(session.last_activity, idle_base) + idle:
+                if session.open_streams:
+                    idle_base = now
+                else:
+                    self.stats.idle_closed += 1
+                    logger.info("session %s closed: idle", session.peer.short_id)
+                    session.request_close(ErrorCode.IDLE_TIMEOUT, "no activity")
+                    break
+        await session.wait_closed()
 
     # -- listening ------------------------------------------------------------------------
 

@@ -427,6 +427,17 @@ class Session:
         return self._conn
 
     @property
+    def last_activity(self) -> float:
+        """When the peer last did something productive, on anyio's clock (an admitted
+        stream, data, a message, accepted tokens, a ping answer; refusals never count)."""
+        return self._dispatch.last_activity
+
+    @property
+    def open_streams(self) -> int:
+        """Streams open on this session (either side opened them)."""
+        return len(self._link.channels)
+
+    @property
     def running_handlers(self) -> int:
         """Handler tasks running now for streams the peer opened."""
         return self._dispatch.running
