@@ -13,6 +13,8 @@ from .memory import MemoryByteStream, MemoryPair, memory_pair, memory_stream_pai
 from .routing import Route, Router
 from .server import Server, ServerStats
 from .session import (
+    ANY_PEER,
+    AnyPeer,
     ConnectionClosedError,
     Context,
     DataStream,
@@ -26,6 +28,8 @@ from .session import (
 )
 
 __all__ = [
+    "ANY_PEER",
+    "AnyPeer",
     "ConnectionClosedError",
     "Context",
     "DataStream",

@@ -23,7 +23,14 @@ from ..errors import ErrorCode, LocalProtocolError
 from ..identity import AgentId, Identity
 from ..tokens import RevocationStore, TokenAuthorizer
 from ._keys import StaticKeys
-from .session import DEFAULT_HIGH_WATER, RouteTable, Session, SessionOpener
+from .session import (
+    DEFAULT_HIGH_WATER,
+    AnyPeer,
+    RouteTable,
+    Session,
+    SessionOpener,
+    require_peer,
+)
 
 __all__ = ["Address", "connect"]
 
@@ -58,7 +65,7 @@ def connect(
     *,
     identity: Identity,
     tokens: Sequence[bytes] = (),
-    peer: AgentId | str | None = None,
+    peer: AgentId | str | AnyPeer | None = None,
     trust_roots: Iterable[AgentId | str] | None = None,
     revocations: RevocationStore | None = None,
     config: Configuration | None = None,
@@ -77,8 +84,11 @@ def connect(
         address: ``(host, port)`` for TCP, a Unix socket path, or any connected
             ``anyio.abc.ByteStream`` (TLS, QUIC, a memory stream...).
         tokens: capability tokens to present in the handshake.
-        peer: the agent ID the server must have (recommended); another peer
-            fails the handshake with ``AUTH_UNEXPECTED_PEER``.
+        peer: the agent ID the server must have; another peer fails the
+            handshake with ``AUTH_UNEXPECTED_PEER``. Required, unless
+            *authenticate_peer* checks the server instead; ``peer=ANY_PEER``
+            accepts any server that authenticates (insecure: any agent holding
+            tokens from a root we trust could pose as the server).
         trust_roots: token issuers whose capabilities the *server* must hold to
             open streams to us. ``None`` (the default) lets the authenticated
             server open streams and send messages freely.
@@ -88,12 +98,17 @@ def connect(
             connections of one client (one signature per identity); without
             it each connection makes its own.
 
+    Raises:
+        LocalProtocolError: (``INVALID_ARGUMENT``, at once) no *peer* and no
+            *authenticate_peer*.
+
     Raises (when awaited or entered):
         AuthenticationError: the server is not *peer*, or its identity proof failed.
         TokenError: the server rejected our tokens (``code`` says why).
         ConnectionClosedError: the handshake failed or timed out.
         OSError / TimeoutError: the transport could not be opened.
     """
+    expected = require_peer(peer, authenticate_peer)
     authorizer = None
     if trust_roots is not None:
         authorizer = TokenAuthorizer(
@@ -113,7 +128,7 @@ def connect(
                 config=config,
                 authorizer=authorizer,
                 tokens=held,
-                expected_peer=peer,
+                expected_peer=expected,
                 authenticate_peer=authenticate_peer,
                 routes=router,
                 accept_incoming=True,

@@ -53,7 +53,7 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import anyio
 from anyio.abc import ByteStream, TaskGroup
@@ -71,13 +71,15 @@ from ._detach import start_detached
 from ._dispatch import Dispatcher, Plan
 from ._errors import ConnectionClosedError, RequestTimeout, StreamResetError
 from ._keys import StaticKeys
-from ._link import DEFAULT_HIGH_WATER, Channel, Link, Peer
+from ._link import DEFAULT_HIGH_WATER, Channel, Link, Peer, logger
 from ._pump import Flag
 from ._streams import DataStream, Incoming, MessageStream
 from .attributes import M2MAttribute
 
 __all__ = [
+    "ANY_PEER",
     "DEFAULT_HIGH_WATER",
+    "AnyPeer",
     "ConnectionClosedError",
     "Context",
     "DataStream",
@@ -92,6 +94,41 @@ __all__ = [
     "SessionOpener",
     "StreamResetError",
 ]
+
+
+class AnyPeer:
+    """The type of :data:`ANY_PEER`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ANY_PEER"
+
+
+#: ``connect(peer=ANY_PEER)``: accept *any* server that authenticates (insecure: any
+#: agent that holds tokens from the same root can impersonate the server).
+ANY_PEER: Final = AnyPeer()
+
+
+def require_peer(
+    peer: AgentId | str | AnyPeer | None, custom: Callable[[AgentId], None] | None
+) -> AgentId | str | None:
+    """The peer a client requires: *peer*, or None for :data:`ANY_PEER` or a *custom* check.
+
+    Raises:
+        LocalProtocolError: (``INVALID_ARGUMENT``) neither *peer* nor *custom* was given.
+    """
+    if isinstance(peer, AnyPeer):
+        logger.warning("connecting with peer=ANY_PEER: the server is not authenticated")
+        return None
+    if peer is None and custom is None:
+        raise LocalProtocolError(
+            "name the server: peer=<its agent ID> (or peer=ANY_PEER to accept any server"
+            " that authenticates: insecure)",
+            ErrorCode.INVALID_ARGUMENT,
+        )
+    return peer
+
 
 #: What a handler receives and returns (see :class:`~m2mproto.transport.Router`).
 RouteKind = Literal["request", "message", "stream", "message_stream"]
@@ -256,7 +293,7 @@ class Session:
         config: Configuration | None = None,
         authorizer: Authorizer | None = None,
         tokens: Sequence[bytes] = (),
-        expected_peer: AgentId | str | None = None,
+        expected_peer: AgentId | str | AnyPeer | None = None,
         authenticate_peer: Callable[[AgentId], None] | None = None,
         routes: RouteTable | None = None,
         accept_incoming: bool = True,
@@ -266,7 +303,9 @@ class Session:
         """Run the m2mproto handshake over *transport*: ``async with`` the result,
         or await it for a session usable from any task (see :class:`SessionOpener`).
 
-        Takes the arguments of :meth:`create`. On failure the transport is closed.
+        Takes the arguments of :meth:`create`. A client (``server_side=False``)
+        must name *expected_peer* (or pass :data:`ANY_PEER`, or an
+        *authenticate_peer* check). On failure the transport is closed.
 
         Raises (when awaited or entered):
             AuthenticationError: the peer is not who it must be (``code`` says why).
@@ -274,6 +313,11 @@ class Session:
             ConnectionClosedError: the transport or the peer ended the handshake,
                 or it timed out (``close_code`` ``HANDSHAKE_TIMEOUT``).
         """
+
+        expected = require_peer(
+            expected_peer if not server_side or expected_peer is not None else ANY_PEER,
+            authenticate_peer,
+        )
 
         async def prepare() -> Session:
             return cls.create(
@@ -283,7 +327,7 @@ class Session:
                 config=config,
                 authorizer=authorizer,
                 tokens=tokens,
-                expected_peer=expected_peer,
+                expected_peer=expected,
                 authenticate_peer=authenticate_peer,
                 routes=routes,
                 accept_incoming=accept_incoming,

@@ -7,7 +7,7 @@ from typing import Any
 
 import anyio
 import pytest
-from transport_util import CLIENT_ID, make_server, running_tcp
+from transport_util import CLIENT_ID, SERVER_ID, make_server, running_tcp
 
 from m2mproto.config import Configuration
 from m2mproto.errors import ErrorCode
@@ -82,7 +82,9 @@ async def test_handshake_timeout_against_a_silent_server() -> None:
             tg.start_soon(listener.serve, silent)
             start = anyio.current_time()
             with pytest.raises(ConnectionClosedError) as info:
-                await connect(("127.0.0.1", port), identity=CLIENT_ID, config=cfg)
+                await connect(
+                    ("127.0.0.1", port), identity=CLIENT_ID, config=cfg, peer=SERVER_ID.agent_id
+                )
             assert info.value.close_code == ErrorCode.HANDSHAKE_TIMEOUT
             assert 0.25 <= anyio.current_time() - start < 3
             tg.cancel_scope.cancel()
@@ -144,7 +146,7 @@ async def test_graceful_close_delivers_everything_in_flight() -> None:
     payload = hashlib.shake_256(b"close").digest(1024 * 1024)
     with anyio.fail_after(20):
         async with running_tcp(server) as address:
-            session = await connect(address, identity=CLIENT_ID)
+            session = await connect(address, identity=CLIENT_ID, peer=SERVER_ID.agent_id)
             async with session:
                 for i in range(200):
                     await session.send("log", i)
