@@ -53,7 +53,7 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, TypeVar, overload
 
 import anyio
 from anyio.abc import ByteStream, TaskGroup
@@ -62,6 +62,7 @@ from ..config import Authorizer, Configuration
 from ..connection import Connection, Role
 from ..errors import (
     AuthenticationError,
+    DecodeError,
     ErrorCode,
     LocalProtocolError,
     M2MError,
@@ -129,6 +130,8 @@ def require_peer(
         )
     return peer
 
+
+_R = TypeVar("_R")
 
 #: What a handler receives and returns (see :class:`~m2mproto.transport.Router`).
 RouteKind = Literal["request", "message", "stream", "message_stream"]
@@ -517,13 +520,31 @@ class Session:
 
     # -- calls ------------------------------------------------------------------------
 
-    async def request(self, resource: str, value: Any, *, timeout: float | None = None) -> Any:
+    @overload
+    async def request(self, resource: str, value: Any, *, timeout: float | None = None) -> Any: ...
+
+    @overload
+    async def request(
+        self, resource: str, value: Any, *, timeout: float | None = None, expect: type[_R]
+    ) -> _R: ...
+
+    async def request(
+        self,
+        resource: str,
+        value: Any,
+        *,
+        timeout: float | None = None,
+        expect: type[Any] | None = None,
+    ) -> Any:
         """Send *value* to *resource* and return the peer's reply (a decoded CBOR value).
 
+        With *expect* (``dict``, ``list``, ``str``, ``bytes``, ``int``, ...), the
+        reply must be an instance of it, and the result is typed as such.
         If cancelled or timed out, the request's stream is reset (``CANCELLED``)
         and the session stays usable.
 
         Raises:
+            DecodeError: (``DECODE_ERROR``) the reply is not an *expect*.
             RequestTimeout: no reply within *timeout* seconds.
             AuthorizationError: (``UNAUTHORIZED``) the peer refused the call.
             StreamResetError: the peer reset the stream (``REFUSED``: no handler;
@@ -543,6 +564,11 @@ class Session:
             if not got:
                 raise StreamResetError(f"stream {chan.stream_id}: ended without a reply", 0, True)
             done = True
+            if expect is not None and not isinstance(reply, expect):
+                raise DecodeError(
+                    f"reply from {resource!r} is a {type(reply).__name__}, not a {expect.__name__}",
+                    ErrorCode.DECODE_ERROR,
+                )
             return reply
         except TimeoutError:
             raise RequestTimeout(

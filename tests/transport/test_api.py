@@ -330,3 +330,21 @@ async def test_connect_requires_the_server_identity_or_an_explicit_opt_out() -> 
                 address, identity=CLIENT_ID, tokens=[token(ALL)], authenticate_peer=seen.append
             ) as s:
                 assert seen == [SERVER_ID.agent_id]
+
+
+async def test_request_expect_types_the_reply() -> None:
+    from m2mproto.errors import DecodeError
+
+    server, _ = echo_server()
+    with anyio.fail_after(10):
+        async with (
+            running_tcp(server) as address,
+            connect(address, identity=CLIENT_ID, tokens=[token(ALL)], peer=SERVER_ID.agent_id) as s,
+        ):
+            reply = await s.request("echo", [1], expect=dict)
+            assert reply["echo"] == [1]
+            with pytest.raises(DecodeError) as info:
+                await s.request("echo", 1, expect=list)
+            assert info.value.code == ErrorCode.DECODE_ERROR
+            assert "dict" in str(info.value)
+            assert (await s.request("echo", 2))["echo"] == 2  # the session is fine
