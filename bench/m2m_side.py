@@ -127,13 +127,19 @@ class M2MClient:
         from m2mproto.identity import Identity
 
         self._connect = transport.connect
+        # one static key for all of this client's connections (signed once)
+        self._static_keys = transport.StaticKeys()
         self._identity = Identity.load(directory / "client.pem")
         self._token = (directory / "client.token").read_bytes()
         self._server_id = Identity.load(directory / "server.pem").agent_id
 
     async def connect(self, host: str, port: int) -> M2MChannel:
         session = await self._connect(
-            (host, port), identity=self._identity, tokens=[self._token], peer=self._server_id
+            (host, port),
+            identity=self._identity,
+            tokens=[self._token],
+            peer=self._server_id,
+            static_keys=self._static_keys,
         )
         return M2MChannel(session)
 
@@ -161,13 +167,15 @@ async def serve(directory: Path, ready: Any) -> None:
     # Every dialer is 127.0.0.1 and the harness keeps up to 64 handshakes in
     # flight (plus up to 1000 idle connections), so the admission limits must
     # sit above that, per source too: the defaults (16 pending per source)
-    # would evict honest bench handshakes and show up as TRUNCATED.
+    # would evict honest bench handshakes and show up as TRUNCATED; the idle
+    # connections all come from one address too.
     server = Server(
         Identity.load(directory / "server.pem"),
         trust_roots=[authority.agent_id],
         max_connections=_MAX_CONNECTIONS,
         max_pending_handshakes=_MAX_PENDING,
         max_pending_per_source=_MAX_PENDING,
+        max_sessions_per_source=_MAX_CONNECTIONS,
     )
 
     @server.request(ECHO)

@@ -23,6 +23,7 @@ from .identity import AgentId, Identity
 
 if TYPE_CHECKING:
     from .transport import (
+        ANY_PEER,
         ConnectionClosedError,
         Context,
         M2MAttribute,
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 # (m2mproto.connection, m2mproto.cbor, ...) can be used without loading anyio.
 _TRANSPORT_NAMES = frozenset(
     {
+        "ANY_PEER",
         "ConnectionClosedError",
         "Context",
         "M2MAttribute",
@@ -60,6 +62,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ANY_PEER",
     "AgentId",
     "AuthenticationError",
     "AuthorizationError",

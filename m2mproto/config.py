@@ -147,8 +147,8 @@ class Configuration:
     #: Our Noise static key: a :class:`~m2mproto.handshake.StaticKey` made once for the
     #: identity and shared by many connections (its binding is signed once; it must be
     #: bound to the connection's identity), or a raw 32-byte X25519 private key (bound
-    #: and signed per connection). Default: fresh per connection from ``entropy`` (the
-    #: transport instead shares one per identity per process, ``process_static_key``).
+    #: and signed per connection). Default: fresh per connection from ``entropy`` (a
+    #: transport ``Server`` or a ``StaticKeys`` passed to ``connect`` shares one instead).
     static_key: StaticKey | bytes | None = field(default=None, repr=False)  # a secret
     #: Largest handshake message accepted.
     max_handshake_message: int = 65535

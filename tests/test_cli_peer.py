@@ -93,12 +93,12 @@ def test_full_flow(world: tuple[Path, dict[str, str]], backend: str) -> None:
     peer = start_serve(d, "--root", ids["root"], "--revocations", str(revocations),
                        "--log-file", f"log-{backend}.jsonl", backend=backend)  # fmt: skip
     try:
-        client = ("--connect", peer.address, "--backend", backend)
+        client = ("--connect", peer.address, "--backend", backend, "--peer", ids["srv"])
         out = ok("request", "--key", "a.key", "--token", "a.tok", *client, "echo",
                  '{"hello": [1, 2]}', cwd=d)  # fmt: skip
         assert json.loads(out) == {"hello": [1, 2]}
         out = ok("send", "--key", "a.key", "--token", "a.tok", *client, "log", '{"n": 1}',
-                 "--peer", ids["srv"], cwd=d)  # fmt: skip
+                 cwd=d)  # fmt: skip
         assert json.loads(out)["sent"] is True
         logged = [json.loads(x) for x in (d / f"log-{backend}.jsonl").read_text().splitlines()]
         assert logged == [{"peer": ids["a"], "message": {"n": 1}}]
@@ -143,14 +143,16 @@ def test_client_failures(world: tuple[Path, dict[str, str]]) -> None:
     try:
         client = ("--connect", peer.address)
         # No token at all: authenticated, but no capability.
-        result = m2m("request", "--key", "a.key", *client, "echo", "1", cwd=d)
+        result = m2m("request", "--key", "a.key", *client, "--peer", ids["srv"], "echo", "1",
+                     cwd=d)  # fmt: skip
         assert result.returncode == EXIT_CODES["authorization"]
         # Wrong expected peer.
         result = m2m("request", "--key", "a.key", "--token", "a.tok", "--peer", ids["b"],
                      *client, "echo", "1", cwd=d)  # fmt: skip
         assert result.returncode == EXIT_CODES["authentication"], result.stderr
         # Malformed JSON and malformed agent ID are user mistakes.
-        result = m2m("request", "--key", "a.key", *client, "echo", "{nope", cwd=d)
+        result = m2m("request", "--key", "a.key", *client, "--peer", ids["srv"], "echo", "{nope",
+                     cwd=d)  # fmt: skip
         assert result.returncode == EXIT_CODES["local"] and "INVALID_ARGUMENT" in result.stderr
         result = m2m("request", "--key", "a.key", "--peer", "m2m1xyz", *client, "echo", "1",
                      cwd=d)  # fmt: skip
@@ -158,10 +160,34 @@ def test_client_failures(world: tuple[Path, dict[str, str]]) -> None:
     finally:
         stop(peer)
     # Nobody listens any more: unreachable host.
-    result = m2m("request", "--key", "a.key", "--connect", peer.address, "echo", "1", cwd=d)
+    result = m2m("request", "--key", "a.key", "--connect", peer.address, "--insecure-any-peer",
+                 "echo", "1", cwd=d)  # fmt: skip
     assert result.returncode == EXIT_CODES["network"]
-    for r in (result,):
-        assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "ANY_PEER" in result.stderr  # the warning, then the failure
+    assert result.stderr.count("\n") == 2 and "Traceback" not in result.stderr
+
+
+def test_client_must_name_the_server(world: tuple[Path, dict[str, str]]) -> None:
+    """Without --peer a client would accept any server that trusts the same root."""
+    d, ids = world
+    peer = start_serve(d, "--root", ids["root"])
+    try:
+        base = ("--key", "a.key", "--token", "a.tok", "--connect", peer.address)
+        for kind in ("request", "send"):
+            result = m2m(kind, *base, "echo", "1", cwd=d)
+            assert result.returncode == EXIT_CODES["local"], result.stderr
+            assert "INVALID_ARGUMENT" in result.stderr and "--peer" in result.stderr
+            assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+        both = m2m("request", *base, "--peer", ids["srv"], "--insecure-any-peer", "echo", "1",
+                   cwd=d)  # fmt: skip
+        assert both.returncode == EXIT_CODES["local"] and "INVALID_ARGUMENT" in both.stderr
+        # the explicit opt-out works, loudly
+        result = m2m("request", *base, "--insecure-any-peer", "echo", "2", cwd=d)
+        assert result.returncode == 0 and json.loads(result.stdout) == 2
+        assert "ANY_PEER" in result.stderr and "not authenticated" in result.stderr
+        assert json.loads(ok("request", *base, "--peer", ids["srv"], "echo", "3", cwd=d)) == 3
+    finally:
+        stop(peer)
 
 
 @pytest.mark.slow
@@ -170,7 +196,7 @@ def test_serve_untrusted_root_refuses_tokens(world: tuple[Path, dict[str, str]])
     peer = start_serve(d, "--root", ids["b"])  # trusts someone else
     try:
         result = m2m("request", "--key", "a.key", "--token", "a.tok", "--connect", peer.address,
-                     "echo", "1", cwd=d)  # fmt: skip
+                     "--peer", ids["srv"], "echo", "1", cwd=d)  # fmt: skip
         assert result.returncode == EXIT_CODES["token"]
         assert "TOKEN_INVALID" in result.stderr
     finally:

@@ -126,7 +126,16 @@ def register(sub: Any) -> None:
         q.add_argument("--key", required=True, metavar="FILE", help="your private key file")
         q.add_argument("--token", action="append", metavar="FILE", help="token to present")
         q.add_argument("--connect", required=True, metavar="HOST:PORT", help="the peer's address")
-        q.add_argument("--peer", metavar="AGENT_ID", help="require the peer to be this agent")
+        q.add_argument(
+            "--peer",
+            metavar="AGENT_ID",
+            help="the server's agent ID (required unless --insecure-any-peer)",
+        )
+        q.add_argument(
+            "--insecure-any-peer",
+            action="store_true",
+            help="accept any server that authenticates (it is NOT checked to be who you expect)",
+        )
         q.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
         q.add_argument("--json", action="store_true", help="print JSON (the default output)")
         q.add_argument("resource", metavar="RESOURCE")
@@ -271,6 +280,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- clients
 
 
+def _expected(args: argparse.Namespace) -> Any:
+    """The server's agent ID from ``--peer``, or ``ANY_PEER`` with ``--insecure-any-peer``.
+
+    Raises:
+        LocalProtocolError: (``INVALID_ARGUMENT``) neither, or both, were given.
+    """
+    from ..transport import ANY_PEER
+
+    if args.peer and args.insecure_any_peer:
+        raise LocalProtocolError(
+            "--peer and --insecure-any-peer exclude each other", ErrorCode.INVALID_ARGUMENT
+        )
+    if args.peer:
+        return AgentId.parse(args.peer)
+    if args.insecure_any_peer:
+        return ANY_PEER
+    raise LocalProtocolError(
+        "--peer AGENT_ID is required (the server's agent ID), or --insecure-any-peer",
+        ErrorCode.INVALID_ARGUMENT,
+    )
+
+
 async def _reliable_send(args: argparse.Namespace, value: Any) -> int:
     """Queue *value* in the outbox (durable with ``--state-dir``) and wait for the ack.
 
@@ -285,7 +316,7 @@ async def _reliable_send(args: argparse.Namespace, value: Any) -> int:
             parse_hostport(args.connect),
             identity=Identity.load(args.key),
             tokens=[read_token(t) for t in args.token or ()],
-            peer=AgentId.parse(args.peer) if args.peer else None,
+            peer=_expected(args),
             resource=args.resource,
             outbox=outbox,
         ) as sender:
@@ -306,7 +337,7 @@ async def _client(args: argparse.Namespace, value: Any) -> Any:
     identity = Identity.load(args.key)
     tokens = [read_token(t) for t in args.token or ()]
     host, port = parse_hostport(args.connect)
-    expected = AgentId.parse(args.peer) if args.peer else None
+    expected = _expected(args)
     with anyio.fail_after(args.timeout):
         async with connect(
             (host, port),
@@ -324,6 +355,9 @@ async def _client(args: argparse.Namespace, value: Any) -> Any:
 def cmd_client(args: argparse.Namespace) -> int:
     require_backend(args.backend)
     value = _parse_json(args.message)
+    if not getattr(args, "reliable", False):
+        _state_path(args, "outbox.sqlite3")  # refuses --state-dir without --reliable
+    _expected(args)  # before any connection (connect() warns about --insecure-any-peer)
     started = time.monotonic()
     try:
         reply = anyio.run(_client, args, value, backend=args.backend)

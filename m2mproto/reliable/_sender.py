@@ -46,6 +46,7 @@ from ..errors import (
 )
 from ..identity import AgentId, Identity
 from ..transport import connect
+from ..transport.session import AnyPeer
 from ..transport._pump import Signal
 from ._store import MemoryOutbox, Outbox
 from ._wire import Ack, Data, Hello, Welcome, parse
@@ -77,8 +78,13 @@ class ReliableSender:
     Use as an async context manager (it runs a background task)::
 
         async with ReliableSender(("127.0.0.1", 7000), identity=me, tokens=[tok],
-                                  resource="log", outbox=SqliteOutbox(path)) as sender:
+                                  peer=server_id, resource="log",
+                                  outbox=SqliteOutbox(path)) as sender:
             await sender.send({"n": 1})     # returns once the peer acknowledged it
+
+    *peer* names the receiver (its agent ID). An outbox already bound to a
+    receiver may omit it; ``peer=ANY_PEER`` binds a fresh outbox to the first
+    receiver that authenticates (trust on first use).
 
     Raises (from ``send``/``wait_delivered``/``flush``): the permanent error that
     stopped the sender (``AuthenticationError``, ``AuthorizationError``).
@@ -92,7 +98,7 @@ class ReliableSender:
         resource: str,
         outbox: Outbox | None = None,
         tokens: Sequence[bytes] = (),
-        peer: AgentId | str | None = None,
+        peer: AgentId | str | AnyPeer | None = None,
         trust_roots: Iterable[AgentId | str] | None = None,
         config: Configuration | None = None,
         backoff_initial: float = 0.05,
@@ -109,7 +115,13 @@ class ReliableSender:
         self.outbox = outbox if outbox is not None else MemoryOutbox()
         self.tokens = tuple(tokens)
         self.peer = peer
-        if peer is not None:
+        if peer is None and self.outbox.receiver is None:
+            raise LocalProtocolError(
+                "a reliable sender needs its receiver: peer=AGENT_ID, or peer=ANY_PEER to "
+                "bind the outbox to the first receiver that authenticates",
+                ErrorCode.INVALID_ARGUMENT,
+            )
+        if peer is not None and not isinstance(peer, AnyPeer):
             expected = peer.text if isinstance(peer, AgentId) else AgentId.parse(peer).text
             if self.outbox.receiver not in (None, expected):
                 raise LocalProtocolError(
@@ -252,7 +264,7 @@ class ReliableSender:
                 ErrorCode.AUTH_UNEXPECTED_PEER,
             ) from None
 
-    async def _session(self, peer: AgentId | str | None) -> None:
+    async def _session(self, peer: AgentId | str | AnyPeer | None) -> None:
         async with connect(
             self.address,
             identity=self.identity,

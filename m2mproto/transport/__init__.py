@@ -6,11 +6,15 @@ their streams to handlers; :func:`memory_pair` connects two sessions in
 memory. See ``README.md`` for a complete client and server.
 """
 
+from ._keys import StaticKeys
 from .attributes import M2MAttribute
-from .client import SessionOpener, connect, parse_hostport
+from .client import connect, parse_hostport
 from .memory import MemoryByteStream, MemoryPair, memory_pair, memory_stream_pair
-from .server import Route, Router, Server
+from .routing import Route, Router
+from .server import Server, ServerStats
 from .session import (
+    ANY_PEER,
+    AnyPeer,
     ConnectionClosedError,
     Context,
     DataStream,
@@ -19,10 +23,13 @@ from .session import (
     Peer,
     RequestTimeout,
     Session,
+    SessionOpener,
     StreamResetError,
 )
 
 __all__ = [
+    "ANY_PEER",
+    "AnyPeer",
     "ConnectionClosedError",
     "Context",
     "DataStream",
@@ -36,8 +43,10 @@ __all__ = [
     "Route",
     "Router",
     "Server",
+    "ServerStats",
     "Session",
     "SessionOpener",
+    "StaticKeys",
     "StreamResetError",
     "connect",
     "memory_pair",

@@ -1,210 +1,292 @@
-"""Event dispatch: turns the Connection's events into channel state and handler tasks.
+"""Event dispatch: turns the Connection's events into channel status and handler tasks.
 
 Theory of operation
 -------------------
-The pump calls :meth:`_Dispatcher._on_event` synchronously, in its own task,
-for every event the core produces, in order. Data and messages go to their
-stream's :class:`~._channels._Channel` inbox (credit is returned only when the
-application takes them); streams the peer opens go to the session's router
-(a handler task in the session's task group) or to ``async for incoming in
-session``; resets, the end of streams and the close wake whoever waits. After
-every event the ``flushed`` signal fires, since any event may have moved
-flow-control credit.
+The pump calls :meth:`Dispatcher.on_event` synchronously, in its own task, for
+every event the core produces, in order. One table (:data:`HANDLERS`) maps
+every event class of :mod:`m2mproto.events` to its handler, so an event the
+transport does not handle is a test failure, not a silent drop.
+
+Data and messages go to their stream's :class:`~._link.Channel` inbox (credit
+is returned only when the application takes them). A stream the peer opens is
+offered to the session's ``admit`` callback, which answers with a plan: serve
+it with a stream handler now, hand its first message to a call handler, deliver
+that message to ``async for incoming in session``, or refuse it. Handlers run
+as tasks in the session's task group, each in its own cancel scope; resets,
+the end of streams and the close wake whoever waits. After every event the
+``flushed`` signal fires, since any event may have moved flow-control credit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+import enum
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 import anyio
+from anyio.abc import TaskGroup
 
 from .. import events as ev
-from ..errors import (
-    ErrorCode,
-    M2MError,
-    code_name,
-)
-from ._channels import DataStream, Incoming, MessageStream, _Channel
-from ._session_core import Context, Peer, _SessionCore
+from ..errors import ErrorCode, code_name
+from ._link import Channel, Link, Peer
+from ._pump import Flag, Signal
+from ._streams import Incoming
 
-if TYPE_CHECKING:
-    from .server import Route
-    from .session import Session
+__all__ = ["HANDLERS", "Dispatcher", "Plan"]
 
-__all__: list[str] = []
+R = TypeVar("R")
 
 
-class _Dispatcher(_SessionCore):
-    """Event handling and handler tasks of a session."""
+class Plan(enum.Enum):
+    """What to do with a stream the peer opened (the ``admit`` callback's answer)."""
+
+    #: Run the stream handler now; it reads the stream.
+    STREAM = "stream"
+    #: Run the call handler with the stream's first message.
+    CALL = "call"
+    #: Deliver the first message to ``async for incoming in session``.
+    INCOMING = "incoming"
+
+
+class Dispatcher(Generic[R]):
+    """Applies events to a :class:`~._link.Link` and runs handlers for peer streams.
+
+    *admit* maps a new peer stream to ``(plan, route)`` or ``None`` (refused
+    with ``REFUSED``); *serve_stream* and *serve_call* run a route's handler.
+    """
+
+    def __init__(
+        self,
+        link: Link,
+        admit: Callable[[Channel], tuple[Plan, R | None] | None],
+        serve_stream: Callable[[Channel, R], Awaitable[None]],
+        serve_call: Callable[[Channel, R, Any, object], Awaitable[None]],
+        *,
+        server_side: bool,
+    ) -> None:
+        self._link = link
+        link.pump.on_event = self.on_event
+        self._admit = admit
+        self._serve_stream = serve_stream
+        self._serve_call = serve_call
+        self._server_side = server_side
+        #: At most this many handler tasks at once (the peer's stream limit).
+        self._max_handlers = link.conn.config.max_concurrent_streams
+        self._tg: TaskGroup | None = None
+        #: Cancel scope of each running handler, by the channel it serves.
+        self._handlers: dict[Channel, anyio.CancelScope] = {}
+        #: Set while no handler runs.
+        self.idle = Flag()
+        self.idle.set()
+        #: Messages with no route, for ``async for incoming in session``.
+        self.incoming: deque[Incoming] = deque()
+        self.incoming_signal = Signal()
+        #: Waiters for our pings, by payload.
+        self.pings: dict[bytes, anyio.Event] = {}
+        #: The peer's last accepted token summary.
+        self.capabilities: object = None
+        #: When the peer last did something productive (anyio clock): completed the
+        #: handshake, had a stream admitted, sent data, a message or a stream end,
+        #: had tokens accepted, or answered our ping. Refusals never count.
+        self.last_activity = 0.0
 
     @property
-    def _session(self) -> Session:
-        """This object as the public :class:`~.session.Session` it is part of."""
-        return cast("Session", self)
+    def running(self) -> int:
+        """Handler tasks running now."""
+        return len(self._handlers)
 
-    def _on_event(self, event: object) -> None:
-        if isinstance(event, ev.DataReceived):
-            self._on_data(event.stream_id, event.data)
-        elif isinstance(event, ev.MessageReceived):
-            self._on_message(event)
-        elif isinstance(event, ev.StreamOpened):
-            self._on_stream_opened(event)
-        elif isinstance(event, ev.StreamEnded):
-            self._on_stream_ended(event.stream_id)
-        elif isinstance(event, ev.StreamReset):
-            self._on_reset(event.stream_id, event.code, event.remote)
-        elif isinstance(event, ev.HandshakeCompleted):
-            self._peer = Peer(event.peer)
-            self._handshake_hash = event.handshake_hash
-            self._log.extra = {"peer": event.peer.short}
-            self._log.info("handshake complete (%s)", "server" if self._server_side else "client")
-            self._handshake_done.set()
-        elif isinstance(event, ev.ConnectionClosed):
-            self._mark_closed(event.code, event.reason, event.remote)
-            self._pump.finish()
-        elif isinstance(event, ev.TokenAccepted):
-            self._capabilities = event.grant
-            self._log.info("peer tokens accepted")
-        elif isinstance(event, ev.TokenRejected):
-            self._log.info("peer token rejected: %s", event.code.name)
-        elif isinstance(event, ev.PingAcknowledged):
-            waiter = self._pings.pop(event.payload, None)
-            if waiter is not None:
-                waiter.set()
+    # -- lifecycle ------------------------------------------------------------------
+
+    def bind(self, tg: TaskGroup | None) -> None:
+        """Run handlers in *tg* from now on (``None``: start no more handlers)."""
+        self._tg = tg
+
+    def cancel_handlers(self) -> None:
+        for scope in list(self._handlers.values()):
+            scope.cancel()
+
+    def mark_closed(self, code: int, reason: str, remote: bool) -> None:
+        """The connection is over: record it and wake every waiter."""
+        self._link.mark_closed(code, reason, remote)
+        self.incoming_signal.notify()
+        for waiter in self.pings.values():
+            waiter.set()
+
+    # -- events -----------------------------------------------------------------------
+
+    def on_event(self, event: ev.Event) -> None:
+        handler = HANDLERS.get(type(event))
+        if handler is None:  # a subclass the table does not name (tested not to happen)
+            self._link.log.debug("event not handled: %r", type(event).__name__)
+        else:
+            handler(self, event)
         # any event may have moved credit: let waiting senders re-check
-        self._pump.flushed.notify()
+        self._link.pump.flushed.notify()
 
-    def _on_stream_opened(self, event: ev.StreamOpened) -> None:
-        chan = _Channel(event.stream_id, event.resource, local=False, grant=event.grant)
-        route = self._router.find(event.resource) if self._router is not None else None
-        if route is None and not self._accept_incoming:
-            self._log.info("no handler for %r: refused", event.resource)
-            self._reset_quietly(event.stream_id, ErrorCode.REFUSED)
+    def _handshake_completed(self, event: ev.HandshakeCompleted) -> None:
+        self.last_activity = anyio.current_time()
+        link = self._link
+        link.peer = Peer(event.peer)
+        link.log.extra = {"peer": event.peer.short}
+        link.log.info("handshake complete (%s)", "server" if self._server_side else "client")
+        link.handshake_done.set()
+
+    def _connection_closed(self, event: ev.ConnectionClosed) -> None:
+        self.mark_closed(event.code, event.reason, event.remote)
+        self._link.pump.finish()
+
+    def _token_accepted(self, event: ev.TokenAccepted) -> None:
+        self.last_activity = anyio.current_time()
+        self.capabilities = event.grant
+        self._link.log.info("peer tokens accepted")
+
+    def _token_rejected(self, event: ev.TokenRejected) -> None:
+        self._link.log.info("peer token rejected: %s", event.code.name)
+
+    def _ping_acknowledged(self, event: ev.PingAcknowledged) -> None:
+        self.last_activity = anyio.current_time()
+        waiter = self.pings.pop(event.payload, None)
+        if waiter is not None:
+            waiter.set()
+
+    def _key_updated(self, event: ev.KeyUpdated) -> None:
+        who = "peer" if event.remote else "our"
+        self._link.log.debug("%s sending key updated (generation %d)", who, event.generation)
+
+    def _stream_opened(self, event: ev.StreamOpened) -> None:
+        link = self._link
+        chan = Channel(event.stream_id, event.resource, local=False, grant=event.grant)
+        decision = self._admit(chan)
+        if decision is None:
+            link.log.info("no handler for %r: refused", event.resource)
+            link.reset(event.stream_id, ErrorCode.REFUSED)  # refuse_stream once available
             return
-        self._channels[event.stream_id] = chan
-        if route is None:
-            chan.to_incoming = True
-        elif route.takes_stream:
-            self._spawn(self._serve_stream, chan, route)
+        if decision[0] is not Plan.INCOMING and len(self._handlers) >= self._max_handlers:
+            # Backstop: reset streams cancel their handlers, but a cancelled handler
+            # may still be finishing; never run more than the peer may have open.
+            link.log.info("%d handlers running: stream %d refused", self.running, chan.stream_id)
+            link.reset(event.stream_id, ErrorCode.REFUSED)  # refuse_stream once available
+            return
+        plan, route = decision
+        self.last_activity = anyio.current_time()
+        link.channels[event.stream_id] = chan
+        if plan is Plan.STREAM:
+            assert route is not None
+            self._spawn(chan, self._serve_stream, chan, route)
         else:
-            chan.route = route
+            chan.first = route if plan is Plan.CALL else Plan.INCOMING
 
-    def _on_data(self, sid: int, data: bytes) -> None:
-        chan = self._channels.get(sid)
-        if chan is None or chan.detached:
-            self._acknowledge(sid, len(data))
+    def _data_received(self, event: ev.DataReceived) -> None:
+        self.last_activity = anyio.current_time()
+        link, sid = self._link, event.stream_id
+        chan = link.channels.get(sid)
+        if chan is None or chan.discard:
+            link.acknowledge(sid, len(event.data))
             return
-        if chan.route is not None or chan.to_incoming:
-            self._acknowledge(sid, len(data))
-            self._reset_quietly(sid, ErrorCode.PROTOCOL_ERROR)
+        if chan.first is not None:  # a message stream carrying bytes
+            link.acknowledge(sid, len(event.data))
+            link.reset(chan, ErrorCode.PROTOCOL_ERROR)  # refuse_stream once available
             return
-        chan.push(False, data, len(data))
+        chan.push(False, event.data, len(event.data))
 
-    def _on_message(self, event: ev.MessageReceived) -> None:
-        sid = event.stream_id
-        size = self._message_size(event)
-        chan = self._channels.get(sid)
-        if chan is None or chan.detached:
-            self._acknowledge(sid, size)
+    def _message_received(self, event: ev.MessageReceived) -> None:
+        self.last_activity = anyio.current_time()
+        link, sid = self._link, event.stream_id
+        size = link.message_size(event)
+        chan = link.channels.get(sid)
+        if chan is None or chan.discard:
+            link.acknowledge(sid, size)
             return
-        grant = event.grant if event.grant is not None else chan.grant
-        if chan.route is not None:
-            route, chan.route = chan.route, None
-            self._acknowledge(sid, size)
-            chan.detached = True
-            self._spawn(self._serve_call, chan, route, event.value, grant)
-        elif chan.to_incoming:
-            chan.to_incoming = False
-            chan.detached = True
-            self._acknowledge(sid, size)
-            self._incoming.append(Incoming(self._session, sid, chan.resource, event.value, grant))
-            self._incoming_signal.notify()
-        else:
+        first = chan.first
+        if first is None:
             chan.push(True, event.value, size)
+            return
+        chan.first = None
+        chan.discard = True  # the call handler gets this message; later items are dropped
+        link.acknowledge(sid, size)
+        grant = event.grant if event.grant is not None else chan.grant
+        if first is Plan.INCOMING:
+            assert link.peer is not None
+            self.incoming.append(Incoming(link, link.peer, sid, chan.resource, event.value, grant))
+            self.incoming_signal.notify()
+        else:
+            self._spawn(chan, self._serve_call, chan, first, event.value, grant)
 
-    def _on_stream_ended(self, sid: int) -> None:
-        chan = self._channels.get(sid)
+    def _stream_ended(self, event: ev.StreamEnded) -> None:
+        self.last_activity = anyio.current_time()
+        link = self._link
+        chan = link.channels.get(event.stream_id)
         if chan is None:
             return
         chan.recv_ended = True
-        if chan.route is not None or chan.to_incoming:  # ended before its message
-            chan.route = None
-            chan.to_incoming = False
-            self._end_quietly(sid)
+        if chan.first is not None:  # ended before its message: end ours too
+            chan.first = None
+            link.end(event.stream_id)
         chan.changed.notify()
-        self._maybe_forget(chan)
+        link.forget_if_done(chan)
 
-    def _on_reset(self, sid: int, code: int, remote: bool) -> None:
+    def _stream_reset(self, event: ev.StreamReset) -> None:
+        link, sid, code, remote = self._link, event.stream_id, event.code, event.remote
         if not remote and code == ErrorCode.UNAUTHORIZED:
             # the Connection refused the peer's stream or message: no capability covers it
-            self._log.info("refused stream %d: %s", sid, code_name(code))
-        chan = self._channels.pop(sid, None)
-        if chan is not None:
-            chan.reset = (code, remote)
-            chan.route = None
-            if remote and chan.handler_scope is not None:
-                chan.handler_scope.cancel()  # nobody waits for this handler's result
-            chan.changed.notify()
-            self._log.debug(
-                "stream %d reset (%s, %s)", sid, code_name(code), "peer" if remote else "local"
-            )
-
-    def _context(self, chan: _Channel, grant: object) -> Context:
-        return Context(self._session, self.peer, grant, chan.resource, chan.stream_id)
-
-    async def _serve_call(self, chan: _Channel, route: Route, value: Any, grant: object) -> None:
-        ctx = self._context(chan, grant)
-        try:
-            result = await route.call(value, ctx)
-        except Exception:
-            self._log.exception("handler for %r failed", chan.resource)
-            self._reset_quietly(chan.stream_id, ErrorCode.APPLICATION_ERROR)
+            link.log.info("refused stream %d: %s", sid, code_name(code))
+        chan = link.channels.pop(sid, None)
+        if chan is None:
             return
-        if self._closed.is_set() or chan.reset is not None:
-            return
-        if route.kind == "request":
-            try:
-                await self._queue_send(
-                    chan.stream_id, result, message=True, end_stream=True, flush=True
-                )
-            except M2MError as exc:
-                self._log.warning("reply to %r not sent: %s", chan.resource, exc)
-                self._reset_quietly(chan.stream_id, ErrorCode.APPLICATION_ERROR)
-        else:
-            self._end_quietly(chan.stream_id)
-
-    async def _serve_stream(self, chan: _Channel, route: Route) -> None:
-        ctx = self._context(chan, chan.grant)
-        stream: DataStream | MessageStream
-        stream = (
-            MessageStream(self._session, chan)
-            if route.kind == "message_stream"
-            else DataStream(self._session, chan)
+        chan.reset = (code, remote)
+        chan.first = None
+        scope = self._handlers.get(chan)
+        if scope is not None:
+            # Either side's reset ends the handler: the core has freed the stream's
+            # slot, so a handler left running would let the peer start one more per
+            # open (Rapid Reset, or MadeYouReset when the core resets a bad message).
+            scope.cancel()
+        chan.changed.notify()
+        link.log.debug(
+            "stream %d reset (%s, %s)", sid, code_name(code), "peer" if remote else "local"
         )
-        try:
-            await route.serve_stream(stream, ctx)
-        except Exception:
-            self._log.exception("stream handler for %r failed", chan.resource)
-            await stream.reset(ErrorCode.APPLICATION_ERROR)
-            return
-        await stream.aclose()
 
-    def _spawn(self, func: Callable[..., Any], chan: _Channel, *args: Any) -> None:
-        if self._tg is None or self._closed.is_set():
-            return
-        self._handlers += 1
-        self._handlers_idle.clear()
-        self._tg.start_soon(self._handler_task, func, chan, *args)
+    # -- handler tasks ------------------------------------------------------------------
 
-    async def _handler_task(self, func: Callable[..., Any], chan: _Channel, *args: Any) -> None:
-        scope = chan.handler_scope = anyio.CancelScope()
-        self._handler_scopes.add(scope)
+    def _spawn(self, chan: Channel, func: Callable[..., Awaitable[None]], *args: Any) -> None:
+        if self._tg is None or self._link.closed.is_set():
+            return
+        scope = anyio.CancelScope()
+        self._handlers[chan] = scope
+        self.idle.clear()
+        self._tg.start_soon(self._handler_task, chan, scope, func, *args)
+
+    async def _handler_task(
+        self,
+        chan: Channel,
+        scope: anyio.CancelScope,
+        func: Callable[..., Awaitable[None]],
+        *args: Any,
+    ) -> None:
         try:
-            with scope:
-                await func(chan, *args)
+            if not scope.cancel_called:  # not reset before it could start
+                with scope:
+                    await func(*args)
         finally:
-            self._handler_scopes.discard(scope)
-            self._handlers -= 1
+            del self._handlers[chan]
             if not self._handlers:
-                self._handlers_idle.set()
+                self.idle.set()
+
+
+_Handler = Callable[[Dispatcher[Any], Any], None]
+
+#: The handler of every event class of :mod:`m2mproto.events` (exhaustive: tested).
+HANDLERS: dict[type[ev.Event], _Handler] = {
+    ev.HandshakeCompleted: Dispatcher._handshake_completed,
+    ev.StreamOpened: Dispatcher._stream_opened,
+    ev.DataReceived: Dispatcher._data_received,
+    ev.MessageReceived: Dispatcher._message_received,
+    ev.StreamEnded: Dispatcher._stream_ended,
+    ev.StreamReset: Dispatcher._stream_reset,
+    ev.PingAcknowledged: Dispatcher._ping_acknowledged,
+    ev.KeyUpdated: Dispatcher._key_updated,
+    ev.TokenAccepted: Dispatcher._token_accepted,
+    ev.TokenRejected: Dispatcher._token_rejected,
+    ev.ConnectionClosed: Dispatcher._connection_closed,
+}

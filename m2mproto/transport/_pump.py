@@ -58,15 +58,43 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Protocol
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import ByteStream
 
 from ..errors import ErrorCode, M2MError
+from ..events import Event
 
-__all__ = ["Flag", "Pump", "Signal"]
+__all__ = ["ConnectionDriver", "Flag", "Pump", "Signal"]
+
+
+class ConnectionDriver(Protocol):
+    """What the pump needs of a sans-IO connection: exactly these five calls.
+
+    :class:`~m2mproto.connection.Connection` implements it; another protocol
+    core (a QUIC or NATS binding) that speaks in :mod:`m2mproto.events` can be
+    pumped by implementing it. ``next_event`` returns the ``need_data``
+    sentinel given to the :class:`Pump` when it needs more input. Every call
+    may raise :class:`~m2mproto.errors.M2MError` once the connection is over.
+    """
+
+    def receive_data(self, data: bytes, now: float | None = None) -> None:
+        """Feed bytes read from the transport (``b""``: end of stream)."""
+
+    def next_event(self) -> object:
+        """The next event, or the ``need_data`` sentinel."""
+
+    def data_to_send(self) -> bytes:
+        """Take the bytes to write (``b""``: nothing)."""
+
+    def get_timer(self) -> float | None:
+        """The next deadline on the transport's clock, or None."""
+
+    def handle_timer(self, now: float) -> None:
+        """Act on expired deadlines."""
+
 
 #: Bytes asked of the transport per receive call. Larger than one record
 #: (65537 bytes on the wire), so a busy reader takes several records per wakeup
@@ -160,22 +188,20 @@ class Pump:
     """Moves bytes between ``conn`` and ``transport`` and drives the core's timer.
 
     ``on_event`` is called (synchronously, in the pump's task) for each event
-    the connection produces. ``conn`` is duck-typed to the Connection driver API
-    (``receive_data``, ``next_event``, ``data_to_send``, ``get_timer``,
-    ``handle_timer``), so the pump has no opinion about events.
+    the connection produces. ``conn`` is any :class:`ConnectionDriver`; the
+    pump has no opinion about events.
     """
 
     # slotted: one pump per session, and an idle session should stay small
     __slots__ = (
         "_armed",
-        "_closing",
         "_early_deadline",
         "_eof_fed",
+        "_finishing",
         "_held",
         "_linger",
         "_log",
         "_need_data",
-        "_on_event",
         "_processing",
         "_scope",
         "_send_done",
@@ -187,15 +213,16 @@ class Pump:
         "conn",
         "finished",
         "flushed",
+        "on_event",
         "transport",
         "transport_error",
     )
 
     def __init__(
         self,
-        conn: Any,
+        conn: ConnectionDriver,
         transport: ByteStream,
-        on_event: Callable[[Any], None],
+        on_event: Callable[[Event], None],
         need_data: object,
         log: logging.LoggerAdapter[logging.Logger] | logging.Logger,
         *,
@@ -203,7 +230,8 @@ class Pump:
     ) -> None:
         self.conn = conn
         self.transport = transport
-        self._on_event = on_event
+        #: Called for each event; the session's dispatcher binds it before :meth:`run`.
+        self.on_event = on_event
         self._need_data = need_data
         self._log = log
         self._linger = linger
@@ -214,7 +242,7 @@ class Pump:
         self.finished = Flag()
         #: The transport exception that ended the connection, if any.
         self.transport_error: BaseException | None = None
-        self._closing = False
+        self._finishing = False
         self._processing = False
         self._eof_fed = False
         #: The task group's cancel scope once running: the one scope of the pump
@@ -254,7 +282,7 @@ class Pump:
         the writer or do it at once, so that their frames coalesce.
         """
         self.process()
-        if self._closing or self._sending or self._held:
+        if self._finishing or self._sending or self._held:
             self._wake.notify()  # the writer re-checks once the slot is free
             return
         data = self.conn.data_to_send()
@@ -281,7 +309,7 @@ class Pump:
         task's cancellation (a record is never half-written) but not from
         :meth:`abort`.
         """
-        if self._sending or self._closing or self._scope is None:
+        if self._sending or self._finishing or self._scope is None:
             self.wake()
             return
         self.process()
@@ -299,7 +327,7 @@ class Pump:
             self._send_scope = None
             self._sending = False
             self._send_done.notify()
-        if self._closing:
+        if self._finishing:
             self._wake.notify()
         else:
             timer = self.conn.get_timer()
@@ -311,10 +339,10 @@ class Pump:
         try:
             await self.transport.send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-            if not self._closing:
+            if not self._finishing:
                 self.transport_error = exc
                 self._log.info("transport failed while writing: %r", exc)
-            self._closing = True
+            self._finishing = True
             self._feed_eof()
             self._stop_reader(-math.inf)
             return False
@@ -331,7 +359,7 @@ class Pump:
             return
         self._processing = True
         try:
-            for _ in iter(int, 1):  # bounded: each event consumes buffered input or state
+            while True:  # ends at NEED_DATA or a closed core; each event consumes input
                 try:
                     event = self.conn.next_event()
                 except M2MError as exc:  # the core is closed; nothing more to parse
@@ -341,19 +369,20 @@ class Pump:
                     return
                 if event is self._need_data:
                     return
-                self._on_event(event)
+                assert isinstance(event, Event)
+                self.on_event(event)
         finally:
             self._processing = False
 
     def finish(self) -> None:
         """The core is closed: flush what is left, half-close, linger, stop."""
-        if not self._closing:
-            self._closing = True
+        if not self._finishing:
+            self._finishing = True
             self._wake.notify()
 
     def abort(self, grace: float = 0.0) -> None:
         """Stop both tasks and close the transport; *grace* seconds may flush a CLOSE."""
-        self._closing = True
+        self._finishing = True
         deadline = -math.inf if grace <= 0 else anyio.current_time() + grace
         send_scope = self._send_scope
         if send_scope is not None:
@@ -411,13 +440,13 @@ class Pump:
         self._stop_reader(anyio.current_time() + self._linger)
 
     async def _reader(self) -> None:
-        for _ in iter(int, 1):  # until EOF, failure, or the linger deadline
+        while True:  # ends at EOF, a transport failure, or the pump's scope deadline
             try:
                 data = await self.transport.receive(RECEIVE_SIZE)
             except anyio.EndOfStream:
                 data = b""
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                if not self._closing:
+                if not self._finishing:
                     self.transport_error = exc
                     self._log.info("transport failed while reading: %r", exc)
                 data = b""
@@ -433,7 +462,7 @@ class Pump:
             self.wake()
 
     async def _writer(self) -> None:
-        for _ in iter(int, 1):  # until closed and flushed, or the transport fails
+        while True:  # ends once the core closed and was flushed, or the transport failed
             if self._sending:  # a flush() caller holds the send slot
                 await self._send_done.wait()
                 continue
@@ -449,7 +478,7 @@ class Pump:
                 if not ok:
                     return
                 continue
-            if self._closing:
+            if self._finishing:
                 try:
                     await self.transport.send_eof()
                 except Exception:

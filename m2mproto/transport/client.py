@@ -1,22 +1,19 @@
 """connect(): open a session to an m2mproto peer over TCP, a Unix socket or any ByteStream.
 
-``connect(...)`` returns an opener usable both ways::
+``connect(...)`` returns a :class:`~.session.SessionOpener`, usable both ways::
 
-    async with m2mproto.connect(("127.0.0.1", 7000), identity=me) as session: ...
-    async with await m2mproto.connect(("127.0.0.1", 7000), identity=me) as session: ...
+    async with connect(("127.0.0.1", 7000), identity=me, peer=server_id) as session: ...
+    session = await connect(("127.0.0.1", 7000), identity=me, peer=server_id)
 
-Either form must be entered and left in one task (the session owns a task
-group in it), and not under a cancel scope shorter than the session: bound
-the handshake with ``Configuration.handshake_timeout`` and the transport with
-``connect_timeout``, or put the whole ``async with`` block in the scope (see
-:class:`~m2mproto.transport.Session`).
+The first runs the session in a task group of the caller for the block. The
+second may sit under ``fail_after`` and gives a session usable and closable
+from any task (``async with session`` or ``aclose()`` ends it).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Generator, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
 
 import anyio
 from anyio.abc import ByteStream
@@ -25,10 +22,17 @@ from ..config import Configuration
 from ..errors import ErrorCode, LocalProtocolError
 from ..identity import AgentId, Identity
 from ..tokens import RevocationStore, TokenAuthorizer
-from .server import Router
-from .session import DEFAULT_HIGH_WATER, Session
+from ._keys import StaticKeys
+from .session import (
+    DEFAULT_HIGH_WATER,
+    AnyPeer,
+    RouteTable,
+    Session,
+    SessionOpener,
+    require_peer,
+)
 
-__all__ = ["Address", "SessionOpener", "connect", "parse_hostport"]
+__all__ = ["Address", "connect", "parse_hostport"]
 
 #: ``(host, port)``, a Unix socket path, or an already connected anyio byte stream.
 Address = tuple[str, int] | str | os.PathLike[str] | ByteStream
@@ -70,68 +74,47 @@ async def open_transport(address: Address, *, connect_timeout: float | None) -> 
     )
 
 
-class SessionOpener:
-    """What :func:`connect` returns: await it, or use it as an async context manager."""
-
-    def __init__(self, address: Address, kwargs: dict[str, Any]) -> None:
-        self._address = address
-        self._kwargs = kwargs
-        self._session: Session | None = None
-
-    async def _open(self) -> Session:
-        connect_timeout = self._kwargs.pop("connect_timeout")
-        transport = await open_transport(self._address, connect_timeout=connect_timeout)
-        try:
-            return await Session.wrap(transport, **self._kwargs)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await anyio.aclose_forcefully(transport)
-            raise
-
-    def __await__(self) -> Generator[Any, None, Session]:
-        return self._open().__await__()
-
-    async def __aenter__(self) -> Session:
-        self._session = await self._open()
-        return self._session
-
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        assert self._session is not None
-        await self._session.__aexit__(exc_type, exc, tb)
-
-
 def connect(
     address: Address,
     *,
     identity: Identity,
     tokens: Sequence[bytes] = (),
-    peer: AgentId | str | None = None,
+    peer: AgentId | str | AnyPeer | None = None,
     trust_roots: Iterable[AgentId | str] | None = None,
     revocations: RevocationStore | None = None,
     config: Configuration | None = None,
-    router: Router | None = None,
+    router: RouteTable | None = None,
     authenticate_peer: Callable[[AgentId], None] | None = None,
     connect_timeout: float | None = 30.0,
     high_water: int = DEFAULT_HIGH_WATER,
+    static_keys: StaticKeys | None = None,
 ) -> SessionOpener:
     """Connect to *address* and authenticate as *identity*.
 
-    The session must be entered and left in the calling task, inside every
-    cancel scope open at this call: never ``with fail_after(t): s = await
-    connect(...)`` with ``s`` used after the scope (see
-    :class:`~m2mproto.transport.Session`).
+    ``async with connect(...) as session`` or ``session = await connect(...)``
+    (see :class:`~m2mproto.transport.SessionOpener`).
 
     Args:
         address: ``(host, port)`` for TCP, a Unix socket path, or any connected
             ``anyio.abc.ByteStream`` (TLS, QUIC, a memory stream...).
         tokens: capability tokens to present in the handshake.
-        peer: the agent ID the server must have (recommended); another peer
-            fails the handshake with ``AUTH_UNEXPECTED_PEER``.
+        peer: the agent ID the server must have; another peer fails the
+            handshake with ``AUTH_UNEXPECTED_PEER``. Required, unless
+            *authenticate_peer* checks the server instead; ``peer=ANY_PEER``
+            accepts any server that authenticates (insecure: any agent holding
+            tokens from a root we trust could pose as the server).
         trust_roots: token issuers whose capabilities the *server* must hold to
             open streams to us. ``None`` (the default) lets the authenticated
             server open streams and send messages freely.
         router: handlers for streams the server opens to us; messages with no
             route are delivered by ``async for incoming in session``.
+        static_keys: a cache of Noise static keys to share across the
+            connections of one client (one signature per identity); without
+            it each connection makes its own.
+
+    Raises:
+        LocalProtocolError: (``INVALID_ARGUMENT``, at once) no *peer* and no
+            *authenticate_peer*.
 
     Raises (when awaited or entered):
         AuthenticationError: the server is not *peer*, or its identity proof failed.
@@ -139,6 +122,7 @@ def connect(
         ConnectionClosedError: the handshake failed or timed out.
         OSError / TimeoutError: the transport could not be opened.
     """
+    expected = require_peer(peer, authenticate_peer)
     authorizer = None
     if trust_roots is not None:
         authorizer = TokenAuthorizer(
@@ -146,17 +130,28 @@ def connect(
             audience=identity.agent_id,
             revocations=revocations,
         )
-    kwargs: dict[str, Any] = {
-        "identity": identity,
-        "server_side": False,
-        "config": config,
-        "authorizer": authorizer,
-        "tokens": tuple(tokens),
-        "expected_peer": peer,
-        "authenticate_peer": authenticate_peer,
-        "router": router,
-        "accept_incoming": True,
-        "high_water": high_water,
-        "connect_timeout": connect_timeout,
-    }
-    return SessionOpener(address, kwargs)
+    held = tuple(tokens)
+
+    async def prepare() -> Session:
+        transport = await open_transport(address, connect_timeout=connect_timeout)
+        try:
+            return Session.create(
+                transport,
+                identity=identity,
+                server_side=False,
+                config=config,
+                authorizer=authorizer,
+                tokens=held,
+                expected_peer=expected,
+                authenticate_peer=authenticate_peer,
+                routes=router,
+                accept_incoming=True,
+                high_water=high_water,
+                static_keys=static_keys,
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(transport)
+            raise
+
+    return SessionOpener(prepare, None)

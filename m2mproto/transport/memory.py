@@ -12,18 +12,22 @@ direction; ``aclose`` closes both, and the peer then sees ``EndOfStream``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import ByteStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ..errors import ErrorCode, LocalProtocolError, M2MError
+from ..identity import AgentId, Identity
+from ..tokens import TokenAuthorizer
+from .session import RouteTable, Session
+
 if TYPE_CHECKING:
     from ..config import Configuration
-    from ..identity import AgentId, Identity
-    from .server import Router, Server
-    from .session import Session
+    from .server import Server
 
 __all__ = ["MemoryByteStream", "MemoryPair", "memory_pair", "memory_stream_pair"]
 
@@ -89,54 +93,80 @@ def memory_stream_pair(max_buffer_chunks: int = 16) -> tuple[MemoryByteStream, M
 
 
 class MemoryPair:
-    """What :func:`memory_pair` returns: await it for ``(client, server)``, or
-    ``async with memory_pair(...) as (client, server)``.
-
-    Awaited, both sessions live in the caller's task: close them there, the
-    server session first (``async with client, server:`` does that).
-    """
+    """What :func:`memory_pair` returns: ``async with memory_pair(...) as (client,
+    server)`` (both sessions in a task group of the caller, closed at the end of
+    the block, the server side first), or ``client, server = await
+    memory_pair(...)`` (sessions usable and closable from any task)."""
 
     def __init__(self, kwargs: dict[str, Any]) -> None:
         self._kwargs = kwargs
-        self._pair: tuple[Session, Session] | None = None
+        self._cm: contextlib.AbstractAsyncContextManager[tuple[Session, Session]] | None = None
 
-    async def _open(self) -> tuple[Session, Session]:
-        from .session import Session
-
+    def _make(self) -> tuple[Session, Session]:
         kw = self._kwargs
         a, b = memory_stream_pair(kw["max_buffer_chunks"])
         client = Session.create(a, server_side=False, **kw["client"])
         server = Session.create(b, server_side=True, **kw["server"])
-        await client._begin()
+        return client, server
+
+    async def _ready(self, client: Session, server: Session) -> None:
         try:
-            await server._begin()
-        except BaseException as exc:
-            await client._fail_start(exc)
+            with anyio.fail_after(self._kwargs["timeout"]):
+                await client._wait_ready()
+                await server._wait_ready()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await server.abort()
+                await client.abort()
             raise
-        try:
-            with anyio.fail_after(kw["timeout"]):
-                await client._wait_handshake()
-                await server._wait_handshake()
-        except BaseException as exc:
-            await server._fail_start(exc)
-            await client._fail_start(exc)
-            raise
+
+    async def _detached(self) -> tuple[Session, Session]:
+        client, server = self._make()
+        client._launch(None)
+        server._launch(None)
+        await self._ready(client, server)
         return client, server
 
     def __await__(self) -> Generator[Any, None, tuple[Session, Session]]:
-        return self._open().__await__()
+        return self._detached().__await__()
+
+    @contextlib.asynccontextmanager
+    async def _structured(self) -> AsyncIterator[tuple[Session, Session]]:
+        client, server = self._make()
+        error: BaseException | None = None  # raised outside the task group: not wrapped
+        async with anyio.create_task_group() as tg:
+            client._launch(tg)
+            server._launch(tg)
+            try:
+                await self._ready(client, server)
+            except (M2MError, TimeoutError) as exc:  # both lifetimes are over already
+                error = exc
+            else:
+                try:
+                    yield client, server
+                except BaseException as exc:
+                    error = exc
+                    try:
+                        await server.__aexit__(type(exc), exc, exc.__traceback__)
+                    finally:
+                        await client.__aexit__(type(exc), exc, exc.__traceback__)
+                else:
+                    try:
+                        await server.aclose()
+                    finally:
+                        await client.aclose()
+        if error is not None:
+            raise error
 
     async def __aenter__(self) -> tuple[Session, Session]:
-        self._pair = await self._open()
-        return self._pair
+        if self._cm is not None:
+            raise LocalProtocolError("this pair was already opened", ErrorCode.INVALID_STATE)
+        self._cm = self._structured()
+        return await self._cm.__aenter__()
 
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        assert self._pair is not None
-        client, server = self._pair
-        try:
-            await server.__aexit__(exc_type, exc, tb)
-        finally:
-            await client.__aexit__(exc_type, exc, tb)
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:
+        assert self._cm is not None
+        return await self._cm.__aexit__(exc_type, exc, tb)
 
 
 def memory_pair(
@@ -146,7 +176,7 @@ def memory_pair(
     server_identity: Identity | None = None,
     client_tokens: Sequence[bytes] = (),
     client_trust_roots: Iterable[AgentId] | None = None,
-    client_router: Router | None = None,
+    client_router: RouteTable | None = None,
     config: Configuration | None = None,
     max_buffer_chunks: int = 16,
     timeout: float = 30.0,
@@ -159,10 +189,7 @@ def memory_pair(
     *server_identity*), no authorizer (everything allowed) and delivers
     incoming messages by ``async for``. Missing identities are generated.
     """
-    from ..identity import Identity as _Identity
-    from ..tokens import TokenAuthorizer
-
-    client_id = client_identity or _Identity.generate()
+    client_id = client_identity or Identity.generate()
     client_authorizer = None
     if client_trust_roots is not None:
         client_authorizer = TokenAuthorizer(
@@ -173,7 +200,7 @@ def memory_pair(
         "config": config,
         "tokens": tuple(client_tokens),
         "authorizer": client_authorizer,
-        "router": client_router,
+        "routes": client_router,
         "accept_incoming": True,
     }
     if server is not None:
@@ -183,13 +210,14 @@ def memory_pair(
             "tokens": server.tokens,
             "authorizer": server.new_authorizer(),
             "authenticate_peer": server.authenticate_peer,
-            "router": server,
+            "routes": server.router,
             "accept_incoming": False,
             "high_water": server.high_water,
+            "static_keys": server.static_keys,
         }
     else:
         server_kw = {
-            "identity": server_identity or _Identity.generate(),
+            "identity": server_identity or Identity.generate(),
             "config": config,
             "accept_incoming": True,
         }

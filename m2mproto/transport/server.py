@@ -2,25 +2,13 @@
 
 Theory of operation
 -------------------
-A :class:`Router` maps resource patterns to handlers of four kinds:
-
-* ``request``: ``async def h(message, ctx) -> reply``; the reply ends the stream;
-* ``message``: ``async def h(message, ctx) -> None``; the stream is ended after
-  the handler returns (a sender using ``send(confirm=True)`` learns it ran);
-* ``stream``: ``async def h(stream: DataStream, ctx) -> None``;
-* ``message_stream``: ``async def h(stream: MessageStream, ctx) -> None``.
-
-Patterns use the capability syntax (``"files/*"`` matches ``"files/a"`` and
-``"files/a/b"``); an exact pattern wins over a wildcard, and a longer wildcard
-prefix over a shorter one. Authorization happens in the Connection before a
-handler is chosen: a refused stream never reaches the router. A stream with
-no route is reset with ``REFUSED``; a handler that raises resets its stream
-with ``APPLICATION_ERROR`` (the exception is logged, never sent).
-
-:class:`Server` wraps a listener (like anyio's ``TLSListener``): each accepted
-byte stream is handshaken with a fresh :class:`~m2mproto.tokens.TokenAuthorizer`
-(one per connection, so a peer's grants never leak across connections) and
-routes handshake failures to :meth:`Server.handshake_failed`, which subclasses
+A :class:`Server` owns a :class:`~.routing.Router` (its ``@server.request``,
+``@server.message``, ``@server.stream`` and ``@server.message_stream``
+decorators register there) and a :class:`~._keys.StaticKeys` cache. It wraps
+a listener (like anyio's ``TLSListener``): each accepted byte stream is
+handshaken with a fresh :class:`~m2mproto.tokens.TokenAuthorizer` (one per
+connection, so a peer's grants never leak across connections) and routes
+handshake failures to :meth:`Server.handshake_failed`, which subclasses
 may override.
 
 Admission limits (all counted in :attr:`Server.stats`, all logged):
@@ -50,52 +38,36 @@ import itertools
 import logging
 import math
 import os
+import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import anyio
-from anyio.abc import ByteStream, Listener, SocketAttribute, TaskStatus
+from anyio.abc import ByteStream, Listener, SocketAttribute, TaskGroup, TaskStatus
 
-from ..config import Configuration
+from ..config import Authorizer, Configuration
 from ..errors import ErrorCode, LocalProtocolError, M2MError
 from ..identity import AgentId, Identity
 from ..tokens import RevocationStore, TokenAuthorizer
-from ..tokens.capabilities import MAX_RESOURCE_LEN, name_error, pattern_matches
-from .session import DEFAULT_HIGH_WATER, Context, DataStream, MessageStream, Session
+from ._keys import StaticKeys
+from ._pump import Flag
+from .routing import (
+    Handler,
+    MessageHandler,
+    MessageStreamHandler,
+    RequestHandler,
+    Route,
+    RouteKind,
+    Router,
+    StreamHandler,
+)
+from .session import DEFAULT_HIGH_WATER, Session
 
-__all__ = ["Route", "RouteKind", "Router", "Server", "ServerStats"]
+__all__ = ["Server", "ServerStats"]
 
 logger = logging.getLogger("m2mproto.server")
-
-RouteKind = Literal["request", "message", "stream", "message_stream"]
-Handler = Callable[..., Awaitable[Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """One registered handler."""
-
-    #: The resource pattern (capability syntax).
-    pattern: str
-    #: What the handler receives and returns.
-    kind: RouteKind
-    #: The coroutine function.
-    handler: Handler
-
-    @property
-    def takes_stream(self) -> bool:
-        """Whether the handler receives a stream (rather than one message)."""
-        return self.kind in ("stream", "message_stream")
-
-    async def call(self, value: Any, ctx: Context) -> Any:
-        """Run a request or message handler."""
-        return await self.handler(value, ctx)
-
-    async def serve_stream(self, stream: DataStream | MessageStream, ctx: Context) -> None:
-        """Run a stream handler."""
-        await self.handler(stream, ctx)
 
 
 @dataclass(slots=True)
@@ -114,16 +86,32 @@ class ServerStats:
     timed_out: int = 0
     #: Handshakes completed.
     established: int = 0
+    #: Connections refused (or sessions closed at once) because their source
+    #: address already held ``max_sessions_per_source`` established sessions.
+    source_limited: int = 0
+    #: Sessions closed (``UNAUTHORIZED``) for holding no valid grant at a check.
+    grantless_closed: int = 0
+    #: Sessions closed (``IDLE_TIMEOUT``) with no productive activity and no open stream.
+    idle_closed: int = 0
 
 
 @dataclass(eq=False, slots=True)
-class _Pending:
-    """One connection in its handshake."""
+class _Handshaking:
+    """One connection in its handshake (an admission slot)."""
 
     order: int
     source: str
     scope: anyio.CancelScope
     evicted: bool = False
+
+
+def _holds_grant(authorizer: object, peer: AgentId) -> bool:
+    """Whether *authorizer* holds a live grant for *peer* (expired ones are pruned)."""
+    prune = getattr(authorizer, "prune", None)
+    if callable(prune):
+        prune(peer, time.time())
+    grants = getattr(authorizer, "grants", None)
+    return bool(grants(peer)) if callable(grants) else True
 
 
 def _source_of(transport: ByteStream) -> str:
@@ -134,69 +122,7 @@ def _source_of(transport: ByteStream) -> str:
     return "local"
 
 
-class Router:
-    """Resource pattern -> handler table."""
-
-    def __init__(self) -> None:
-        self._exact: dict[str, Route] = {}
-        self._wild: list[Route] = []
-
-    def add(self, pattern: str, kind: RouteKind, handler: Handler) -> Route:
-        """Register *handler* for *pattern*.
-
-        Raises:
-            LocalProtocolError: (``INVALID_ARGUMENT``) a malformed or duplicate pattern.
-        """
-        problem = name_error(pattern, pattern=True, max_len=MAX_RESOURCE_LEN)
-        if problem is not None:
-            raise LocalProtocolError(f"route {pattern!r}: {problem}", ErrorCode.INVALID_ARGUMENT)
-        if pattern in self._exact or any(r.pattern == pattern for r in self._wild):
-            raise LocalProtocolError(
-                f"route {pattern!r} registered twice", ErrorCode.INVALID_ARGUMENT
-            )
-        route = Route(pattern, kind, handler)
-        if pattern.endswith("*"):
-            self._wild.append(route)
-            self._wild.sort(key=lambda r: -len(r.pattern))
-        else:
-            self._exact[pattern] = route
-        return route
-
-    def find(self, resource: str) -> Route | None:
-        """Return the most specific route matching *resource*, or None."""
-        route = self._exact.get(resource)
-        if route is not None:
-            return route
-        for candidate in self._wild:
-            if pattern_matches(candidate.pattern, resource):
-                return candidate
-        return None
-
-    def _decorator(self, pattern: str, kind: RouteKind) -> Callable[[Handler], Handler]:
-        def register(handler: Handler) -> Handler:
-            self.add(pattern, kind, handler)
-            return handler
-
-        return register
-
-    def request(self, pattern: str) -> Callable[[Handler], Handler]:
-        """Decorator: ``async def h(message, ctx) -> reply``."""
-        return self._decorator(pattern, "request")
-
-    def message(self, pattern: str) -> Callable[[Handler], Handler]:
-        """Decorator: ``async def h(message, ctx) -> None``."""
-        return self._decorator(pattern, "message")
-
-    def stream(self, pattern: str) -> Callable[[Handler], Handler]:
-        """Decorator: ``async def h(stream: DataStream, ctx) -> None``."""
-        return self._decorator(pattern, "stream")
-
-    def message_stream(self, pattern: str) -> Callable[[Handler], Handler]:
-        """Decorator: ``async def h(stream: MessageStream, ctx) -> None``."""
-        return self._decorator(pattern, "message_stream")
-
-
-class Server(Router):
+class Server:
     """An m2mproto server: handlers plus listeners (TCP, Unix, any anyio Listener)."""
 
     def __init__(
@@ -207,11 +133,13 @@ class Server(Router):
         revocations: RevocationStore | None = None,
         config: Configuration | None = None,
         tokens: Iterable[bytes] = (),
-        authorizer_factory: Callable[[], Any] | None = None,
+        authorizer_factory: Callable[[], Authorizer | None] | None = None,
         authenticate_peer: Callable[[AgentId], None] | None = None,
         max_connections: int = 1024,
         max_pending_handshakes: int = 64,
         max_pending_per_source: int = 16,
+        max_sessions_per_source: int = 128,
+        grantless_timeout: float | None = 10.0,
         handshake_timeout: float | None = None,
         high_water: int = DEFAULT_HIGH_WATER,
     ) -> None:
@@ -227,13 +155,27 @@ class Server(Router):
         *max_connections*, *max_pending_handshakes* and *max_pending_per_source*
         bound live and unauthenticated connections (see the module docstring);
         *handshake_timeout* (seconds) overrides ``config.handshake_timeout``.
+        *max_sessions_per_source* bounds the established sessions of one remote
+        address. A session whose authorizer can list grants and that holds no
+        valid (unexpired, unrevoked) grant is closed with ``UNAUTHORIZED``
+        *grantless_timeout* seconds after its handshake, and re-checked at that
+        interval (``None``: never). A session with no open stream and no
+        productive activity for ``config.idle_timeout`` is closed with
+        ``IDLE_TIMEOUT`` even if the peer keeps sending refused opens (the
+        core's own idle timer counts every record).
 
         Raises:
             LocalProtocolError: (``INVALID_ARGUMENT``) bad limits.
         """
-        super().__init__()
-        if min(max_connections, max_pending_handshakes, max_pending_per_source) < 1:
+        if (
+            min(max_connections, max_pending_handshakes, max_pending_per_source) < 1
+            or max_sessions_per_source < 1
+        ):
             raise LocalProtocolError("limits must be positive", ErrorCode.INVALID_ARGUMENT)
+        if grantless_timeout is not None and not grantless_timeout > 0:
+            raise LocalProtocolError(
+                "grantless_timeout must be positive", ErrorCode.INVALID_ARGUMENT
+            )
         if handshake_timeout is not None:
             if not handshake_timeout > 0:
                 raise LocalProtocolError(
@@ -254,15 +196,51 @@ class Server(Router):
         self.max_connections = max_connections
         self.max_pending_handshakes = max_pending_handshakes
         self.max_pending_per_source = max_pending_per_source
+        self.max_sessions_per_source = max_sessions_per_source
+        self.grantless_timeout = grantless_timeout
         self.handshake_timeout = (config or Configuration()).handshake_timeout
         self.high_water = high_water
         #: Live sessions (after the handshake).
         self.sessions: set[Session] = set()
         #: Admission counters.
         self.stats = ServerStats()
-        self._pending: dict[int, _Pending] = {}  # insertion order = age
+        self._pending: dict[int, _Handshaking] = {}  # insertion order = age
         self._per_source: Counter[str] = Counter()
+        self._established: Counter[str] = Counter()  # established sessions per source
         self._order = itertools.count()
+        #: The handlers (the decorators below register here).
+        self.router = Router()
+        #: The server's Noise static key, signed once for all its connections.
+        self.static_keys = StaticKeys(limit=1)
+        self._stop = Flag()
+
+    # -- handlers (delegated to :attr:`router`) ------------------------------------------
+
+    def add(self, pattern: str, kind: RouteKind, handler: Handler) -> Route:
+        """Register *handler* for *pattern* (see :meth:`Router.add`)."""
+        return self.router.add(pattern, kind, handler)
+
+    def find(self, resource: str) -> Route | None:
+        """The most specific route for *resource*, or None."""
+        return self.router.find(resource)
+
+    def request(self, pattern: str) -> Callable[[RequestHandler], RequestHandler]:
+        """Decorator: ``async def h(message, ctx) -> reply``."""
+        return self.router.request(pattern)
+
+    def message(self, pattern: str) -> Callable[[MessageHandler], MessageHandler]:
+        """Decorator: ``async def h(message, ctx) -> None``."""
+        return self.router.message(pattern)
+
+    def stream(self, pattern: str) -> Callable[[StreamHandler], StreamHandler]:
+        """Decorator: ``async def h(stream: DataStream, ctx) -> None``."""
+        return self.router.stream(pattern)
+
+    def message_stream(
+        self, pattern: str
+    ) -> Callable[[MessageStreamHandler], MessageStreamHandler]:
+        """Decorator: ``async def h(stream: MessageStream, ctx) -> None``."""
+        return self.router.message_stream(pattern)
 
     @property
     def pending_handshakes(self) -> int:
@@ -279,7 +257,7 @@ class Server(Router):
         """Handshakes that failed (including timeouts)."""
         return self.stats.failed
 
-    def new_authorizer(self) -> Any:
+    def new_authorizer(self) -> Authorizer | None:
         """Return the authorizer for one new connection."""
         if self._authorizer_factory is not None:
             return self._authorizer_factory()
@@ -308,13 +286,13 @@ class Server(Router):
                 return True
         return False
 
-    def _release(self, entry: _Pending) -> None:
+    def _release(self, entry: _Handshaking) -> None:
         if self._pending.pop(entry.order, None) is not None:
             self._per_source[entry.source] -= 1
             if self._per_source[entry.source] <= 0:
                 del self._per_source[entry.source]
 
-    def _admit(self, source: str) -> _Pending | None:
+    def _admit(self, source: str) -> _Handshaking | None:
         """Reserve a pending-handshake slot for *source*, evicting if a limit is full."""
         if len(self.sessions) >= self.max_connections:
             return None
@@ -327,7 +305,7 @@ class Server(Router):
                 break
             if not self._evict(None):
                 return None
-        entry = _Pending(next(self._order), source, anyio.CancelScope())
+        entry = _Handshaking(next(self._order), source, anyio.CancelScope())
         self._pending[entry.order] = entry
         self._per_source[source] += 1
         return entry
@@ -339,6 +317,13 @@ class Server(Router):
         """
         self.stats.accepted += 1
         source = _source_of(transport)
+        if self._established[source] >= self.max_sessions_per_source:
+            self.stats.source_limited += 1
+            logger.warning(
+                "connection from %s refused: %d sessions from it", source, self._established[source]
+            )
+            await anyio.aclose_forcefully(transport)
+            return
         entry = self._admit(source)
         if entry is None:
             self.stats.refused += 1
@@ -352,41 +337,56 @@ class Server(Router):
             return
         established = False
         try:
-            # The scope spans the session's life (the session's task group nests in
-            # it); only its handshake is evictable. Backstop deadline: the core
-            # enforces the handshake deadline; this also covers a stuck transport.
-            entry.scope.deadline = anyio.current_time() + self.handshake_timeout + 1.0
-            with entry.scope:
-                try:
-                    session = await Session.wrap(
-                        transport,
-                        identity=self.identity,
-                        server_side=True,
-                        config=self.config,
-                        authorizer=self.new_authorizer(),
-                        tokens=self.tokens,
-                        authenticate_peer=self.authenticate_peer,
-                        router=self,
-                        accept_incoming=False,
-                        high_water=self.high_water,
-                    )
-                except M2MError as exc:
-                    self.stats.failed += 1
-                    if getattr(exc, "close_code", None) == ErrorCode.HANDSHAKE_TIMEOUT:
-                        self.stats.timed_out += 1
-                    self.handshake_failed(exc, transport)
-                    return
-                finally:
-                    self._release(entry)
-                established = True
-                entry.scope.deadline = math.inf
-                self.stats.established += 1
-                self.sessions.add(session)
-                try:
-                    async with session:
-                        await session.wait_closed()
-                finally:
-                    self.sessions.discard(session)
+            authorizer = self.new_authorizer()
+            session = Session.create(
+                transport,
+                identity=self.identity,
+                server_side=True,
+                config=self.config,
+                authorizer=authorizer,
+                tokens=self.tokens,
+                authenticate_peer=self.authenticate_peer,
+                routes=self.router,
+                accept_incoming=False,
+                high_water=self.high_water,
+                static_keys=self.static_keys,
+            )
+            async with anyio.create_task_group() as tg:
+                session._launch(tg)
+                # Only the handshake is evictable. Backstop deadline: the core enforces
+                # the handshake deadline; this also covers a stuck transport.
+                entry.scope.deadline = anyio.current_time() + self.handshake_timeout + 1.0
+                with entry.scope:
+                    try:
+                        await session._wait_ready()
+                        established = True
+                    except M2MError as exc:
+                        self.stats.failed += 1
+                        if getattr(exc, "close_code", None) == ErrorCode.HANDSHAKE_TIMEOUT:
+                            self.stats.timed_out += 1
+                        self.handshake_failed(exc, transport)
+                    finally:
+                        self._release(entry)
+                if established and self._established[source] >= self.max_sessions_per_source:
+                    # handshakes from this source finished together past the cap
+                    self.stats.source_limited += 1
+                    logger.warning("session from %s closed: source limit", source)
+                    await session.aclose(ErrorCode.ENHANCE_YOUR_CALM, "too many sessions")
+                elif established:
+                    self.stats.established += 1
+                    self.sessions.add(session)
+                    self._established[source] += 1
+                    try:
+                        await self._watch(session, authorizer)
+                    except BaseException:
+                        await session.abort()
+                        raise
+                    finally:
+                        self.sessions.discard(session)
+                        self._established[source] -= 1
+                        if self._established[source] <= 0:
+                            del self._established[source]
+                    await session.aclose()
         finally:
             if not established:  # evicted, backstop deadline, or failed: make sure it is shut
                 with anyio.CancelScope(shield=True):
@@ -395,16 +395,131 @@ class Server(Router):
             self.stats.failed += 1
             self.stats.timed_out += 1
 
+    async def _watch(self, session: Session, authorizer: Authorizer | None) -> None:
+        """Wait until *session* closes, closing it first if it holds no valid grant at
+        a check or is idle at the transport level (see :meth:`__init__`)."""
+        idle = (self.config or Configuration()).idle_timeout
+        lister = getattr(authorizer, "grants", None)
+        every = self.grantless_timeout if callable(lister) else None
+        now = anyio.current_time()
+        grant_check = math.inf if every is None else now + every
+        idle_base = now  # open streams count as activity (their own traffic is the core's)
+        while True:  # until the session closes; each wait ends at the next check
+            idle_at = math.inf if idle is None else max(session.last_activity, idle_base) + idle
+            with anyio.CancelScope(deadline=min(grant_check, idle_at)):
+                await session.wait_closed()
+            if session.closed:
+                return
+            now = anyio.current_time()
+            if now >= grant_check:
+                assert every is not None
+                if not _holds_grant(authorizer, session.peer.agent_id):
+                    self.stats.grantless_closed += 1
+                    logger.info("session %s closed: no valid grant", session.peer.short_id)
+                    session.request_close(ErrorCode.UNAUTHORIZED, "no valid capability")
+                    break
+                grant_check = now + every
+            if idle is not None and now >= max(session.last_activity, idle_base) + idle:
+                if session.open_streams:
+                    idle_base = now
+                else:
+                    self.stats.idle_closed += 1
+                    logger.info("session %s closed: idle", session.peer.short_id)
+                    session.request_close(ErrorCode.IDLE_TIMEOUT, "no activity")
+                    break
+        await session.wait_closed()
+
+    # -- listening ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def listen(self, listener: Listener[Any]) -> AsyncIterator[None]:
+        """Accept connections from *listener* for the duration of the block.
+
+        The server is ready when the block is entered. Leaving the block
+        normally (for example after :meth:`serve_forever` returned because of
+        :meth:`aclose`) stops accepting and closes every session gracefully,
+        bounded by twice the close timeout; leaving it by an exception or a
+        cancellation cuts them at once. The listener is closed either way.
+        """
+        error: BaseException | None = None  # raised outside the task group: not wrapped
+        async with anyio.create_task_group() as tg:
+            accepting = anyio.CancelScope()
+            tg.start_soon(self._accept, listener, tg, accepting)
+            try:
+                yield
+            except BaseException as exc:
+                error = exc
+            else:
+                accepting.cancel()
+                with anyio.CancelScope(shield=True):
+                    await self._drain()
+            accepting.cancel()
+            tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
+
+    @contextlib.asynccontextmanager
+    async def listen_tcp(
+        self, host: str = "127.0.0.1", port: int = 0
+    ) -> AsyncIterator[tuple[str, int]]:
+        """:meth:`listen` on TCP *host*:*port*; the block receives the bound
+        ``(host, port)`` (useful with port 0)."""
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        address = listener.extra(SocketAttribute.local_address)
+        async with self.listen(listener):
+            yield str(address[0]), int(address[1])
+
+    @contextlib.asynccontextmanager
+    async def listen_unix(self, path: str | os.PathLike[str]) -> AsyncIterator[str]:
+        """:meth:`listen` on the Unix socket *path* (removed afterwards)."""
+        listener = await anyio.create_unix_listener(path)
+        try:
+            async with self.listen(listener):
+                yield os.fspath(path)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    async def serve_forever(self) -> None:
+        """Wait until :meth:`aclose` is called (from any task), then return.
+
+        Use it inside ``async with server.listen_tcp(...)``: the block then
+        ends, closing the listener and the sessions gracefully.
+        """
+        await self._stop.wait()
+
+    async def aclose(self) -> None:
+        """Stop serving gracefully, from any task: :meth:`serve_forever` returns,
+        and every live session is closed gracefully (waited for, bounded)."""
+        self._stop.set()
+        with anyio.CancelScope(shield=True):
+            await self._drain()
+
+    async def _drain(self) -> None:
+        for session in list(self.sessions):
+            session.request_close()
+        timeout = 2 * (self.config or Configuration()).close_timeout + 2
+        with anyio.move_on_after(timeout):
+            for session in list(self.sessions):
+                await session._finished.wait()
+
+    async def _accept(
+        self, listener: Listener[Any], tg: TaskGroup, scope: anyio.CancelScope
+    ) -> None:
+        with scope:
+            async with listener:
+                await listener.serve(self.handle, task_group=tg)
+
     async def serve(
         self,
         listener: Listener[Any],
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept connections from *listener* until cancelled (closes the listener)."""
-        async with listener:
+        """Serve *listener* until cancelled or :meth:`aclose` (closes the listener)."""
+        async with self.listen(listener):
             task_status.started()
-            await listener.serve(self.handle)
+            await self.serve_forever()
 
     async def serve_tcp(
         self,
@@ -413,16 +528,14 @@ class Server(Router):
         *,
         task_status: TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve on TCP *host*:*port* until cancelled.
+        """Serve on TCP *host*:*port* until cancelled or :meth:`aclose`.
 
         ``task_status.started`` receives the bound ``(host, port)`` (useful with
         port 0).
         """
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
-        address = listener.extra(SocketAttribute.local_address)
-        async with listener:
-            task_status.started((str(address[0]), int(address[1])))
-            await listener.serve(self.handle)
+        async with self.listen_tcp(host, port) as address:
+            task_status.started(address)
+            await self.serve_forever()
 
     async def serve_unix(
         self,
@@ -430,15 +543,11 @@ class Server(Router):
         *,
         task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve on the Unix socket *path* until cancelled (the socket file is removed after)."""
-        listener = await anyio.create_unix_listener(path)
-        try:
-            async with listener:
-                task_status.started(os.fspath(path))
-                await listener.serve(self.handle)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        """Serve on the Unix socket *path* until cancelled or :meth:`aclose`
+        (the socket file is removed after)."""
+        async with self.listen_unix(path) as bound:
+            task_status.started(bound)
+            await self.serve_forever()
 
     async def aclose_sessions(self) -> None:
         """Close every live session gracefully (e.g. before cancelling ``serve``)."""

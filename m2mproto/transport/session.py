@@ -2,11 +2,19 @@
 
 Theory of operation
 -------------------
-A :class:`Session` owns one sans-IO ``Connection`` and one :class:`~._pump.Pump`
-that binds it to an anyio byte stream. Application calls change the
-Connection synchronously and wake the pump; the pump turns the Connection's
-events into per-stream state (:class:`_Channel`) that application tasks wait
-on. Nothing here touches the transport directly.
+A :class:`Session` is composed of three objects it owns:
+
+* a :class:`~._link.Link`: the sans-IO ``Connection``, the
+  :class:`~._pump.Pump` that binds it to an anyio byte stream, one
+  :class:`~._link.Channel` per open stream, and the close state;
+* a :class:`~._dispatch.Dispatcher`: applies the Connection's events to the
+  channels and runs handlers for the streams the peer opens;
+* its lifetime (:meth:`Session._lifetime`): the one task that owns the
+  session's task group (the pump's tasks and the handler tasks) from the
+  handshake until the connection is over.
+
+Application calls change the Connection synchronously and wake the pump;
+they wait only on signals the pump fires as the core makes progress.
 
 * ``request(resource, value)`` opens a stream, sends one message with
   end-of-stream and waits for one reply message; ``send(resource, value)``
@@ -15,13 +23,20 @@ on. Nothing here touches the transport directly.
 * ``open_stream`` / ``open_message_stream`` return anyio streams
   (:class:`DataStream` is a ``ByteStream``, :class:`MessageStream` an
   ``ObjectStream``). ``send`` queues into the core, then waits while the
-  stream's queued bytes exceed ``high_water`` (they leave the queue only as
-  the peer grants credit and the pump writes). ``receive`` returns credit to
-  the peer (``conn.consume``) only when the application takes the bytes, so a
-  reader that does not read makes the peer wait.
-* Streams the peer opens go to the session's :class:`~.server.Router` (server
-  handlers), or, for messages with no route, to ``async for incoming in
-  session`` when the session accepts incoming messages.
+  stream's queued bytes exceed ``high_water``. ``receive`` returns credit to
+  the peer only when the application takes the bytes, so a reader that does
+  not read makes the peer wait.
+* Streams the peer opens go to the session's routes (server handlers), or,
+  for messages with no route, to ``async for incoming in session`` when the
+  session accepts incoming messages.
+
+Lifetimes: ``async with connect(...) as session`` (and ``async with
+Session.wrap(...)``, ``async with memory_pair(...)``) runs the lifetime in a
+task group of the caller, entered and left by that ``async with``: ordinary
+structured concurrency. ``session = await connect(...)`` runs it outside the
+caller's cancel scopes (see :mod:`._detach`), so the call may sit under
+``fail_after`` and the session may be used and closed from any task; it ends
+when the session closes (``aclose``, ``async with session``, the peer).
 
 Errors: a closed session raises :class:`ConnectionClosedError`
 (``CONNECTION_CLOSED``, also an ``anyio.BrokenResourceError``); a stream the
@@ -36,32 +51,36 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Protocol, TypeVar, overload
 
 import anyio
-from anyio.abc import ByteStream
+from anyio.abc import ByteStream, TaskGroup
 
-from ..config import Configuration
+from ..config import Authorizer, Configuration
 from ..connection import Connection, Role
 from ..errors import (
     AuthenticationError,
+    DecodeError,
     ErrorCode,
+    LocalProtocolError,
     M2MError,
 )
-from ..handshake import StaticKey
 from ..identity import AgentId, Identity
-from ._channels import DataStream, Incoming, MessageStream
-from ._dispatch import _Dispatcher
+from ._detach import start_detached
+from ._dispatch import Dispatcher, Plan
 from ._errors import ConnectionClosedError, RequestTimeout, StreamResetError
-from ._session_core import DEFAULT_HIGH_WATER as DEFAULT_HIGH_WATER
-from ._session_core import Context, Peer, logger
+from ._keys import StaticKeys
+from ._link import DEFAULT_HIGH_WATER, Channel, Link, Peer, logger
+from ._pump import Flag
+from ._streams import DataStream, Incoming, MessageStream
 from .attributes import M2MAttribute
 
-if TYPE_CHECKING:
-    from .server import Router
-
 __all__ = [
+    "ANY_PEER",
+    "DEFAULT_HIGH_WATER",
+    "AnyPeer",
     "ConnectionClosedError",
     "Context",
     "DataStream",
@@ -69,61 +88,139 @@ __all__ = [
     "MessageStream",
     "Peer",
     "RequestTimeout",
+    "RouteKind",
+    "RouteLike",
+    "RouteTable",
     "Session",
+    "SessionOpener",
     "StreamResetError",
 ]
 
-#: Static keys made by this process, by identity key (bounded: oldest dropped first).
-_STATIC_KEYS: dict[bytes, StaticKey] = {}
-_MAX_STATIC_KEYS = 64
+
+class AnyPeer:
+    """The type of :data:`ANY_PEER`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ANY_PEER"
 
 
-def process_static_key(identity: Identity, config: Configuration) -> StaticKey:
-    """The Noise static key this process uses for *identity* (made on first use).
+#: ``connect(peer=ANY_PEER)``: accept *any* server that authenticates (insecure: any
+#: agent that holds tokens from the same root can impersonate the server).
+ANY_PEER: Final = AnyPeer()
 
-    spec/handshake.md 2.3 lets a process keep one static key: the identity
-    binding is signed once here instead of once per connection, and the key is
-    parsed once. Ephemeral keys stay fresh per handshake. The key is drawn from
-    ``config.entropy`` of the first session of *identity*.
+
+def require_peer(
+    peer: AgentId | str | AnyPeer | None, custom: Callable[[AgentId], None] | None
+) -> AgentId | str | None:
+    """The peer a client requires: *peer*, or None for :data:`ANY_PEER` or a *custom* check.
 
     Raises:
-        LocalProtocolError: (``INVALID_ARGUMENT``) the entropy source is broken.
+        LocalProtocolError: (``INVALID_ARGUMENT``) neither *peer* nor *custom* was given.
     """
-    key = _STATIC_KEYS.get(identity.public_key)
-    if key is None:
-        key = StaticKey.generate(identity, config.entropy)
-        if len(_STATIC_KEYS) >= _MAX_STATIC_KEYS:
-            del _STATIC_KEYS[next(iter(_STATIC_KEYS))]
-        _STATIC_KEYS[identity.public_key] = key
-    return key
+    if isinstance(peer, AnyPeer):
+        logger.warning("connecting with peer=ANY_PEER: the server is not authenticated")
+        return None
+    if peer is None and custom is None:
+        raise LocalProtocolError(
+            "name the server: peer=<its agent ID> (or peer=ANY_PEER to accept any server"
+            " that authenticates: insecure)",
+            ErrorCode.INVALID_ARGUMENT,
+        )
+    return peer
 
 
-class Session(_Dispatcher):
+_R = TypeVar("_R")
+
+#: What a handler receives and returns (see :class:`~m2mproto.transport.Router`).
+RouteKind = Literal["request", "message", "stream", "message_stream"]
+
+_STREAM_KINDS = ("stream", "message_stream")
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a handler knows about the call it serves."""
+
+    #: The session the call arrived on.
+    session: Session
+    #: The authenticated caller.
+    peer: Peer
+    #: The grant that allowed the call (``None`` without an authorizer).
+    grant: object
+    #: The resource the caller named.
+    resource: str
+    #: The stream carrying the call.
+    stream_id: int
+
+
+class RouteLike(Protocol):
+    """One handler as a session runs it (:class:`~m2mproto.transport.Route`)."""
+
+    @property
+    def kind(self) -> RouteKind: ...
+
+    async def call(self, value: Any, ctx: Context) -> Any:
+        """Run a request or message handler."""
+
+    async def serve_stream(self, stream: DataStream | MessageStream, ctx: Context) -> None:
+        """Run a stream handler."""
+
+
+class RouteTable(Protocol):
+    """Where a session finds the handler for a stream the peer opened
+    (:class:`~m2mproto.transport.Router`)."""
+
+    def find(self, resource: str) -> RouteLike | None:
+        """The most specific route for *resource*, or None."""
+
+
+class Session:
     """One authenticated, encrypted connection to a peer.
 
-    Create it with :func:`~m2mproto.transport.connect`, :meth:`wrap`, a
+    Get one from :func:`~m2mproto.transport.connect`, :meth:`wrap`, a
     :class:`~m2mproto.transport.Server`, or
-    :func:`~m2mproto.transport.memory_pair`, and use it as an async context
-    manager in the task that created it: it owns a task group there, which only
-    ``__aexit__`` leaves. ``aclose``/``abort`` may be called from any task.
-
-    Warning:
-        The session's task group is entered by the call that returns the
-        session (``await connect(...)``, :meth:`wrap`, ``await memory_pair()``),
-        so the session must be entered and left in that same task and inside
-        every cancel scope that was open at that call. Do not bound only the
-        connect with a shorter scope while the session outlives it::
-
-            with anyio.fail_after(5):
-                session = await connect(...)   # wrong: the scope ends first
-            async with session: ...
-
-        anyio then fails when the scope exits (a cancel scope left out of
-        order). Put the timeout in ``Configuration.handshake_timeout`` (the
-        handshake then fails with ``HANDSHAKE_TIMEOUT``), use
-        ``connect(..., connect_timeout=...)`` for the transport, or put the
-        whole ``async with`` block inside the scope.
+    :func:`~m2mproto.transport.memory_pair`. ``async with connect(...) as
+    session`` keeps it in a task group of the caller; ``session = await
+    connect(...)`` gives a session that may be used and closed from any task
+    (``async with session`` or ``aclose`` ends it). ``aclose``/``abort`` may be
+    called from any task either way.
     """
+
+    def __init__(
+        self,
+        transport: ByteStream,
+        conn: Connection,
+        *,
+        server_side: bool,
+        identity: Identity,
+        routes: RouteTable | None = None,
+        accept_incoming: bool = True,
+        high_water: int = DEFAULT_HIGH_WATER,
+        linger: float = 2.0,
+        authorizer: Authorizer | None = None,
+    ) -> None:
+        self._transport = transport
+        self._conn = conn
+        self._server_side = server_side
+        self._identity = identity
+        self._routes = routes
+        self._accept_incoming = accept_incoming
+        self._authorizer = authorizer
+        self._link = Link(conn, transport, high_water=high_water, linger=linger)
+        self._pump = self._link.pump
+        self._dispatch: Dispatcher[RouteLike] = Dispatcher(
+            self._link, self._admit, self._serve_stream, self._serve_call, server_side=server_side
+        )
+        self._current_incoming: Incoming | None = None
+        #: The lifetime was started (:meth:`_launch`).
+        self._launched = False
+        #: Set when the lifetime is over: the pump and every handler finished.
+        self._finished = Flag()
+        self._start_error: M2MError | None = None
+
+    # -- construction ---------------------------------------------------------------
 
     @classmethod
     def create(
@@ -133,21 +230,41 @@ class Session(_Dispatcher):
         identity: Identity,
         server_side: bool = False,
         config: Configuration | None = None,
-        authorizer: Any = None,
+        authorizer: Authorizer | None = None,
         tokens: Sequence[bytes] = (),
         expected_peer: AgentId | str | None = None,
         authenticate_peer: Callable[[AgentId], None] | None = None,
-        router: Router | None = None,
+        routes: RouteTable | None = None,
         accept_incoming: bool = True,
         high_water: int = DEFAULT_HIGH_WATER,
+        static_keys: StaticKeys | None = None,
     ) -> Session:
-        """Build a session (and its Connection) without starting it; see :meth:`wrap`."""
+        """Build a session (and its Connection) without starting it; see :meth:`wrap`.
+
+        The transport runs the core on its own clock and returns flow-control
+        credit as the application reads, so it sets two fields of *config*
+        itself: ``clock_offset`` (from anyio's clock to wall time) and
+        ``auto_window_update`` (off). A ``clock_offset`` other than 0 is refused.
+        With *static_keys* the session uses (and caches there) one Noise static
+        key per identity; without it, a fresh one (unless ``config.static_key``).
+
+        Raises:
+            LocalProtocolError: (``INVALID_ARGUMENT``) a bad argument.
+        """
         expected = AgentId.parse(expected_peer) if isinstance(expected_peer, str) else expected_peer
         check = _peer_check(expected, authenticate_peer)
         base = config if config is not None else Configuration()
+        if base.clock_offset != 0.0:
+            raise LocalProtocolError(
+                "the transport sets clock_offset from its own clock; leave it 0",
+                ErrorCode.INVALID_ARGUMENT,
+            )
         cfg = dataclasses.replace(
             base, clock_offset=time.time() - anyio.current_time(), auto_window_update=False
         )
+        static = None
+        if static_keys is not None and cfg.static_key is None:
+            static = static_keys.get(identity, cfg)
         conn = Connection(
             Role.RESPONDER if server_side else Role.INITIATOR,
             identity,
@@ -155,14 +272,14 @@ class Session(_Dispatcher):
             authorizer=authorizer,
             tokens=tokens,
             authenticate_peer=check,
-            static_key=None if cfg.static_key is not None else process_static_key(identity, cfg),
+            static_key=static,
         )
         return cls(
             transport,
             conn,
             server_side=server_side,
             identity=identity,
-            router=router,
+            routes=routes,
             accept_incoming=accept_incoming,
             high_water=high_water,
             linger=cfg.close_timeout,
@@ -170,88 +287,176 @@ class Session(_Dispatcher):
         )
 
     @classmethod
-    async def wrap(cls, transport: ByteStream, **kwargs: Any) -> Session:
-        """Run the m2mproto handshake over *transport* and return the live session.
+    def wrap(
+        cls,
+        transport: ByteStream,
+        *,
+        identity: Identity,
+        server_side: bool = False,
+        config: Configuration | None = None,
+        authorizer: Authorizer | None = None,
+        tokens: Sequence[bytes] = (),
+        expected_peer: AgentId | str | AnyPeer | None = None,
+        authenticate_peer: Callable[[AgentId], None] | None = None,
+        routes: RouteTable | None = None,
+        accept_incoming: bool = True,
+        high_water: int = DEFAULT_HIGH_WATER,
+        static_keys: StaticKeys | None = None,
+    ) -> SessionOpener:
+        """Run the m2mproto handshake over *transport*: ``async with`` the result,
+        or await it for a session usable from any task (see :class:`SessionOpener`).
 
-        Takes the keyword arguments of :meth:`create` (``identity``,
-        ``server_side``, ``config``, ``authorizer``, ``tokens``,
-        ``expected_peer``, ``authenticate_peer``, ``router``,
-        ``accept_incoming``, ``high_water``). The session must then be left
-        (``async with session``) in the same task and inside the same cancel
-        scopes as this call (see the class docstring). On failure the
-        transport is closed.
+        Takes the arguments of :meth:`create`. A client (``server_side=False``)
+        must name *expected_peer* (or pass :data:`ANY_PEER`, or an
+        *authenticate_peer* check). On failure the transport is closed.
 
-        Raises:
+        Raises (when awaited or entered):
             AuthenticationError: the peer is not who it must be (``code`` says why).
             TokenError: tokens were refused at the handshake (``code`` says why).
             ConnectionClosedError: the transport or the peer ended the handshake,
                 or it timed out (``close_code`` ``HANDSHAKE_TIMEOUT``).
         """
-        session = cls.create(transport, **kwargs)
-        await session._start()
-        return session
 
-    async def _start(self) -> None:
-        await self._begin()
-        await self._finish_handshake()
+        expected = require_peer(
+            expected_peer if not server_side or expected_peer is not None else ANY_PEER,
+            authenticate_peer,
+        )
 
-    async def _begin(self) -> None:
-        """Enter the session's task group (in the caller's task) and start the pump."""
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
+        async def prepare() -> Session:
+            return cls.create(
+                transport,
+                identity=identity,
+                server_side=server_side,
+                config=config,
+                authorizer=authorizer,
+                tokens=tokens,
+                expected_peer=expected,
+                authenticate_peer=authenticate_peer,
+                routes=routes,
+                accept_incoming=accept_incoming,
+                high_water=high_water,
+                static_keys=static_keys,
+            )
+
+        return SessionOpener(prepare, transport)
+
+    # -- lifetime ---------------------------------------------------------------------
+
+    def _launch(self, tg: TaskGroup | None) -> None:
+        """Start the lifetime in *tg*, or outside every caller scope (``None``)."""
+        if self._launched:
+            raise LocalProtocolError("session already started", ErrorCode.INVALID_STATE)
+        self._launched = True
+        if tg is None:
+            start_detached(self._lifetime)
+        else:
+            tg.start_soon(self._lifetime)
+
+    async def _lifetime(self) -> None:
+        """Own the session's task group from the handshake to the end. Never raises
+        (failures are recorded for :meth:`_wait_ready` and ``close_info``)."""
+        link, pump, dispatch = self._link, self._pump, self._dispatch
         try:
-            self._conn.start(anyio.current_time())
-        except BaseException as exc:
-            await self._fail_start(exc)
-            raise
-        tg.start_soon(self._run_pump)
-        self._pump.wake()
+            async with anyio.create_task_group() as tg:
+                dispatch.bind(tg)
+                try:
+                    self._conn.start(anyio.current_time())
+                except M2MError as exc:
+                    self._start_error = exc
+                    dispatch.mark_closed(exc.code, str(exc), remote=False)
+                    pump.abort()
+                tg.start_soon(pump.run)
+                pump.wake()
+                await link.handshake_done.wait()
+                if link.peer is None:
+                    # The core failed the handshake (closed itself): its ABORT gets the
+                    # same short chance to reach the peer as an abort's CLOSE.
+                    pump.abort(grace=0.1)
+                await pump.finished.wait()
+                dispatch.mark_closed(ErrorCode.TRUNCATED, "transport ended", remote=True)
+                info = link.closed_info
+                if info is not None and info[0] == ErrorCode.NO_ERROR and dispatch.running:
+                    with anyio.move_on_after(self._conn.config.close_timeout):
+                        await dispatch.idle.wait()
+                dispatch.bind(None)
+                dispatch.cancel_handlers()
+        finally:
+            dispatch.bind(None)
+            self._finished.set()
 
-    async def _finish_handshake(self) -> None:
-        """Wait for the handshake; on failure close everything and raise."""
+    async def _wait_ready(self) -> None:
+        """Wait for the handshake. On failure or cancellation the session is cut and
+        its lifetime has ended when this raises."""
         try:
-            await self._wait_handshake()
-        except BaseException as exc:
-            await self._fail_start(exc)
+            await self._link.handshake_done.wait()
+        except BaseException:  # cancelled (or evicted): cut the transport, send nothing
+            self._dispatch.mark_closed(ErrorCode.CANCELLED, "handshake cancelled", remote=False)
+            self._pump.abort()
+            with anyio.CancelScope(shield=True):
+                await self._finished.wait()
             raise
+        if self._link.peer is None:
+            with anyio.CancelScope(shield=True):
+                await self._finished.wait()
+            raise self._start_error or self._link.handshake_error()
 
-    async def _fail_start(self, exc: BaseException) -> None:
-        # The core failed the handshake (closed itself): its ABORT gets the same short
-        # chance to reach the peer as an abort's CLOSE. Otherwise (cancelled, our own
-        # failure) cut at once.
-        self._pump.abort(grace=0.1 if self._closed.is_set() else 0.0)
-        self._exited = True
-        tg = self._tg
+    def _cut(self, code: int, reason: str) -> None:
+        link = self._link
+        if not link.closed.is_set():
+            link.closing = True
+            with contextlib.suppress(M2MError):
+                self._conn.close(
+                    code if code != ErrorCode.NO_ERROR else ErrorCode.CANCELLED, reason
+                )
+            self._dispatch.mark_closed(code, reason, remote=False)
+        self._pump.abort(grace=0.1)  # the CLOSE frame gets one short chance
+
+    async def _wait_finished(self) -> None:
+        if not self._launched:  # never started: only the transport to close
+            self._launched = True
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(self._transport)
+            self._dispatch.mark_closed(ErrorCode.CANCELLED, "never started", remote=False)
+            self._finished.set()
+            return
         with anyio.CancelScope(shield=True):
+            # the pump ends by itself after the close handshake (bounded by the
+            # core's close timeout and the pump's linger); this is a backstop
+            with anyio.move_on_after(2 * self._conn.config.close_timeout + 1):
+                await self._pump.finished.wait()
+            self._pump.abort()
             await self._pump.finished.wait()
-        if tg is not None:
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
+        # not shielded: a handler closing its own session is cancelled here once the
+        # lifetime gives up waiting for handlers
+        await self._finished.wait()
 
-    async def _wait_handshake(self) -> None:
-        # one flag for "completed or closed": no watcher task and task group per handshake
-        await self._handshake_done.wait()
-        if self._peer is None:
-            raise self._handshake_error()
+    # -- state ------------------------------------------------------------------------
 
-    async def _run_pump(self) -> None:
-        await self._pump.run()
-        self._mark_closed(ErrorCode.TRUNCATED, "transport ended", remote=True)
+    @property
+    def peer(self) -> Peer:
+        """The authenticated peer."""
+        if self._link.peer is None:
+            raise LocalProtocolError("the handshake is not complete", ErrorCode.INVALID_STATE)
+        return self._link.peer
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is over."""
+        return self._link.closed.is_set()
 
     @property
     def handshake_hash(self) -> bytes:
         """The Noise handshake hash: a channel binding unique to this connection."""
-        return self._handshake_hash
+        return self._conn.handshake_hash or b""
 
     @property
     def capabilities(self) -> object:
         """The peer's verified grants (a tuple of :class:`~m2mproto.tokens.Grant`
         with a ``TokenAuthorizer``; the last accepted summary otherwise)."""
         grants = getattr(self._authorizer, "grants", None)
-        if callable(grants) and self._peer is not None:
-            return grants(self._peer.agent_id)
-        return self._capabilities
+        if callable(grants) and self._link.peer is not None:
+            return grants(self._link.peer.agent_id)
+        return self._dispatch.capabilities
 
     @property
     def local_agent_id(self) -> AgentId:
@@ -261,12 +466,28 @@ class Session(_Dispatcher):
     @property
     def close_info(self) -> tuple[int, str, bool] | None:
         """``(code, reason, remote)`` once closed, else None."""
-        return self._closed_info
+        return self._link.closed_info
 
     @property
     def connection(self) -> Connection:
         """The underlying sans-IO connection (for inspection and tests; do not drive it)."""
         return self._conn
+
+    @property
+    def last_activity(self) -> float:
+        """When the peer last did something productive, on anyio's clock (an admitted
+        stream, data, a message, accepted tokens, a ping answer; refusals never count)."""
+        return self._dispatch.last_activity
+
+    @property
+    def open_streams(self) -> int:
+        """Streams open on this session (either side opened them)."""
+        return len(self._link.channels)
+
+    @property
+    def running_handlers(self) -> int:
+        """Handler tasks running now for streams the peer opened."""
+        return self._dispatch.running
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
@@ -275,11 +496,14 @@ class Session(_Dispatcher):
             **self._transport.extra_attributes,
             M2MAttribute.agent_id: lambda: self.peer.agent_id,
             M2MAttribute.identity_key: lambda: self.peer.identity_key,
-            M2MAttribute.handshake_hash: lambda: self._handshake_hash,
+            M2MAttribute.handshake_hash: lambda: self.handshake_hash,
             M2MAttribute.capabilities: lambda: self.capabilities,
             M2MAttribute.local_agent_id: lambda: self._identity.agent_id,
             M2MAttribute.server_side: lambda: self._server_side,
         }
+
+    def _attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self.extra_attributes
 
     def extra(self, attribute: Any, default: Any = ...) -> Any:
         """Return a typed attribute (see :class:`M2MAttribute`).
@@ -294,31 +518,57 @@ class Session(_Dispatcher):
             return default
         return getter()
 
-    async def request(self, resource: str, value: Any, *, timeout: float | None = None) -> Any:
-        """Send *value* to *resource* and return the peer's reply.
+    # -- calls ------------------------------------------------------------------------
 
+    @overload
+    async def request(self, resource: str, value: Any, *, timeout: float | None = None) -> Any: ...
+
+    @overload
+    async def request(
+        self, resource: str, value: Any, *, timeout: float | None = None, expect: type[_R]
+    ) -> _R: ...
+
+    async def request(
+        self,
+        resource: str,
+        value: Any,
+        *,
+        timeout: float | None = None,
+        expect: type[Any] | None = None,
+    ) -> Any:
+        """Send *value* to *resource* and return the peer's reply (a decoded CBOR value).
+
+        With *expect* (``dict``, ``list``, ``str``, ``bytes``, ``int``, ...), the
+        reply must be an instance of it, and the result is typed as such.
         If cancelled or timed out, the request's stream is reset (``CANCELLED``)
         and the session stays usable.
 
         Raises:
+            DecodeError: (``DECODE_ERROR``) the reply is not an *expect*.
             RequestTimeout: no reply within *timeout* seconds.
             AuthorizationError: (``UNAUTHORIZED``) the peer refused the call.
             StreamResetError: the peer reset the stream (``REFUSED``: no handler;
                 ``APPLICATION_ERROR``: the handler failed).
             ConnectionClosedError: the session is closed.
         """
-        chan = await self._open(resource, wake=False)
+        link = self._link
+        chan = await link.open(resource, wake=False)
         done = False
         try:
-            await self._queue_send(chan.stream_id, value, message=True, end_stream=True, flush=True)
+            await link.queue_send(chan.stream_id, value, message=True, end_stream=True, flush=True)
             if timeout is None:  # no scope to enter and leave per request
-                got, reply = await self._next_item(chan, want_message=True)
+                got, reply = await link.next_item(chan, want_message=True)
             else:
                 with anyio.fail_after(timeout):
-                    got, reply = await self._next_item(chan, want_message=True)
+                    got, reply = await link.next_item(chan, want_message=True)
             if not got:
                 raise StreamResetError(f"stream {chan.stream_id}: ended without a reply", 0, True)
             done = True
+            if expect is not None and not isinstance(reply, expect):
+                raise DecodeError(
+                    f"reply from {resource!r} is a {type(reply).__name__}, not a {expect.__name__}",
+                    ErrorCode.DECODE_ERROR,
+                )
             return reply
         except TimeoutError:
             raise RequestTimeout(
@@ -326,10 +576,10 @@ class Session(_Dispatcher):
             ) from None
         finally:
             if not done:
-                self._cancel_stream(chan)
+                link.cancel(chan)
             else:
-                chan.detached = True
-                self._maybe_forget(chan)
+                chan.discard = True
+                link.forget_if_done(chan)
 
     async def send(self, resource: str, value: Any, *, confirm: bool = False) -> None:
         """Send a one-way message to *resource*.
@@ -344,36 +594,36 @@ class Session(_Dispatcher):
             StreamResetError: (with ``confirm``) no handler, or the handler failed.
             ConnectionClosedError: the session is closed.
         """
-        chan = await self._open(resource)
+        link = self._link
+        chan = await link.open(resource)
         try:
-            await self._queue_send(chan.stream_id, value, message=True, end_stream=True)
+            await link.queue_send(chan.stream_id, value, message=True, end_stream=True)
         except BaseException:
-            self._cancel_stream(chan)
+            link.cancel(chan)
             raise
         if not confirm:
-            chan.detached = True
-            await self._wait_drained(chan.stream_id)
+            chan.discard = True
+            await link.wait_drained(chan.stream_id)
             return
         done = False
         try:
-            for _ in iter(int, 1):  # until the peer's end of stream
-                got, _value = await self._next_item(chan, want_message=True)
+            while True:  # until the peer's end of stream (or a reset, the close: raised)
+                got, _value = await link.next_item(chan, want_message=True)
                 if not got:
                     done = True
                     return
         finally:
             if not done:
-                self._cancel_stream(chan)
+                link.cancel(chan)
 
     async def open_stream(self, resource: str) -> DataStream:
         """Open a byte stream to *resource* (an ``anyio.abc.ByteStream``).
 
         Raises:
             ConnectionClosedError: the session is closed.
-            LimitExceeded: (``STREAM_LIMIT_ERROR``) too many open streams.
         """
-        chan = await self._open(resource)
-        return DataStream(self, chan)
+        chan = await self._link.open(resource)
+        return DataStream(self._link, chan, self._attributes)
 
     async def open_message_stream(self, resource: str) -> MessageStream:
         """Open a stream of CBOR messages to *resource* (an ``anyio.abc.ObjectStream``).
@@ -381,8 +631,8 @@ class Session(_Dispatcher):
         Raises:
             ConnectionClosedError: the session is closed.
         """
-        chan = await self._open(resource)
-        return MessageStream(self, chan)
+        chan = await self._link.open(resource)
+        return MessageStream(self._link, chan, self._attributes)
 
     async def receive(self) -> Incoming:
         """Return the next message the peer sent without a matching handler.
@@ -394,24 +644,23 @@ class Session(_Dispatcher):
         if self._current_incoming is not None:
             self._current_incoming._finish()
             self._current_incoming = None
-        for _ in iter(int, 1):  # until a message or the close
-            if self._incoming:
-                item = self._incoming.pop(0)
-                self._current_incoming = item
+        dispatch, link = self._dispatch, self._link
+        while True:  # until a message or the close; each retry follows a delivery
+            if dispatch.incoming:
+                item = self._current_incoming = dispatch.incoming.popleft()
                 return item
-            if self._closed.is_set():
-                info = self._closed_info
+            if link.closed.is_set():
+                info = link.closed_info
                 if info is not None and info[0] == ErrorCode.NO_ERROR:
                     raise anyio.EndOfStream
-                raise self._closed_error()
-            await self._incoming_signal.wait()
-        raise AssertionError("unreachable")  # pragma: no cover
+                raise link.closed_error()
+            await dispatch.incoming_signal.wait()
 
     def __aiter__(self) -> AsyncIterator[Incoming]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Incoming]:
-        for _ in iter(int, 1):  # until the session ends
+        while True:  # until the session ends
             try:
                 yield await self.receive()
             except anyio.EndOfStream:
@@ -429,7 +678,7 @@ class Session(_Dispatcher):
             LocalProtocolError: (``INVALID_ARGUMENT``) a token over 16 KiB.
             ConnectionClosedError: the session is closed.
         """
-        self._call(self._conn.present_token, token)
+        self._link.call(self._conn.present_token, token)
 
     def reauthorize(self) -> list[int]:
         """Re-check the peer's open streams against its grants now.
@@ -439,12 +688,12 @@ class Session(_Dispatcher):
         with ``UNAUTHORIZED``. New streams and messages are always checked as
         they arrive. Returns the IDs of the streams reset.
         """
-        if self._closed.is_set() or self._closing:
+        link = self._link
+        if link.closed.is_set() or link.closing:
             return []
         reset = self._conn.reauthorize(anyio.current_time())
         if reset:
-            logger.info("[%s] %d stream(s) no longer authorized: reset", self.peer.short_id,
-                        len(reset))  # fmt: skip
+            link.log.info("%d stream(s) no longer authorized: reset", len(reset))
         self._pump.wake()
         return reset
 
@@ -454,7 +703,7 @@ class Session(_Dispatcher):
         Raises:
             ConnectionClosedError: the session is closed.
         """
-        self._call(self._conn.update_keys)
+        self._link.call(self._conn.update_keys)
 
     async def ping(self, *, timeout: float = 10.0) -> float:
         """Measure the round-trip time to the peer, in seconds.
@@ -464,26 +713,30 @@ class Session(_Dispatcher):
             ConnectionClosedError: the session is closed.
         """
         start = anyio.current_time()
-        payload = self._call(self._conn.ping)
-        waiter = self._pings[payload] = anyio.Event()
+        payload = self._link.call(self._conn.ping)
+        pings = self._dispatch.pings
+        waiter = pings[payload] = anyio.Event()
         try:
             with anyio.move_on_after(timeout):
                 await waiter.wait()
-                self._check_open()
+                self._link.check_open()
                 return anyio.current_time() - start
         finally:
-            self._pings.pop(payload, None)
+            pings.pop(payload, None)
         raise RequestTimeout("no answer to ping", ErrorCode.TIMEOUT)
+
+    # -- close --------------------------------------------------------------------------
 
     async def wait_closed(self) -> None:
         """Wait until the connection is over (closed by either side or failed)."""
-        await self._closed.wait()
+        await self._link.closed.wait()
 
     def request_close(self, code: int = ErrorCode.NO_ERROR, reason: str = "") -> None:
-        """Start a close from any task (the owner's ``aclose``/``async with`` finishes it)."""
-        if self._closing or self._closed.is_set():
+        """Start a graceful close from any task, without waiting for it."""
+        link = self._link
+        if link.closing or link.closed.is_set():
             return
-        self._closing = True
+        link.closing = True
         with contextlib.suppress(M2MError):
             self._conn.close(code, reason)
         self._pump.wake()
@@ -492,61 +745,147 @@ class Session(_Dispatcher):
         """Close gracefully: everything already queued is delivered, then CLOSE.
 
         Waits (at most ``config.close_timeout``) for the peer to confirm; handler
-        tasks still running after that are cancelled. Safe to call twice.
+        tasks still running after that are cancelled. Safe to call twice, and
+        from any task.
         """
         self.request_close(code, reason)
-        await self._exit()
+        await self._wait_finished()
 
     async def abort(self, code: int = ErrorCode.CANCELLED, reason: str = "") -> None:
         """Close at once: queued data is dropped, the transport is cut."""
-        if not self._closed.is_set():
-            self._closing = True
-            with contextlib.suppress(M2MError):
-                self._conn.close(
-                    code if code != ErrorCode.NO_ERROR else ErrorCode.CANCELLED, reason
-                )
-            self._mark_closed(code, reason, remote=False)
-        self._pump.abort(grace=0.1)  # the CLOSE frame gets one short chance
-        await self._exit()
-
-    async def _exit(self) -> None:
-        """Wait for the pump, let handlers finish (graceful close only), stop them."""
-        with anyio.CancelScope(shield=True):
-            # the pump ends by itself after the close handshake (bounded by the
-            # core's close timeout and the pump's linger); this is a backstop
-            with anyio.move_on_after(2 * self._conn.config.close_timeout + 1):
-                await self._pump.finished.wait()
-            self._pump.abort()
-            await self._pump.finished.wait()
-            graceful = self._closed_info is not None and self._closed_info[0] == ErrorCode.NO_ERROR
-            if graceful and self._handlers:
-                with anyio.move_on_after(self._conn.config.close_timeout):
-                    await self._handlers_idle.wait()
-        for scope in list(self._handler_scopes):
-            scope.cancel()
+        self._cut(code, reason)
+        await self._wait_finished()
 
     async def __aenter__(self) -> Session:
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        """Close (gracefully, or by abort if the block was cancelled) and leave the
-        session's task group: the only place it is left, so ``aclose``/``abort``
-        may be called from anywhere inside the block."""
-        try:
-            if exc is not None and not isinstance(exc, Exception):
-                await self.abort()  # cancelled or interrupted: do not linger
-            else:
-                await self.aclose()
-        finally:
-            tg, self._tg = self._tg, None
-            if tg is not None and not self._exited:
-                self._exited = True
-                tg.cancel_scope.cancel()
-                await tg.__aexit__(None, None, None)
+        """Close: gracefully, or by abort if the block was cancelled or interrupted."""
+        if exc is not None and not isinstance(exc, Exception):
+            await self.abort()
+        else:
+            await self.aclose()
 
     def __repr__(self) -> str:
-        who = self._peer.short_id if self._peer else "?"
+        peer = self._link.peer
+        who = peer.short_id if peer else "?"
         return f"<Session peer={who} {'closed' if self.closed else 'open'}>"
+
+    # -- handlers for streams the peer opens --------------------------------------------
+
+    def _admit(self, chan: Channel) -> tuple[Plan, RouteLike | None] | None:
+        route = self._routes.find(chan.resource) if self._routes is not None else None
+        if route is None:
+            return (Plan.INCOMING, None) if self._accept_incoming else None
+        return (Plan.STREAM if route.kind in _STREAM_KINDS else Plan.CALL), route
+
+    def _context(self, chan: Channel, grant: object) -> Context:
+        return Context(self, self.peer, grant, chan.resource, chan.stream_id)
+
+    async def _serve_call(self, chan: Channel, route: RouteLike, value: Any, grant: object) -> None:
+        link = self._link
+        try:
+            result = await route.call(value, self._context(chan, grant))
+        except Exception:
+            link.log.exception("handler for %r failed", chan.resource)
+            link.reset(chan, ErrorCode.APPLICATION_ERROR)
+            return
+        if link.closed.is_set() or chan.reset is not None:
+            return
+        if route.kind == "request":
+            try:
+                await link.queue_send(
+                    chan.stream_id, result, message=True, end_stream=True, flush=True
+                )
+            except M2MError as exc:
+                link.log.warning("reply to %r not sent: %s", chan.resource, exc)
+                link.reset(chan, ErrorCode.APPLICATION_ERROR)
+        else:
+            link.end(chan.stream_id)
+
+    async def _serve_stream(self, chan: Channel, route: RouteLike) -> None:
+        stream: DataStream | MessageStream
+        if route.kind == "message_stream":
+            stream = MessageStream(self._link, chan, self._attributes)
+        else:
+            stream = DataStream(self._link, chan, self._attributes)
+        try:
+            await route.serve_stream(stream, self._context(chan, chan.grant))
+        except Exception:
+            self._link.log.exception("stream handler for %r failed", chan.resource)
+            await stream.reset(ErrorCode.APPLICATION_ERROR)
+            return
+        await stream.aclose()
+
+
+class SessionOpener:
+    """A session about to start: ``async with`` it, or await it.
+
+    ``async with opener as session`` runs the session in a task group of the
+    caller and closes it at the end of the block (by abort if the block was
+    cancelled). ``session = await opener`` runs it outside the caller's cancel
+    scopes: the call may sit under ``fail_after``, and the session may be used
+    and closed from any task (``async with session``, ``aclose``); it ends when
+    closed. An opener starts one session.
+    """
+
+    def __init__(
+        self, prepare: Callable[[], Awaitable[Session]], transport: ByteStream | None
+    ) -> None:
+        self._prepare = prepare
+        self._transport = transport
+        self._cm: contextlib.AbstractAsyncContextManager[Session] | None = None
+
+    async def _made(self) -> Session:
+        try:
+            return await self._prepare()
+        except BaseException:
+            if self._transport is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.aclose_forcefully(self._transport)
+            raise
+
+    async def _detached(self) -> Session:
+        session = await self._made()
+        session._launch(None)
+        await session._wait_ready()
+        return session
+
+    def __await__(self) -> Generator[Any, None, Session]:
+        return self._detached().__await__()
+
+    @contextlib.asynccontextmanager
+    async def _structured(self) -> AsyncIterator[Session]:
+        session = await self._made()
+        # Errors are raised after the task group is left, so they are not wrapped
+        # in an exception group (the lifetime never raises; only we could).
+        error: BaseException | None = None
+        async with anyio.create_task_group() as tg:
+            session._launch(tg)
+            try:
+                await session._wait_ready()
+            except M2MError as exc:  # the lifetime is over already
+                error = exc
+            else:
+                try:
+                    yield session
+                except BaseException as exc:
+                    error = exc
+                    await session.__aexit__(type(exc), exc, exc.__traceback__)
+                else:
+                    await session.aclose()
+        if error is not None:
+            raise error
+
+    async def __aenter__(self) -> Session:
+        if self._cm is not None:
+            raise LocalProtocolError("this opener was already used", ErrorCode.INVALID_STATE)
+        self._cm = self._structured()
+        return await self._cm.__aenter__()
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:
+        assert self._cm is not None
+        return await self._cm.__aexit__(exc_type, exc, tb)
 
 
 def _peer_check(

@@ -15,7 +15,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from rel_util import CLIENT_ID, payload, token
+from rel_util import CLIENT_ID, SERVER_ID, payload, token
 
 from m2mproto.config import Configuration
 from m2mproto.reliable import ReliableSender, SqliteOutbox
@@ -28,7 +28,7 @@ async def main(host: str, port: int, state: Path, count: int) -> None:
     start = outbox.next_seq
     async with ReliableSender(
         (host, port), identity=CLIENT_ID, tokens=[token()], resource="feed", outbox=outbox,
-        config=FAST, backoff_max=0.2, max_in_flight=256,
+        config=FAST, backoff_max=0.2, max_in_flight=256, peer=SERVER_ID.agent_id,
     ) as sender:  # fmt: skip
         for i in range(start, count):
             p = payload(11, i, 48)

@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
-from rel_util import CLIENT_ID, SinkLog, payload, server_and_proxy, sink_server, token
+from rel_util import CLIENT_ID, SERVER_ID, SinkLog, payload, server_and_proxy, sink_server, token
 
 from m2mproto.config import Configuration
 from m2mproto.errors import ErrorCode, M2MError
@@ -38,7 +38,11 @@ async def feed_run(address: tuple[str, int], seed: int, count: int) -> dict[str,
     try:
         with anyio.fail_after(RUN_BOUND):
             async with connect(
-                address, identity=CLIENT_ID, tokens=[token()], config=CONFIG
+                address,
+                identity=CLIENT_ID,
+                tokens=[token()],
+                config=CONFIG,
+                peer=SERVER_ID.agent_id,
             ) as session:
                 stream = await session.open_message_stream("feed")
                 import hashlib
@@ -156,7 +160,9 @@ async def test_cut_all_resets_live_connections() -> None:
     log = SinkLog()
     async with server_and_proxy(sink_server(log, config=CONFIG)) as (proxy, address):
         with anyio.fail_after(10):
-            async with connect(address, identity=CLIENT_ID, tokens=[token()]) as session:
+            async with connect(
+                address, identity=CLIENT_ID, tokens=[token()], peer=SERVER_ID.agent_id
+            ) as session:
                 assert await session.request("echo", 1) == 1
                 assert proxy.cut_all() == 1
                 await session.wait_closed()

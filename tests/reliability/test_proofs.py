@@ -87,6 +87,7 @@ async def run_a(seed: int, count: int, connections: int) -> dict[str, Any]:
                     config=FAST,
                     backoff_max=0.2,
                     max_in_flight=256,
+                    peer=SERVER_ID.agent_id,
                 ) as sender:
                     for i in range(count):
                         sender.queue(message(seed, i))

@@ -145,7 +145,13 @@ async def test_send_is_delivered_once_in_order(anyio_backend: str) -> None:
     with anyio.fail_after(20):
         async with (
             reliable_server(receiver) as (_server, address),
-            ReliableSender(address, identity=CLIENT_ID, tokens=[token()], resource="log") as s,
+            ReliableSender(
+                address,
+                identity=CLIENT_ID,
+                tokens=[token()],
+                resource="log",
+                peer=SERVER_ID.agent_id,
+            ) as s,
         ):
             for i in range(50):
                 s.queue({"i": i})
@@ -164,7 +170,13 @@ async def test_reconnect_resends_and_receiver_drops_duplicates() -> None:
     receiver = ReliableReceiver(got)
     async with reliable_server(receiver) as (server, address):
         with anyio.fail_after(20):
-            sender = ReliableSender(address, identity=CLIENT_ID, tokens=[token()], resource="log")
+            sender = ReliableSender(
+                address,
+                identity=CLIENT_ID,
+                tokens=[token()],
+                resource="log",
+                peer=SERVER_ID.agent_id,
+            )
             # pretend the first 10 were sent but their acks were lost: drive by hand
             for i in range(10):
                 sender.queue(i)
@@ -185,7 +197,9 @@ async def test_resend_after_lost_acks_is_deduplicated() -> None:
     receiver = ReliableReceiver(got)
     async with reliable_server(receiver) as (_server, address):
         with anyio.fail_after(20):
-            async with connect(address, identity=CLIENT_ID, tokens=[token()]) as session:
+            async with connect(
+                address, identity=CLIENT_ID, tokens=[token()], peer=SERVER_ID.agent_id
+            ) as session:
                 stream = await session.open_message_stream("log")
                 await stream.send(Hello(EPOCH, 0).to_wire())
                 assert parse(await stream.receive()) == Welcome(0)
@@ -193,7 +207,9 @@ async def test_resend_after_lost_acks_is_deduplicated() -> None:
                     await stream.send(Data(seq, seq).to_wire())
                     assert parse(await stream.receive()) == Ack(seq + 1)
             # a new connection resends 1 and 2 (say the acks were lost), then 3
-            async with connect(address, identity=CLIENT_ID, tokens=[token()]) as session:
+            async with connect(
+                address, identity=CLIENT_ID, tokens=[token()], peer=SERVER_ID.agent_id
+            ) as session:
                 stream = await session.open_message_stream("log")
                 await stream.send(Hello(EPOCH, 1).to_wire())
                 assert parse(await stream.receive()) == Welcome(3)
@@ -211,7 +227,11 @@ async def test_other_identity_with_the_same_epoch_gets_its_own_channel() -> None
     async with reliable_server(receiver) as (_server, address):
         with anyio.fail_after(20):
             async with ReliableSender(
-                address, identity=CLIENT_ID, tokens=[token()], resource="log"
+                address,
+                identity=CLIENT_ID,
+                tokens=[token()],
+                resource="log",
+                peer=SERVER_ID.agent_id,
             ) as owner:
                 await owner.send("mine")
                 await owner.send("mine too")
@@ -223,6 +243,7 @@ async def test_other_identity_with_the_same_epoch_gets_its_own_channel() -> None
                 tokens=[token(OTHER_ID.agent_id)],
                 resource="log",
                 outbox=thief_box,
+                peer=SERVER_ID.agent_id,
             ) as thief:
                 assert await thief.send("its own") == 0  # welcome 0: not the owner's mark
     assert [(b, d.peer, d.seq) for b, d in got.items] == [
@@ -248,7 +269,9 @@ async def test_receiver_protocol_violations_reset_the_stream(
     got = Collector()
     async with reliable_server(ReliableReceiver(got)) as (_server, address):
         with anyio.fail_after(10):
-            async with connect(address, identity=CLIENT_ID, tokens=[token()]) as session:
+            async with connect(
+                address, identity=CLIENT_ID, tokens=[token()], peer=SERVER_ID.agent_id
+            ) as session:
                 stream = await session.open_message_stream("log")
                 await stream.send(first)
                 if then is not None:
@@ -273,7 +296,12 @@ async def test_durable_receiver_dedups_across_restart(tmp_path: Path) -> None:
         async with reliable_server(ReliableReceiver(got, store)) as (_s, address):
             with anyio.fail_after(20):
                 async with ReliableSender(
-                    address, identity=CLIENT_ID, tokens=[token()], resource="log", outbox=box
+                    address,
+                    identity=CLIENT_ID,
+                    tokens=[token()],
+                    resource="log",
+                    outbox=box,
+                    peer=SERVER_ID.agent_id,
                 ) as s:
                     await s.flush()
                     assert s.resent == 0 if round_ else True

@@ -34,7 +34,7 @@ from m2mproto.reliable import (
     parse,
 )
 from m2mproto.tokens import issue
-from m2mproto.transport import Server, connect
+from m2mproto.transport import ANY_PEER, Server, connect
 
 pytestmark = pytest.mark.anyio
 
@@ -66,7 +66,7 @@ async def reliable_server(
 async def hello(address: Any, identity: Identity, epoch: bytes, first: int = 0) -> int:
     """One raw ``hello`` as *identity*; return the ``welcome`` mark."""
     tok = token(identity.agent_id, ("log=*",))
-    async with connect(address, identity=identity, tokens=[tok]) as session:
+    async with connect(address, identity=identity, tokens=[tok], peer=SERVER_ID.agent_id) as session:
         stream = await session.open_message_stream("log")
         await stream.send(Hello(epoch, first).to_wire())
         welcome = parse(await stream.receive())
@@ -91,7 +91,8 @@ async def test_squatted_epoch_does_not_block_its_sender(
         with anyio.fail_after(20):
             assert await hello(address, OTHER_ID, EPOCH, squat_first) == squat_first
             async with ReliableSender(
-                address, identity=CLIENT_ID, tokens=[token()], resource="log", outbox=victim_box
+                address, identity=CLIENT_ID, tokens=[token()], resource="log", outbox=victim_box,
+                peer=SERVER_ID.agent_id,
             ) as victim:
                 assert await victim.send("mine") == 0
                 await victim.send("also mine")
@@ -109,7 +110,8 @@ async def test_same_epoch_other_identity_learns_nothing() -> None:
     async with reliable_server(receiver) as (_server, address):
         with anyio.fail_after(20):
             async with ReliableSender(
-                address, identity=CLIENT_ID, tokens=[token()], resource="log", outbox=victim_box
+                address, identity=CLIENT_ID, tokens=[token()], resource="log", outbox=victim_box,
+                peer=SERVER_ID.agent_id,
             ) as victim:
                 for i in range(5):
                     await victim.send(i)
@@ -270,7 +272,9 @@ async def test_fresh_epoch_flood_over_the_wire_is_bounded() -> None:
     async with reliable_server(receiver) as (_server, address):
         with anyio.fail_after(30):
             tok = token(OTHER_ID.agent_id, ("log=*",))
-            async with connect(address, identity=OTHER_ID, tokens=[tok]) as session:
+            async with connect(
+                address, identity=OTHER_ID, tokens=[tok], peer=SERVER_ID.agent_id
+            ) as session:
                 for i in range(200):
                     stream = await session.open_message_stream("log")
                     await stream.send(Hello(i.to_bytes(16, "big"), 0).to_wire())
@@ -298,7 +302,8 @@ async def test_impostor_receiver_cannot_empty_the_outbox(
         async with reliable_server(ReliableReceiver(real_got)) as (_s, address):
             box = SqliteOutbox(path)
             async with ReliableSender(
-                address, identity=CLIENT_ID, tokens=[open_token()], resource="log", outbox=box
+                address, identity=CLIENT_ID, tokens=[open_token()], resource="log", outbox=box,
+                peer=ANY_PEER,
             ) as sender:
                 await sender.send("first")  # binds the outbox to SERVER_ID
             box.close()
@@ -325,7 +330,8 @@ async def test_memory_outbox_binds_to_first_receiver_and_refuses_a_switch() -> N
     with anyio.fail_after(30):
         async with reliable_server(ReliableReceiver(Collector())) as (_s, address):
             async with ReliableSender(
-                address, identity=CLIENT_ID, tokens=[open_token()], resource="log", outbox=box
+                address, identity=CLIENT_ID, tokens=[open_token()], resource="log", outbox=box,
+                peer=ANY_PEER,
             ) as sender:
                 await sender.send(1)
         fake = Collector()

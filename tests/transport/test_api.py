@@ -93,7 +93,9 @@ async def test_context_manager_form_and_unix_socket(tmp_path: Path) -> None:
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             await tg.start(server.serve_unix, path)
-            async with connect(str(path), identity=CLIENT_ID, tokens=[token(ALL)]) as session:
+            async with connect(
+                str(path), identity=CLIENT_ID, tokens=[token(ALL)], peer=SERVER_ID.agent_id
+            ) as session:
                 assert await session.request("echo", [1, 2, 3]) == {
                     "echo": [1, 2, 3],
                     "from": CLIENT_ID.agent_id.text,
@@ -111,7 +113,9 @@ async def test_unexpected_peer_is_refused() -> None:
                 await connect(address, identity=CLIENT_ID, peer=other.agent_id)
             assert info.value.code == ErrorCode.AUTH_UNEXPECTED_PEER
             # the server is unaffected
-            async with await connect(address, identity=CLIENT_ID, tokens=[token(ALL)]) as s:
+            async with await connect(
+                address, identity=CLIENT_ID, tokens=[token(ALL)], peer=SERVER_ID.agent_id
+            ) as s:
                 assert (await s.request("echo", 1))["echo"] == 1
 
 
@@ -120,7 +124,9 @@ async def test_messages_carry_peer_and_grant() -> None:
     with anyio.fail_after(10):
         async with (
             running_tcp(server) as address,
-            await connect(address, identity=CLIENT_ID, tokens=[token(ALL)]) as s,
+            await connect(
+                address, identity=CLIENT_ID, tokens=[token(ALL)], peer=SERVER_ID.agent_id
+            ) as s,
         ):
             for i in range(20):
                 await s.send("log/app", {"n": i})
@@ -139,7 +145,9 @@ async def test_request_errors_are_distinct() -> None:
     with anyio.fail_after(10):
         async with running_tcp(server) as address:
             tok = token(["echo=*", "boom=*", "slow=*", "nowhere=*"])
-            async with await connect(address, identity=CLIENT_ID, tokens=[tok]) as s:
+            async with await connect(
+                address, identity=CLIENT_ID, tokens=[tok], peer=SERVER_ID.agent_id
+            ) as s:
                 with pytest.raises(StreamResetError) as failed:
                     await s.request("boom", None)
                 assert failed.value.code == ErrorCode.APPLICATION_ERROR
@@ -163,7 +171,7 @@ async def test_no_token_means_no_access() -> None:
     with anyio.fail_after(10):
         async with (
             running_tcp(server) as address,
-            await connect(address, identity=CLIENT_ID) as s,
+            await connect(address, identity=CLIENT_ID, peer=SERVER_ID.agent_id) as s,
         ):
             with pytest.raises(AuthorizationError) as info:
                 await s.request("echo", 1)
@@ -179,7 +187,9 @@ async def test_token_for_someone_else_is_rejected_at_handshake() -> None:
     with anyio.fail_after(10):
         async with running_tcp(server) as address:
             try:
-                async with await connect(address, identity=CLIENT_ID, tokens=[stolen]) as s:
+                async with await connect(
+                    address, identity=CLIENT_ID, tokens=[stolen], peer=SERVER_ID.agent_id
+                ) as s:
                     await s.wait_closed()
                     assert s.close_info is not None
                     assert s.close_info[0] == ErrorCode.TOKEN_INVALID
@@ -192,7 +202,9 @@ async def test_token_refresh_on_live_session() -> None:
     with anyio.fail_after(10):
         async with (
             running_tcp(server) as address,
-            await connect(address, identity=CLIENT_ID, tokens=[token(["echo=*"])]) as s,
+            await connect(
+                address, identity=CLIENT_ID, tokens=[token(["echo=*"])], peer=SERVER_ID.agent_id
+            ) as s,
         ):
             with pytest.raises(AuthorizationError):
                 await s.send("log/app", "before", confirm=True)
@@ -209,7 +221,9 @@ async def test_upload_several_megabytes_with_checksum() -> None:
     with anyio.fail_after(30):
         async with (
             running_tcp(server) as address,
-            await connect(address, identity=CLIENT_ID, tokens=[token(ALL)]) as s,
+            await connect(
+                address, identity=CLIENT_ID, tokens=[token(ALL)], peer=SERVER_ID.agent_id
+            ) as s,
         ):
             stream = await s.open_stream("files/big")
             async with stream:
@@ -229,7 +243,9 @@ async def test_hundred_concurrent_streams() -> None:
     with anyio.fail_after(30):
         async with (
             running_tcp(server) as address,
-            await connect(address, identity=CLIENT_ID, tokens=[token(ALL)]) as s,
+            await connect(
+                address, identity=CLIENT_ID, tokens=[token(ALL)], peer=SERVER_ID.agent_id
+            ) as s,
         ):
 
             async def one(i: int) -> None:
@@ -267,7 +283,9 @@ async def test_router_on_the_client_side() -> None:
     with anyio.fail_after(10):
         async with running_tcp(server) as address:
             tok = token(CALLBACK)
-            async with await connect(address, identity=CLIENT_ID, tokens=[tok]) as s:
+            async with await connect(
+                address, identity=CLIENT_ID, tokens=[tok], peer=SERVER_ID.agent_id
+            ) as s:
 
                 async def answer() -> None:
                     async for incoming in s:
@@ -283,3 +301,50 @@ async def test_router_on_the_client_side() -> None:
 
 def test_authority_is_distinct() -> None:
     assert len({AUTHORITY.agent_id, SERVER_ID.agent_id, CLIENT_ID.agent_id}) == 3
+
+
+async def test_connect_requires_the_server_identity_or_an_explicit_opt_out() -> None:
+    from m2mproto.errors import LocalProtocolError
+    from m2mproto.transport import ANY_PEER, Session, memory_stream_pair
+
+    for call in (
+        lambda: connect(("127.0.0.1", 1), identity=CLIENT_ID),
+        lambda: connect(("127.0.0.1", 1), identity=CLIENT_ID, peer=None),
+        lambda: Session.wrap(memory_stream_pair()[0], identity=CLIENT_ID),
+    ):
+        with pytest.raises(LocalProtocolError) as info:  # at once: nothing was opened
+            call()
+        assert info.value.code == ErrorCode.INVALID_ARGUMENT
+        assert "ANY_PEER" in str(info.value)
+    server, _ = echo_server()
+    with anyio.fail_after(10):
+        async with running_tcp(server) as address:
+            # the loudly named opt-out: any server that authenticates
+            async with connect(
+                address, identity=CLIENT_ID, tokens=[token(ALL)], peer=ANY_PEER
+            ) as s:
+                assert s.peer.agent_id == SERVER_ID.agent_id
+            # a custom check counts as naming the server
+            seen: list[Any] = []
+            async with connect(
+                address, identity=CLIENT_ID, tokens=[token(ALL)], authenticate_peer=seen.append
+            ) as s:
+                assert seen == [SERVER_ID.agent_id]
+
+
+async def test_request_expect_types_the_reply() -> None:
+    from m2mproto.errors import DecodeError
+
+    server, _ = echo_server()
+    with anyio.fail_after(10):
+        async with (
+            running_tcp(server) as address,
+            connect(address, identity=CLIENT_ID, tokens=[token(ALL)], peer=SERVER_ID.agent_id) as s,
+        ):
+            reply = await s.request("echo", [1], expect=dict)
+            assert reply["echo"] == [1]
+            with pytest.raises(DecodeError) as info:
+                await s.request("echo", 1, expect=list)
+            assert info.value.code == ErrorCode.DECODE_ERROR
+            assert "dict" in str(info.value)
+            assert (await s.request("echo", 2))["echo"] == 2  # the session is fine

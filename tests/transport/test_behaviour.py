@@ -7,7 +7,7 @@ from typing import Any
 
 import anyio
 import pytest
-from transport_util import CLIENT_ID, make_server, running_tcp
+from transport_util import CLIENT_ID, SERVER_ID, make_server, running_tcp
 
 from m2mproto.config import Configuration
 from m2mproto.errors import ErrorCode
@@ -61,8 +61,9 @@ async def test_slow_reader_makes_the_writer_wait() -> None:
                 assert progress <= 64 * KiB + DEFAULT_HIGH_WATER + 16 * KiB
                 queued = client.connection.send_buffered(stream.stream_id)
                 assert queued <= DEFAULT_HIGH_WATER + 16 * KiB
-                (chan,) = server_session._channels.values()
-                assert chan.inbox_bytes <= 64 * KiB  # the receiver holds at most one window
+                (chan,) = server_session._link.channels.values()
+                held = sum(size for _m, _v, size in chan.inbox)
+                assert held <= 64 * KiB  # the receiver holds at most one window
                 release.set()
             await anyio.sleep(0.05)
     assert received.digest() == hashlib.sha256(payload).digest()
@@ -81,7 +82,9 @@ async def test_handshake_timeout_against_a_silent_server() -> None:
             tg.start_soon(listener.serve, silent)
             start = anyio.current_time()
             with pytest.raises(ConnectionClosedError) as info:
-                await connect(("127.0.0.1", port), identity=CLIENT_ID, config=cfg)
+                await connect(
+                    ("127.0.0.1", port), identity=CLIENT_ID, config=cfg, peer=SERVER_ID.agent_id
+                )
             assert info.value.close_code == ErrorCode.HANDSHAKE_TIMEOUT
             assert 0.25 <= anyio.current_time() - start < 3
             tg.cancel_scope.cancel()
@@ -143,7 +146,7 @@ async def test_graceful_close_delivers_everything_in_flight() -> None:
     payload = hashlib.shake_256(b"close").digest(1024 * 1024)
     with anyio.fail_after(20):
         async with running_tcp(server) as address:
-            session = await connect(address, identity=CLIENT_ID)
+            session = await connect(address, identity=CLIENT_ID, peer=SERVER_ID.agent_id)
             async with session:
                 for i in range(200):
                     await session.send("log", i)
@@ -229,7 +232,8 @@ async def test_cancelled_request_resets_its_stream_only() -> None:
             assert await client.request("echo", 1) == 1
             assert not client.closed
             await cancelled.wait()  # the peer's reset cancelled the handler
-            assert not client._channels or all(c.reset is None for c in client._channels.values())
+            channels = client._link.channels
+            assert not channels or all(c.reset is None for c in channels.values())
 
 
 async def test_connection_credit_survives_many_finished_streams() -> None:

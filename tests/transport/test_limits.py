@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import pytest
 from anyio.abc import SocketStream
-from transport_util import CLIENT_ID, make_server, running_tcp, token
+from transport_util import CLIENT_ID, SERVER_ID, make_server, running_tcp, token
 
 from m2mproto.config import Configuration
 from m2mproto.errors import ErrorCode, LocalProtocolError, M2MError
@@ -123,7 +123,9 @@ async def benign_request(address: tuple[str, int]) -> float:
     start = anyio.current_time()
     with anyio.fail_after(BENIGN_DEADLINE * 2):
         stream = await anyio.connect_tcp(*address, local_host=BENIGN_HOST)
-        async with connect(stream, identity=CLIENT_ID, tokens=[TOKEN]) as session:
+        async with connect(
+            stream, identity=CLIENT_ID, tokens=[TOKEN], peer=SERVER_ID.agent_id
+        ) as session:
             assert await session.request("echo", {"hi": 1}) == {"hi": 1}
     return anyio.current_time() - start
 
@@ -285,13 +287,15 @@ async def test_max_connections_refuses_beyond_live_sessions() -> None:
     server = echo_server(max_connections=2)
     async with serving(server) as address:
         async with (
-            connect(address, identity=CLIENT_ID, tokens=[TOKEN]) as a,
-            connect(address, identity=CLIENT_ID, tokens=[TOKEN]) as b,
+            connect(address, identity=CLIENT_ID, tokens=[TOKEN], peer=SERVER_ID.agent_id) as a,
+            connect(address, identity=CLIENT_ID, tokens=[TOKEN], peer=SERVER_ID.agent_id) as b,
         ):
             await a.request("echo", 1)
             await b.request("echo", 2)
             with anyio.fail_after(5), pytest.raises(M2MError):
-                async with connect(address, identity=CLIENT_ID, tokens=[TOKEN]) as c:
+                async with connect(
+                    address, identity=CLIENT_ID, tokens=[TOKEN], peer=SERVER_ID.agent_id
+                ) as c:
                     await c.request("echo", 3)
         assert server.stats.refused >= 1
         assert await benign_request(address) < BENIGN_DEADLINE

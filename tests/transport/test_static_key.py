@@ -1,4 +1,4 @@
-"""The transport signs a Noise static key once per identity and reuses it (spec 2.3)."""
+"""An owner of many sessions signs a Noise static key once per identity (spec 2.3)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from m2mproto.connection import Connection, Role
 from m2mproto.errors import ErrorCode, LocalProtocolError
 from m2mproto.handshake import StaticKey
 from m2mproto.noise import x25519_public_key
-from m2mproto.transport import MemoryPair, memory_pair
-from m2mproto.transport.session import Session, process_static_key
+from m2mproto.transport import MemoryPair, StaticKeys, memory_pair
+from m2mproto.transport.session import Session
 
 pytestmark = pytest.mark.anyio
 
@@ -24,21 +24,32 @@ def _local_static(session: Session) -> bytes:
     return hs.local_static_public
 
 
-async def test_process_static_key_is_made_once_per_identity() -> None:
+async def test_static_keys_make_one_key_per_identity_and_stay_bounded() -> None:
     cfg = Configuration()
-    a1 = process_static_key(CLIENT_ID, cfg)
-    a2 = process_static_key(CLIENT_ID, cfg)
-    b = process_static_key(SERVER_ID, cfg)
-    assert a1 is a2 and a1.public != b.public
+    keys = StaticKeys()
+    a1 = keys.get(CLIENT_ID, cfg)
+    a2 = keys.get(CLIENT_ID, cfg)
+    b = keys.get(SERVER_ID, cfg)
+    assert a1 is a2 and a1.public != b.public and len(keys) == 2
     assert a1.identity_key == CLIENT_ID.public_key and b.identity_key == SERVER_ID.public_key
+    assert StaticKeys().get(CLIENT_ID, cfg).public != a1.public  # no hidden process-wide cache
+    one = StaticKeys(limit=1)
+    first = one.get(CLIENT_ID, cfg)
+    one.get(SERVER_ID, cfg)
+    assert len(one) == 1 and one.get(CLIENT_ID, cfg) is not first  # oldest dropped
 
 
-async def test_sessions_share_the_static_key_unless_configured() -> None:
-    shared = process_static_key(CLIENT_ID, Configuration()).public
-    sessions = [Session.create(_Null(), identity=CLIENT_ID) for _ in range(2)]
+async def test_sessions_share_a_cache_unless_configured() -> None:
+    keys = StaticKeys()
+    shared = keys.get(CLIENT_ID, Configuration()).public
+    sessions = [Session.create(_Null(), identity=CLIENT_ID, static_keys=keys) for _ in range(2)]
     assert [_local_static(s) for s in sessions] == [shared, shared]
+    alone = [_local_static(Session.create(_Null(), identity=CLIENT_ID)) for _ in range(2)]
+    assert len({*alone, shared}) == 3  # no cache: a fresh key per session
     raw = bytes(range(32))
-    own = Session.create(_Null(), identity=CLIENT_ID, config=Configuration(static_key=raw))
+    own = Session.create(
+        _Null(), identity=CLIENT_ID, config=Configuration(static_key=raw), static_keys=keys
+    )
     assert _local_static(own) == x25519_public_key(raw) != shared
 
 
@@ -67,8 +78,8 @@ async def test_a_configured_static_key_object_is_used_as_is() -> None:
     for _ in range(2):  # shared: no new binding signature per connection
         conn = Connection(Role.INITIATOR, CLIENT_ID, cfg)
         assert conn._hs is not None and conn._hs.local_static_public == key.public
-    session = Session.create(_Null(), identity=CLIENT_ID, config=cfg)
-    assert _local_static(session) == key.public != process_static_key(CLIENT_ID, cfg).public
+    session = Session.create(_Null(), identity=CLIENT_ID, config=cfg, static_keys=StaticKeys())
+    assert _local_static(session) == key.public
     with pytest.raises(LocalProtocolError) as info:  # bound to another identity
         Connection(Role.INITIATOR, SERVER_ID, cfg)
     assert info.value.code is ErrorCode.INVALID_ARGUMENT

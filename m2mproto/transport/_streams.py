@@ -2,24 +2,22 @@
 
 Theory of operation
 -------------------
-Each open stream has one :class:`_Channel` in its session: an inbox of data
-chunks and messages the pump filled (with the credit each one holds), what
-ended it, and the :class:`~._pump.Signal` readers wait on. :class:`DataStream`
+Each open stream has one :class:`~._link.Channel` in its session's
+:class:`~._link.Link`: an inbox of data chunks and messages the pump filled
+(with the credit each one holds), what ended it, and the signal readers wait
+on. :class:`DataStream`
 (an ``anyio.abc.ByteStream``) and :class:`MessageStream` (an
 ``anyio.abc.ObjectStream``) are thin views of a channel: reading takes from
 the inbox and returns the credit to the peer; writing queues into the core
-through the session and waits for the queue to drain below the high-water
+through the link and waits for the queue to drain below the high-water
 mark. :class:`Incoming` is one message delivered to ``async for incoming in
 session``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from anyio.abc import ByteStream, ObjectStream
@@ -29,41 +27,12 @@ from ..errors import (
     LocalProtocolError,
 )
 from ._errors import reset_error
-from ._pump import Signal
+from ._link import Channel, Link, Peer
 
-if TYPE_CHECKING:
-    from .server import Route
-    from .session import Session
+__all__ = ["Attributes", "DataStream", "Incoming", "MessageStream"]
 
-__all__ = ["DataStream", "Incoming", "MessageStream"]
-
-
-@dataclass(eq=False, slots=True)
-class _Channel:
-    """Local view of one stream: the inbox and what ended it."""
-
-    stream_id: int
-    resource: str
-    local: bool
-    grant: object = None
-    inbox: deque[tuple[bool, Any, int]] = dataclasses.field(default_factory=deque)
-    inbox_bytes: int = 0
-    recv_ended: bool = False
-    send_ended: bool = False
-    reset: tuple[int, bool] | None = None
-    detached: bool = False
-    #: A request/message route waiting for the stream's first message.
-    route: Route | None = None
-    #: The first message goes to ``async for incoming in session``.
-    to_incoming: bool = False
-    #: The handler task serving this stream (cancelled when the peer resets it).
-    handler_scope: anyio.CancelScope | None = None
-    changed: Signal = dataclasses.field(default_factory=Signal)
-
-    def push(self, is_message: bool, value: Any, size: int) -> None:
-        self.inbox.append((is_message, value, size))
-        self.inbox_bytes += size
-        self.changed.notify()
+#: The typed attributes a session publishes (its streams publish the same).
+Attributes = Callable[[], Mapping[Any, Callable[[], Any]]]
 
 
 class Incoming:
@@ -73,18 +42,18 @@ class Incoming:
     the stream is ended without a reply when the next message is taken.
     """
 
-    __slots__ = ("_answered", "_session", "grant", "peer", "resource", "stream_id", "value")
+    __slots__ = ("_answered", "_link", "grant", "peer", "resource", "stream_id", "value")
 
     def __init__(
-        self, session: Session, stream_id: int, resource: str, value: Any, grant: object
+        self, link: Link, peer: Peer, stream_id: int, resource: str, value: Any, grant: object
     ) -> None:
-        self._session = session
+        self._link = link
         self._answered = False
         self.stream_id = stream_id
         self.resource = resource
         self.value = value
         self.grant = grant
-        self.peer = session.peer
+        self.peer = peer
 
     async def reply(self, value: Any) -> None:
         """Send *value* as the reply and end the stream.
@@ -96,14 +65,14 @@ class Incoming:
         if self._answered:
             raise LocalProtocolError("this message was already answered", ErrorCode.INVALID_STATE)
         self._answered = True
-        await self._session._queue_send(
+        await self._link.queue_send(
             self.stream_id, value, message=True, end_stream=True, flush=True
         )
 
     def _finish(self) -> None:
         if not self._answered:
             self._answered = True
-            self._session._end_quietly(self.stream_id)
+            self._link.end(self.stream_id)
 
     def __repr__(self) -> str:
         return f"Incoming(resource={self.resource!r}, peer={self.peer.short_id!r})"
@@ -112,9 +81,10 @@ class Incoming:
 class _StreamBase:
     """Shared lifecycle of :class:`DataStream` and :class:`MessageStream`."""
 
-    def __init__(self, session: Session, chan: _Channel) -> None:
-        self._session = session
+    def __init__(self, link: Link, chan: Channel, attributes: Attributes) -> None:
+        self._link = link
         self._chan = chan
+        self._attributes = attributes
 
     @property
     def stream_id(self) -> int:
@@ -133,7 +103,7 @@ class _StreamBase:
 
     def _check_send(self) -> None:
         chan = self._chan
-        self._session._check_open()
+        self._link.check_open()
         if chan.reset is not None:
             raise reset_error(chan.stream_id, *chan.reset)
         if chan.send_ended:
@@ -150,47 +120,38 @@ class _StreamBase:
         Raises:
             AuthorizationError / StreamResetError / ConnectionClosedError.
         """
-        chan, session = self._chan, self._session
-        for _ in iter(int, 1):  # until an item, the end, a reset or the close
+        chan = self._chan
+        while True:  # until an item, the end, a reset or the close; each retry follows an event
             if chan.inbox:
                 return "message" if chan.inbox[0][0] else "bytes"
             if chan.recv_ended:
                 return None
-            session._check_open()
+            self._link.check_open()
             if chan.reset is not None:
                 raise reset_error(chan.stream_id, *chan.reset)
             await chan.changed.wait()
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def send_eof(self) -> None:
         """End our half of the stream (the peer's reads then end)."""
         chan = self._chan
-        if chan.send_ended or chan.reset is not None or self._session.closed:
+        if chan.send_ended or chan.reset is not None or self._link.closed.is_set():
             return
-        self._session._end_quietly(chan.stream_id)
+        self._link.end(chan.stream_id)
 
     async def reset(self, code: int = ErrorCode.CANCELLED) -> None:
         """Abort the stream in both directions with *code*."""
         chan = self._chan
-        if chan.reset is None and not self._session.closed:
-            self._session._reset_quietly(chan.stream_id, code)
-            chan.reset = (code, False)
+        if chan.reset is None and not self._link.closed.is_set():
+            self._link.reset(chan, code)
 
     async def aclose(self) -> None:
         """End our half and stop reading; whatever we queued is still delivered."""
         await self.send_eof()
-        chan = self._chan
-        chan.detached = True
-        while chan.inbox:
-            _m, _v, size = chan.inbox.popleft()
-            self._session._acknowledge(chan.stream_id, size)
-        chan.inbox_bytes = 0
-        self._session._pump.settle()
-        self._session._maybe_forget(chan)
+        self._link.detach(self._chan)
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self._session.extra_attributes
+        return self._attributes()
 
 
 class DataStream(_StreamBase, ByteStream):
@@ -202,7 +163,7 @@ class DataStream(_StreamBase, ByteStream):
 
     def as_message_stream(self) -> MessageStream:
         """The same stream read and written as CBOR messages (one stream, one state)."""
-        return MessageStream(self._session, self._chan)
+        return MessageStream(self._link, self._chan, self._attributes)
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         """Return up to *max_bytes* bytes.
@@ -218,11 +179,10 @@ class DataStream(_StreamBase, ByteStream):
             _m, data, size = chan.inbox[0]
             if size > max_bytes:
                 chan.inbox[0] = (False, data[max_bytes:], size - max_bytes)
-                chan.inbox_bytes -= max_bytes
-                self._session._acknowledge(chan.stream_id, max_bytes)
-                self._session._pump.settle()
+                self._link.acknowledge(chan.stream_id, max_bytes)
+                self._link.pump.settle()
                 return bytes(data[:max_bytes])
-        got, value = await self._session._next_item(chan, want_message=False)
+        got, value = await self._link.next_item(chan, want_message=False)
         if not got:
             raise anyio.EndOfStream
         if len(value) > max_bytes:  # pragma: no cover - handled above
@@ -240,12 +200,12 @@ class DataStream(_StreamBase, ByteStream):
             AuthorizationError / StreamResetError / ConnectionClosedError.
         """
         self._check_send()
-        session, sid = self._session, self._chan.stream_id
+        link, sid = self._link, self._chan.stream_id
         view = memoryview(bytes(item))
-        step = max(session._high_water, 1)
+        step = max(link.high_water, 1)
         for offset in range(0, len(view), step):
-            await session._queue_send(sid, view[offset : offset + step], message=False)
-            await session._wait_drained(sid)
+            await link.queue_send(sid, view[offset : offset + step], message=False)
+            await link.wait_drained(sid)
 
 
 class MessageStream(_StreamBase, ObjectStream[Any]):
@@ -253,7 +213,7 @@ class MessageStream(_StreamBase, ObjectStream[Any]):
 
     def as_data_stream(self) -> DataStream:
         """The same stream read and written as bytes (one stream, one state)."""
-        return DataStream(self._session, self._chan)
+        return DataStream(self._link, self._chan, self._attributes)
 
     async def receive(self) -> Any:
         """Return the next message.
@@ -262,7 +222,7 @@ class MessageStream(_StreamBase, ObjectStream[Any]):
             anyio.EndOfStream: the peer ended the stream.
             AuthorizationError / StreamResetError / ConnectionClosedError.
         """
-        got, value = await self._session._next_item(self._chan, want_message=True)
+        got, value = await self._link.next_item(self._chan, want_message=True)
         if not got:
             raise anyio.EndOfStream
         return value
@@ -276,5 +236,5 @@ class MessageStream(_StreamBase, ObjectStream[Any]):
             ConnectionClosedError.
         """
         self._check_send()
-        await self._session._queue_send(self._chan.stream_id, item, message=True)
-        await self._session._wait_drained(self._chan.stream_id)
+        await self._link.queue_send(self._chan.stream_id, item, message=True)
+        await self._link.wait_drained(self._chan.stream_id)
