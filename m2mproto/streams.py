@@ -466,6 +466,23 @@ class StreamTable:
         while len(self._history) > self.HISTORY:
             self._history.popitem(last=False)
 
+    def finish_if_done(self, stream: Stream) -> None:
+        """Forget *stream* once it is reset, or ended both ways with nothing left to send."""
+        if stream.state is StreamState.RESET or (
+            stream.state is StreamState.CLOSED and not stream.has_pending()
+        ):
+            self.finish(stream)
+
+    def refuse_remote(self, stream_id: int) -> None:
+        """Record a peer's stream refused before it was ever added (its ID is used up).
+
+        Late frames for it are then ignored like those of any reset stream.
+        """
+        self.next_remote = max(self.next_remote, stream_id + 2)
+        self._history[stream_id] = True
+        while len(self._history) > self.HISTORY:
+            self._history.popitem(last=False)
+
     def classify_unknown(self, stream_id: int) -> str:
         """For an ID not in the table: ``"new"``, ``"reset"`` (ignore), ``"closed"``, or ``"idle"``.
 
