@@ -72,6 +72,8 @@ from .errors import (
     ErrorCode,
     LocalProtocolError,
     RemoteProtocolError,
+    SendBufferFull,
+    StreamLimitReached,
     TokenError,
 )
 from .events import ConnectionClosed, Event, HandshakeCompleted, StreamReset, TokenAccepted
@@ -467,8 +469,10 @@ class Connection:
 
         Raises:
             LocalProtocolError: ``INVALID_STATE`` unless established,
-                ``INVALID_ARGUMENT`` for a bad resource, ``STREAM_LIMIT_ERROR``
-                if the peer's concurrent-stream limit is reached.
+                ``INVALID_ARGUMENT`` for a bad resource.
+            StreamLimitReached: (``STREAM_LIMIT_ERROR``) the peer's
+                concurrent-stream limit is reached or stream IDs are used up
+                (:meth:`can_open` asks without raising).
         """
         self._require_established()
         if not isinstance(resource, str) or not 1 <= len(resource.encode()) <= 256:
@@ -478,9 +482,7 @@ class Connection:
         params = self.peer_parameters
         assert params is not None
         if self._table.local_open >= params.max_concurrent_streams:
-            raise LocalProtocolError(
-                "the peer's concurrent stream limit is reached", ErrorCode.STREAM_LIMIT_ERROR
-            )
+            raise StreamLimitReached("the peer's concurrent stream limit is reached")
         sid = self._table.allocate_local()
         s = Stream(
             sid,
@@ -498,10 +500,7 @@ class Connection:
         self._require_established()
         s = self._get(stream_id)
         if self._table.totals.send_buffered + len(data) > self.config.max_send_buffer:
-            raise LocalProtocolError(
-                "send buffer full; wait for data_to_send() to drain it",
-                ErrorCode.FLOW_CONTROL_ERROR,
-            )
+            raise SendBufferFull("send buffer full; wait for data_to_send() to drain it")
         if (data or is_message) and not s.can_send():
             s.apply(StreamInput.SEND_DATA)  # raises INVALID_STATE with details
         if end_stream:
@@ -516,8 +515,9 @@ class Connection:
 
         Raises:
             LocalProtocolError: ``INVALID_ARGUMENT`` for an unknown stream,
-                ``INVALID_STATE`` if our half is ended, ``FLOW_CONTROL_ERROR``
-                if ``max_send_buffer`` would be exceeded.
+                ``INVALID_STATE`` if our half is ended.
+            SendBufferFull: (``FLOW_CONTROL_ERROR``) ``max_send_buffer`` would
+                be exceeded (:meth:`can_send` asks without raising).
         """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise LocalProtocolError("data must be bytes", ErrorCode.INVALID_ARGUMENT)

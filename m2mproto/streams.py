@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 
 from .cbor import head
-from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError, StreamLimitReached
 from .frames import MAX_VARINT, append_data_frame
 
 _MAX_RECORD_PLAINTEXT = 65519  # records.MAX_RECORD_PLAINTEXT (records imports nothing from here)
@@ -434,11 +434,11 @@ class StreamTable:
         """Return the next local stream ID.
 
         Raises:
-            LocalProtocolError: ``STREAM_LIMIT_ERROR`` if IDs are exhausted.
+            StreamLimitReached: (``STREAM_LIMIT_ERROR``) if IDs are exhausted.
         """
         sid = self.next_local
         if sid > MAX_VARINT:
-            raise LocalProtocolError("stream IDs exhausted", ErrorCode.STREAM_LIMIT_ERROR)
+            raise StreamLimitReached("stream IDs exhausted")
         self.next_local += 2
         return sid
 
