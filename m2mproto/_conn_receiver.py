@@ -226,7 +226,15 @@ class Receiver:
             self._outbox.control.append(WindowUpdateFrame(s.stream_id, inc))
 
     def _reset_local(self, s: Stream, code: ErrorCode) -> Event:
-        """Reset a stream because of the peer's fault or a refusal (stream-level error)."""
+        """Reset a stream because of the peer's fault or a refusal (stream-level error).
+
+        The peer provoked it, so it is charged to the peer's stream churn
+        budget like a RESET the peer sends (MadeYouReset, CVE-2025-8671).
+
+        Raises:
+            _Fail: ``ENHANCE_YOUR_CALM`` when the churn budget is exhausted.
+        """
+        self._budgets.charge_churn(self._timers.now)
         self._outbox.reset(s, code)
         return StreamReset(stream_id=s.stream_id, code=code, remote=False)
 

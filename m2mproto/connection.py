@@ -556,6 +556,28 @@ class Connection:
         self._require_established()
         self._outbox.reset(self._get(stream_id), code)
 
+    def refuse_stream(self, stream_id: int, code: int) -> None:
+        """Reset a stream because of the peer: like :meth:`reset_stream`, but charged.
+
+        For a stream the application refuses because of what the peer did (no
+        route for its resource, a protocol error in what it sent): the reset
+        counts against the peer's stream churn budget (spec/streams.md §6),
+        like the resets the core sends itself. Past the budget the connection
+        closes with ``ENHANCE_YOUR_CALM`` (``ConnectionClosed`` follows).
+
+        Raises:
+            LocalProtocolError: ``INVALID_ARGUMENT`` for an unknown stream or a
+                code outside ``0..0xFFFF``, ``INVALID_STATE`` unless established.
+        """
+        if not isinstance(code, int) or not 0 <= code <= MAX_CODE:
+            raise LocalProtocolError("code must be 0..0xFFFF", ErrorCode.INVALID_ARGUMENT)
+        self._require_established()
+        self._outbox.reset(self._get(stream_id), code)
+        try:
+            self._budgets.charge_churn(self._timers.now)
+        except _Fail as fail:
+            self._fail(fail)
+
     def acknowledge_data(self, stream_id: int, n: int) -> None:
         """Return *n* bytes of credit (only with ``auto_window_update=False``).
 

@@ -686,6 +686,93 @@ case(
     ok(),
 )(_rapid_reset(250, refill_after=200))
 
+
+def _made_you_reset(
+    n: int,
+    body: Callable[[int], bytes],
+    *,
+    tokens: list[bytes] | None = None,
+    resource: Callable[[int], str] = lambda i: "log",
+) -> Callable[[Ctx], Actual]:
+    """Streams the IUT must reset itself (MadeYouReset, CVE-2025-8671): each OPEN is
+    followed by a message the IUT refuses (or the OPEN itself is refused)."""
+
+    def run(ctx: Ctx) -> Actual:
+        s = ctx.session(tokens=tokens) if tokens is not None else ctx.session()
+        for i in range(n):
+            sid = 2 * i
+            s.send(OpenFrame(sid, resource(i)), MessageFrame(sid, body(i), True, False))
+            if i % 50 == 49:
+                got = s.receive()
+                if got.close_code() is not None or s.link.iut_closed:
+                    return ctx.observe(s, got)
+        s.next_stream = 2 * n
+        return ctx.observe(s)
+
+    return run
+
+
+def _not_cbor(i: int) -> bytes:
+    return (b"\x82\x01", b"\xff", b"\x5f", b"\x1c")[i % 4]  # truncated, break, indefinite, reserved
+
+
+case(
+    "5.6/18",
+    "DoS-MadeYouReset-Pass",
+    "5.6: 200 streams the IUT resets itself (undecodable messages) are within the churn "
+    "budget (boundary of 5.6/19).",
+    ok(),
+)(_made_you_reset(200, _not_cbor))
+
+case(
+    "5.6/19",
+    "DoS-MadeYouReset-Decode",
+    "5.6: the 201st stream the peer makes the IUT reset (undecodable message, "
+    "CVE-2025-8671) is ENHANCE_YOUR_CALM.",
+    conn("ENHANCE_YOUR_CALM"),
+    needs={"frozen-clock"},
+)(_made_you_reset(201, _not_cbor))
+
+case(
+    "5.6/20",
+    "DoS-MadeYouReset-TooLarge",
+    "5.6: 201 streams reset for a message over max_message_size (2048 configured) are "
+    "ENHANCE_YOUR_CALM.",
+    conn("ENHANCE_YOUR_CALM"),
+    profile=_SMALL_MSG,
+    needs={"frozen-clock"},
+)(_made_you_reset(201, lambda i: _message_of(2049 + i % 7)))
+
+case(
+    "5.6/21",
+    "DoS-MadeYouReset-Unauthorized",
+    "5.6: 201 streams reset because a message lacks msg/send (UNAUTHORIZED) are ENHANCE_YOUR_CALM.",
+    conn("ENHANCE_YOUR_CALM"),
+    needs={"frozen-clock"},
+)(
+    _made_you_reset(
+        201,
+        lambda i: b"\x01",
+        tokens=[restricted_token(("*", "stream/open"), ("echo", "msg/send"))],
+    )
+)
+
+case(
+    "5.6/22",
+    "DoS-MadeYouReset-Mixed",
+    "5.6: refused opens and refused messages share one budget: 101 opens refused and 100 "
+    "messages refused (UNAUTHORIZED) are ENHANCE_YOUR_CALM.",
+    conn("ENHANCE_YOUR_CALM"),
+    needs={"frozen-clock"},
+)(
+    _made_you_reset(
+        201,
+        lambda i: b"\x01",
+        tokens=[restricted_token(("echo", "stream/open"), ("log", "msg/send"))],
+        resource=lambda i: "log" if i % 2 == 0 else "echo",
+    )
+)
+
 # ------------------------------------------------------------------ §5.7 authorization
 
 

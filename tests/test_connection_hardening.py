@@ -1,0 +1,128 @@
+"""Hardening of the core against hostile peers (pair tests; spec/streams.md §6)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytest
+from helpers import Pair, seeded_entropy
+
+from m2mproto.config import Configuration
+from m2mproto.connection import ConnectionState
+from m2mproto.errors import AuthorizationError, ErrorCode
+from m2mproto.events import ConnectionClosed, Event, StreamReset
+from m2mproto.frames import Frame, MessageFrame, OpenFrame, encode_frame
+from m2mproto.identity import AgentId
+
+
+def cfg(seed: int, **kw: object) -> Configuration:
+    return Configuration(entropy=seeded_entropy(seed), **kw)  # type: ignore[arg-type]
+
+
+def inject(p: Pair, frames: Sequence[Frame | bytes]) -> list[Event]:
+    """Seal raw frames with a's real keys and deliver them to b (a hostile peer)."""
+    raw = b"".join(f if isinstance(f, bytes) else encode_frame(f) for f in frames)
+    assert p.a._writer is not None
+    p.b.receive_data(p.a._writer.seal(raw), p.clock.now)
+    return list(p.drain(p.b))
+
+
+class _Authz:
+    def __init__(self, allowed: set[tuple[str, str]]) -> None:
+        self.allowed = allowed
+
+    def accept_tokens(self, peer: AgentId, tokens: Sequence[bytes], now: float) -> object:
+        return None
+
+    def authorize(self, peer: AgentId, resource: str, ability: str, now: float) -> object:
+        if (resource, ability) not in self.allowed:
+            raise AuthorizationError("no")
+        return None
+
+
+def _closed_code(events: Sequence[Event]) -> int | None:
+    for ev in events:
+        if isinstance(ev, ConnectionClosed):
+            return ev.code
+    return None
+
+
+# -- H1: resets the peer provokes are charged (MadeYouReset, CVE-2025-8671) -----------
+
+_NOT_CBOR = (b"\x82\x01", b"\xff", b"\x5f", b"\x1c")
+
+
+def _decode(i: int) -> list[Frame]:
+    sid = 2 * i
+    return [OpenFrame(sid, "r"), MessageFrame(sid, _NOT_CBOR[i % 4], True, False)]
+
+
+def _too_large(i: int) -> list[Frame]:
+    sid = 2 * i
+    return [OpenFrame(sid, "r"), MessageFrame(sid, b"\x59\x04\x00" + b"\x00" * 1024, True, False)]
+
+
+def _no_msg_cap(i: int) -> list[Frame]:
+    sid = 2 * i
+    return [OpenFrame(sid, "open-only"), MessageFrame(sid, b"\x01", True, False)]
+
+
+def _no_open_cap(i: int) -> list[Frame]:
+    sid = 2 * i
+    return [OpenFrame(sid, "nothing"), MessageFrame(sid, b"\x01", True, False)]
+
+
+def _mixed(i: int) -> list[Frame]:
+    return (_decode, _too_large, _no_msg_cap, _no_open_cap)[i % 4](i)
+
+
+@pytest.mark.parametrize(
+    "attack", [_decode, _too_large, _no_msg_cap, _no_open_cap, _mixed], ids=lambda f: f.__name__
+)
+def test_made_you_reset_closes_at_the_churn_budget(attack: Callable[[int], list[Frame]]) -> None:
+    authz = _Authz({("r", "stream/open"), ("r", "msg/send"), ("open-only", "stream/open")})
+    p = Pair(cfg(1), cfg(2, max_message_size=1000), b={"authorizer": authz}).handshake()
+    resets = 0
+    code = None
+    for i in range(3000):
+        got = inject(p, attack(i))
+        resets += sum(
+            1 for e in got if isinstance(e, StreamReset) and e.code != ErrorCode.ENHANCE_YOUR_CALM
+        )
+        code = _closed_code(got)
+        if code is not None:
+            break
+        if i % 64 == 0:
+            p.b.data_to_send()  # the RESETs leave; the outbox stays small
+    assert code == ErrorCode.ENHANCE_YOUR_CALM
+    assert resets == 200  # the burst, not 3,000
+    assert p.b.state is ConnectionState.CLOSED
+
+
+def test_made_you_reset_at_a_sustainable_rate_stays_up() -> None:
+    p = Pair(cfg(1), cfg(2)).handshake()
+    for i in range(600):
+        if i % 40 == 39:
+            p.clock.advance(1.0)  # 40/s, below the refill rate of 50/s
+        got = inject(p, _decode(i))
+        assert _closed_code(got) is None
+        p.b.data_to_send()
+    assert p.b.state is ConnectionState.ESTABLISHED
+
+
+def test_refuse_stream_is_charged_reset_stream_is_not() -> None:
+    p = Pair(cfg(1), cfg(2, stream_churn_burst=10)).handshake()
+    sids = []
+    for _ in range(25):
+        sids.append(p.a.open_stream("r"))
+        p.a.send(sids[-1], b"x")
+    p.run()
+    for sid in sids[:12]:
+        p.b.reset_stream(sid)  # our own decision: never charged
+    for sid in sids[12:22]:
+        p.b.refuse_stream(sid, ErrorCode.UNAUTHORIZED)
+    assert p.b.state is ConnectionState.ESTABLISHED
+    assert p.drain(p.b) == []
+    p.b.refuse_stream(sids[22], ErrorCode.UNAUTHORIZED)  # the 11th charge
+    got = p.drain(p.b)
+    assert _closed_code(got) == ErrorCode.ENHANCE_YOUR_CALM
