@@ -248,13 +248,16 @@ class Receiver:
 
     def _on_stream(self, f: StreamFrame) -> Event | None:
         s = self._lookup(f.stream_id, "STREAM")
-        if s is not None and not s.can_receive():
+        if s is None:  # a dead stream: never progress; empty frames are budgeted
+            self._account(None, len(f.data))
+            if not f.data:
+                self._budgets.no_progress_frame("empty STREAM frame on a dead stream")
+            return None
+        if not s.can_receive():
             raise _Fail(ErrorCode.STREAM_STATE_ERROR, f"data after end on stream {s.stream_id}")
-        if s is not None and s.reassembly:
+        if s.reassembly:
             raise _Fail(ErrorCode.PROTOCOL_ERROR, "STREAM frame inside a fragmented message")
         self._account(s, len(f.data))
-        if s is None:
-            return None
         if not f.data and not f.end_stream:
             self._budgets.no_progress_frame("empty STREAM frame")
             return None
@@ -273,8 +276,10 @@ class Receiver:
         if s is not None and not s.can_receive():
             raise _Fail(ErrorCode.STREAM_STATE_ERROR, f"message after end on stream {s.stream_id}")
         n = len(f.fragment)
-        if s is None:
-            self._account(s, n)
+        if s is None:  # a dead stream: never progress; empty fragments are budgeted
+            self._account(None, n)
+            if not n:
+                self._budgets.no_progress_frame("empty MESSAGE fragment on a dead stream")
             return None
         cr, rw = self.conn_recv, s.recv_window
         if cr.received + n <= cr.limit and rw.received + n <= rw.limit:
@@ -320,7 +325,6 @@ class Receiver:
             raise _Fail(ErrorCode.STREAM_STATE_ERROR, f"stream {sid} reused")
         if table.remote_open >= self._cfg.max_concurrent_streams:
             raise _Fail(ErrorCode.STREAM_LIMIT_ERROR, "peer exceeded the concurrent stream limit")
-        self._budgets.progress()
         grant = None
         if self._auth.enabled:
             try:
@@ -340,6 +344,7 @@ class Receiver:
             grant=grant,
         )
         table.add(s)
+        self._budgets.progress()  # only an accepted OPEN is progress
         return StreamOpened(stream_id=sid, resource=f.resource, grant=grant)
 
     def _on_reset(self, f: ResetFrame) -> Event | None:

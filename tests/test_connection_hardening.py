@@ -11,7 +11,14 @@ from m2mproto.config import Configuration
 from m2mproto.connection import ConnectionState
 from m2mproto.errors import AuthorizationError, ErrorCode
 from m2mproto.events import ConnectionClosed, Event, StreamReset
-from m2mproto.frames import Frame, MessageFrame, OpenFrame, encode_frame
+from m2mproto.frames import (
+    Frame,
+    MessageFrame,
+    OpenFrame,
+    StreamFrame,
+    WindowUpdateFrame,
+    encode_frame,
+)
 from m2mproto.identity import AgentId
 
 
@@ -126,3 +133,75 @@ def test_refuse_stream_is_charged_reset_stream_is_not() -> None:
     p.b.refuse_stream(sids[22], ErrorCode.UNAUTHORIZED)  # the 11th charge
     got = p.drain(p.b)
     assert _closed_code(got) == ErrorCode.ENHANCE_YOUR_CALM
+
+
+# -- H3: non-productive frames on dead streams (CVE-2019-9518) ------------------------
+
+
+def _dead_stream_pair(how: str) -> tuple[Pair, list[int]]:
+    """A pair where b has dead stream IDs of a's parity: reset by a, by b, or skipped."""
+    p = Pair(cfg(1), cfg(2)).handshake()
+    if how == "skipped":
+        inject(p, [OpenFrame(6, "r")])  # 0, 2, 4 are skipped
+        return p, [0, 2, 4]
+    sid = p.a.open_stream("r")
+    p.a.send(sid, b"x")
+    p.run()
+    if how == "peer-reset":
+        p.a.reset_stream(sid)
+    else:
+        p.b.reset_stream(sid)
+    p.run()
+    assert sid not in p.b.streams
+    return p, [sid]
+
+
+def _empty(i: int, sid: int) -> Frame:
+    kinds = (
+        StreamFrame(sid, b"", False),
+        StreamFrame(sid, b"", True),
+        MessageFrame(sid, b"", False, False),
+        MessageFrame(sid, b"", True, False),
+    )
+    return kinds[i % 4]
+
+
+@pytest.mark.parametrize("how", ["peer-reset", "local-reset", "skipped"])
+@pytest.mark.parametrize("per_record", [1, 5, 33])
+def test_empty_frames_on_dead_streams_are_budgeted(how: str, per_record: int) -> None:
+    p, sids = _dead_stream_pair(how)
+    frames = [_empty(i, sids[i % len(sids)]) for i in range(33)]
+    got: list[Event] = []
+    for k in range(0, 33, per_record):
+        got += inject(p, frames[k : k + per_record])
+    assert _closed_code(got) == ErrorCode.ENHANCE_YOUR_CALM
+
+
+@pytest.mark.parametrize("how", ["peer-reset", "local-reset", "skipped"])
+def test_thirty_two_empty_frames_on_dead_streams_pass(how: str) -> None:
+    p, sids = _dead_stream_pair(how)
+    got = inject(p, [_empty(i, sids[0]) for i in range(32)])
+    assert _closed_code(got) is None and p.b.state is ConnectionState.ESTABLISHED
+
+
+def test_data_on_a_dead_stream_is_not_progress() -> None:
+    p, (sid,) = _dead_stream_pair("local-reset")
+    got = inject(p, [WindowUpdateFrame(None, 4096)] * 20)
+    got += inject(p, [StreamFrame(sid, b"late bytes"), MessageFrame(sid, b"\x01")])
+    got += inject(p, [WindowUpdateFrame(None, 4096)] * 13)
+    assert _closed_code(got) == ErrorCode.ENHANCE_YOUR_CALM
+
+
+def test_refused_open_is_not_progress() -> None:
+    authz = _Authz({("ok", "stream/open")})
+    p = Pair(cfg(1), cfg(2), b={"authorizer": authz}).handshake()
+    got = inject(p, [WindowUpdateFrame(None, 4096)] * 20)
+    got += inject(p, [OpenFrame(0, "denied"), OpenFrame(2, "denied")])
+    got += inject(p, [WindowUpdateFrame(None, 4096)] * 13)
+    assert _closed_code(got) == ErrorCode.ENHANCE_YOUR_CALM
+    # whereas an accepted OPEN is progress
+    q = Pair(cfg(1), cfg(2), b={"authorizer": authz}).handshake()
+    got = inject(q, [WindowUpdateFrame(None, 4096)] * 20)
+    got += inject(q, [OpenFrame(0, "ok")])
+    got += inject(q, [WindowUpdateFrame(None, 4096)] * 13)
+    assert _closed_code(got) is None

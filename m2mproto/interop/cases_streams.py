@@ -773,6 +773,60 @@ case(
     )
 )
 
+# Non-productive frames on dead streams (CVE-2019-9518): the budget sees every frame.
+
+
+def _dead(first: list[Frame], empty: Callable[[int], Frame]) -> Callable[[int], list[object]]:
+    return lambda i: list(first) if i == 0 else [empty(i)]
+
+
+_RESET_0 = [OpenFrame(0, "log"), ResetFrame(0, ErrorCode.CANCELLED, 0)]
+_SKIP_TO_4 = [OpenFrame(4, "log")]
+
+case(
+    "5.6/23",
+    "DoS-DeadStream-Empty-Pass",
+    "5.6: 32 empty STREAM frames on a stream the peer reset are accepted (boundary of 5.6/24).",
+    ok(),
+)(_flood(_dead(_RESET_0, lambda i: StreamFrame(0, b"", False)), 33))
+
+case(
+    "5.6/24",
+    "DoS-DeadStream-EmptyStream",
+    "5.6: 33 empty STREAM frames on a stream the peer reset (CVE-2019-9518) are ENHANCE_YOUR_CALM.",
+    conn("ENHANCE_YOUR_CALM"),
+)(_flood(_dead(_RESET_0, lambda i: StreamFrame(0, b"", i % 2 == 0)), 34))
+
+case(
+    "5.6/25",
+    "DoS-DeadStream-EmptyMessage",
+    "5.6: 33 empty MESSAGE fragments on a stream the peer reset are ENHANCE_YOUR_CALM.",
+    conn("ENHANCE_YOUR_CALM"),
+)(_flood(_dead(_RESET_0, lambda i: MessageFrame(0, b"", i % 3 == 0, False)), 34))
+
+case(
+    "5.6/26",
+    "DoS-SkippedStream-Empty",
+    "5.6: 33 empty STREAM frames on a lower stream ID the peer skipped are ENHANCE_YOUR_CALM.",
+    conn("ENHANCE_YOUR_CALM"),
+)(_flood(_dead(_SKIP_TO_4, lambda i: StreamFrame(2 * (i % 2), b"", False)), 34))
+
+
+@case(
+    "5.6/27",
+    "DoS-RefusedOpen-NotProgress",
+    "5.6: a refused OPEN is not progress: 20 empty frames, refused OPENs, 13 more empty "
+    "frames are ENHANCE_YOUR_CALM.",
+    conn("ENHANCE_YOUR_CALM"),
+)
+def _refused_open_not_progress(ctx: Ctx) -> Actual:
+    s = ctx.session(tokens=[restricted_token(("echo", "stream/open"), ("echo", "msg/send"))])
+    s.send(*[WindowUpdateFrame(None, 4096) for _ in range(20)])
+    s.send(OpenFrame(0, "log"), OpenFrame(2, "log"))  # refused: UNAUTHORIZED
+    s.send(*[WindowUpdateFrame(None, 4096) for _ in range(13)])
+    return ctx.observe(s)
+
+
 # ------------------------------------------------------------------ §5.7 authorization
 
 
