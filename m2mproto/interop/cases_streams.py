@@ -776,12 +776,12 @@ case(
 # Non-productive frames on dead streams (CVE-2019-9518): the budget sees every frame.
 
 
-def _dead(first: list[Frame], empty: Callable[[int], Frame]) -> Callable[[int], list[object]]:
+def _dead(first: list[object], empty: Callable[[int], Frame]) -> Callable[[int], list[object]]:
     return lambda i: list(first) if i == 0 else [empty(i)]
 
 
-_RESET_0 = [OpenFrame(0, "log"), ResetFrame(0, ErrorCode.CANCELLED, 0)]
-_SKIP_TO_4 = [OpenFrame(4, "log")]
+_RESET_0: list[object] = [OpenFrame(0, "log"), ResetFrame(0, ErrorCode.CANCELLED, 0)]
+_SKIP_TO_4: list[object] = [OpenFrame(4, "log")]
 
 case(
     "5.6/23",
