@@ -88,6 +88,7 @@ class Receiver:
         "_table",
         "_terminate",
         "_timers",
+        "conn_owed",
         "conn_recv",
         "conn_send",
         "frames",
@@ -126,6 +127,9 @@ class Receiver:
         self.conn_recv = RecvWindow(cfg.initial_connection_window)
         #: Our credit for the whole connection (the peer grants it).
         self.conn_send = conn_send
+        #: Manual flow control: connection credit given ahead for delivered
+        #: messages (their fragments), absorbed by the application's acknowledgements.
+        self.conn_owed = 0
         #: Decoded frames of the current record, in reverse order (popped from the end).
         self.frames: list[Frame] = []
         self._dispatch: dict[type[Any], Callable[[Any], Event | None]] = {
@@ -213,17 +217,43 @@ class Receiver:
                 self._outbox.control.append(WindowUpdateFrame(s.stream_id, inc))
 
     def acknowledge(self, s: Stream | None, n: int) -> None:
-        """The application took *n* bytes (manual flow control): return the credit due."""
-        self.conn_recv.consume(n)
+        """The application took *n* bytes (manual flow control): return the credit due.
+
+        Credit the core already returned for the fragments of delivered
+        messages (``credit_owed``) is absorbed first, so no byte is credited
+        twice (spec/streams.md §6.4).
+        """
+        ahead = min(n, self.conn_owed)
+        self.conn_owed -= ahead
+        self.conn_recv.consume(n - ahead)
         inc = self.conn_recv.update_due()
         if inc:
             self._outbox.control.append(WindowUpdateFrame(None, inc))
         if s is None:
             return
-        s.recv_window.consume(n)
+        ahead = min(n, s.credit_owed)
+        s.credit_owed -= ahead
+        s.recv_window.consume(n - ahead)
         inc = s.recv_window.update_due()
         if inc and s.can_receive():
             self._outbox.control.append(WindowUpdateFrame(s.stream_id, inc))
+
+    def _credit_fragment(self, s: Stream, n: int) -> None:
+        """Manual flow control: the core holds this fragment, so its credit goes back now."""
+        inc = self.conn_recv.consume_and_update(n)
+        if inc:
+            self._outbox.control.append(WindowUpdateFrame(None, inc))
+        if s.state in _RECEIVING:
+            inc = s.recv_window.consume_and_update(n)
+            if inc:
+                self._outbox.control.append(WindowUpdateFrame(s.stream_id, inc))
+        s.credit_advance += n
+
+    def _discard_fragment(self, n: int) -> None:
+        """Manual flow control: bytes the core drops (never delivered) are credited now."""
+        inc = self.conn_recv.consume_and_update(n)
+        if inc:
+            self._outbox.control.append(WindowUpdateFrame(None, inc))
 
     def _reset_local(self, s: Stream, code: ErrorCode) -> Event:
         """Reset a stream because of the peer's fault or a refusal (stream-level error).
@@ -237,6 +267,13 @@ class Receiver:
         self._budgets.charge_churn(self._timers.now)
         self._outbox.reset(s, code)
         return StreamReset(stream_id=s.stream_id, code=code, remote=False)
+
+    def _refuse_message(self, s: Stream, n: int, code: ErrorCode) -> Event:
+        """Reset *s* for its message; with manual flow control the fragment's credit
+        goes back here (the application never sees it)."""
+        if not self._cfg.auto_window_update:
+            self._discard_fragment(n)
+        return self._reset_local(s, code)
 
     def _end_remote(self, s: Stream) -> None:
         s.recv_final = s.recv_window.received
@@ -291,27 +328,35 @@ class Receiver:
             self._budgets.no_progress_frame("empty MESSAGE fragment")
             return None
         self._budgets.progress()
-        self.consumed(s, n)
+        auto = self._cfg.auto_window_update
+        if auto:
+            self.consumed(s, n)
         if not s.reassembly and self._auth.enabled and not s.local:
             # (messages on a stream we opened are replies: the open was ours)
             # the first fragment of each message is authorized before buffering
             try:
                 s.grant = self._auth.authorize(s.resource, self._cfg.policy.send_message)
             except AuthorizationError:
-                return self._reset_local(s, ErrorCode.UNAUTHORIZED)
+                return self._refuse_message(s, n, ErrorCode.UNAUTHORIZED)
         size = len(s.reassembly) + n
         if size > self._cfg.max_message_size or (
             self._table.totals.reassembly + n > self._cfg.max_reassembly_bytes
         ):
-            return self._reset_local(s, ErrorCode.MESSAGE_TOO_LARGE)
+            return self._refuse_message(s, n, ErrorCode.MESSAGE_TOO_LARGE)
         if not f.last:
             s.add_fragment(f.fragment)
+            if not auto:
+                self._credit_fragment(s, n)
             return None
         data = s.take_message(f.fragment)
         try:
             value = cbor.decode(data)
         except DecodeError:
-            return self._reset_local(s, ErrorCode.DECODE_ERROR)
+            return self._refuse_message(s, n, ErrorCode.DECODE_ERROR)
+        if not auto:  # the application acknowledges the whole message; part is credited
+            self.conn_owed += s.credit_advance
+            s.credit_owed += s.credit_advance
+            s.credit_advance = 0
         if f.end_stream:
             self._end_remote(s)
         return MessageReceived(stream_id=s.stream_id, value=value, grant=s.grant, size=len(data))

@@ -277,6 +277,10 @@ class Stream:
     open_pending: bool = False
     #: Whether an end-of-stream flag has been put on the wire.
     end_sent: bool = False
+    #: Manual flow control: bytes of the partial message the core credited on receipt.
+    credit_advance: int = 0
+    #: Manual flow control: credit given ahead for delivered messages, not yet acknowledged.
+    credit_owed: int = 0
     _queue: deque[_Pending] = field(default_factory=deque)
 
     # -- state machine -----------------------------------------------------

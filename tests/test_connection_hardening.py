@@ -6,11 +6,14 @@ from collections.abc import Callable, Sequence
 
 import pytest
 from helpers import Pair, seeded_entropy
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
+from m2mproto import cbor
 from m2mproto.config import Configuration
 from m2mproto.connection import ConnectionState
 from m2mproto.errors import AuthorizationError, ErrorCode
-from m2mproto.events import ConnectionClosed, Event, StreamReset
+from m2mproto.events import ConnectionClosed, Event, MessageReceived, StreamReset
 from m2mproto.frames import (
     Frame,
     MessageFrame,
@@ -205,3 +208,120 @@ def test_refused_open_is_not_progress() -> None:
     got += inject(q, [OpenFrame(0, "ok")])
     got += inject(q, [WindowUpdateFrame(None, 4096)] * 13)
     assert _closed_code(got) is None
+
+
+# -- S1: messages larger than a stream window, with manual or automatic credit --------
+
+
+def _deliver(p: Pair, *, ack: bool) -> list[MessageReceived]:
+    """Shuttle until quiet; b acknowledges each whole message (manual flow control)."""
+    got: list[MessageReceived] = []
+    for _ in range(10_000):
+        moved = 0
+        for src in (p.a, p.b):
+            data = src.data_to_send()
+            moved += len(data)
+            if data:
+                p.other(src).receive_data(data, p.clock.now)
+        for ev in p.drain(p.b):
+            assert not isinstance(ev, ConnectionClosed), ev
+            if isinstance(ev, MessageReceived):
+                got.append(ev)
+                if ack:
+                    p.b.acknowledge_data(ev.stream_id, ev.size)
+        p.drain(p.a)
+        if not moved:
+            return got
+    raise AssertionError("did not go quiet")
+
+
+@settings(max_examples=12, deadline=None)
+@given(size=st.integers(1024, 1 << 20), auto=st.booleans())
+@example(size=1 << 20, auto=False)
+@example(size=300_000, auto=False)
+def test_large_message_through_a_pair(size: int, auto: bool) -> None:
+    """Our own sender, any size up to max_message_size: it arrives, whole, both modes."""
+    config = {"auto_window_update": auto}
+    p = Pair(cfg(1, **config), cfg(2, **config)).handshake()
+    sid = p.a.open_stream("r")
+    value = b"\x5a" * (size - 5)  # a byte string: CBOR head + payload <= size
+    p.a.send_message(sid, value, end_stream=True)
+    got = _deliver(p, ack=not auto)
+    assert [m.value for m in got] == [value]
+    w = p.b.connection_windows()
+    assert w.recv_consumed == w.recv_received  # every byte credited exactly once
+
+
+def _fragments(data: bytes, cuts: list[int]) -> list[bytes]:
+    out, pos, i = [], 0, 0
+    while pos < len(data):
+        n = cuts[i % len(cuts)]
+        i += 1
+        out.append(data[pos : pos + n])
+        pos += n
+    return out
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    size=st.integers(1024, 1 << 20),
+    cuts=st.lists(st.integers(1, 60_000), min_size=1, max_size=4),
+    auto=st.booleans(),
+)
+@example(size=1 << 20, cuts=[60_000, 1, 4097], auto=False)
+@example(size=300_000, cuts=[777], auto=False)
+def test_large_message_in_foreign_fragments(size: int, cuts: list[int], auto: bool) -> None:
+    """A peer fragmenting differently from our sender (within the credit it was given)."""
+    cuts = [max(c, size // 400) for c in cuts]  # at most ~400 records per example
+    config = {"auto_window_update": auto, "initial_stream_window": 128 * 1024}
+    p = Pair(cfg(1), cfg(2, **config)).handshake()
+    data = cbor.encode(b"\x00" * (size - 5))
+    parts = _fragments(data, cuts)
+    got = inject(p, [OpenFrame(0, "r")])
+    for k, part in enumerate(parts):
+        last = k == len(parts) - 1
+        got += inject(p, [MessageFrame(0, part, last, last)])
+        assert _closed_code(got) is None, got
+        assert p.b.streams.get(0) is None or p.b.streams[0].recv_window.available > 0 or last
+    (msg,) = [e for e in got if isinstance(e, MessageReceived)]
+    assert msg.size == len(data) and msg.value == b"\x00" * (size - 5)
+    w = p.b.connection_windows()
+    if auto:
+        assert w.recv_consumed == w.recv_received
+    else:  # the application has not acknowledged: only the last fragment is owed
+        assert w.recv_consumed == w.recv_received - len(parts[-1])
+        p.b.acknowledge_data(0, msg.size)
+        assert p.b.connection_windows().recv_consumed == w.recv_received
+
+
+def test_manual_credit_is_never_given_twice() -> None:
+    """Two fragmented messages; acknowledging the first returns only what is still owed."""
+    p = Pair(cfg(1), cfg(2, auto_window_update=False)).handshake()
+    m1, m2 = cbor.encode(b"a" * 3000), cbor.encode(b"b" * 5000)
+    got = inject(p, [OpenFrame(0, "r"), MessageFrame(0, m1[:1000], False, False)])
+    got += inject(p, [MessageFrame(0, m1[1000:], True, False)])
+    got += inject(p, [MessageFrame(0, m2[:4000], False, False), MessageFrame(0, m2[4000:], True)])
+    msgs = [e for e in got if isinstance(e, MessageReceived)]
+    assert [m.size for m in msgs] == [len(m1), len(m2)]
+    w = p.b.connection_windows()
+    assert w.recv_consumed == 1000 + 4000  # the fragments the core held
+    p.b.acknowledge_data(0, len(m1))
+    p.b.acknowledge_data(0, len(m2))
+    w = p.b.connection_windows()
+    assert w.recv_consumed == w.recv_received == len(m1) + len(m2)
+    assert p.b.streams[0].recv_window.consumed == len(m1) + len(m2)
+
+
+def test_manual_credit_for_a_refused_message_is_returned() -> None:
+    """Bytes of a message the core refuses never reach the application: credited at once."""
+    p = Pair(cfg(1), cfg(2, auto_window_update=False, max_message_size=4000)).handshake()
+    big = cbor.encode(b"z" * 5000)
+    got = inject(p, [OpenFrame(0, "r"), MessageFrame(0, big[:3000], False, False)])
+    got += inject(p, [MessageFrame(0, big[3000:], True, False)])
+    got += inject(p, [OpenFrame(2, "r"), MessageFrame(2, b"\xff", True, False)])
+    assert [e.code for e in got if isinstance(e, StreamReset)] == [
+        ErrorCode.MESSAGE_TOO_LARGE,
+        ErrorCode.DECODE_ERROR,
+    ]
+    w = p.b.connection_windows()
+    assert w.recv_consumed == w.recv_received == len(big) + 1

@@ -500,6 +500,68 @@ def _fragments(ctx: Ctx) -> Actual:
     return ctx.observe(s)
 
 
+def _large_message(cuts: tuple[int, ...]) -> Callable[[Ctx], Actual]:
+    """A 20,000-byte message (about 5 stream windows of 4096) in fragments of *cuts* bytes
+    (cycled), sent as the IUT's credit for them comes back: it must arrive whole."""
+
+    def run(ctx: Ctx) -> Actual:
+        s = ctx.session()
+        data = _message_of(20000)
+        frames: list[Frame] = []
+        pos = i = 0
+        while pos < len(data):
+            n = cuts[i % len(cuts)]
+            i += 1
+            part = data[pos : pos + n]
+            pos += len(part)
+            frames.append(MessageFrame(0, part, pos == len(data), pos == len(data)))
+        s.send(OpenFrame(0, "echo"))
+        echoed = b""
+        for k in range(0, len(frames) + 3, 3):
+            if k < len(frames):
+                s.send(*frames[k : k + 3])
+            got = s.receive()
+            if got.close_code() is not None or s.link.iut_closed:
+                return ctx.observe(s, got)
+            echoed += b"".join(f.fragment for f in got.of(MessageFrame) if f.stream_id == 0)
+        if echoed != data:
+            return Actual("fail", detail=f"echoed {len(echoed)} of {len(data)} bytes")
+        s.next_stream = 2
+        return ctx.observe(s)
+
+    return run
+
+
+_MANUAL_SMALL_WINDOW = IUTProfile(
+    config={"auto_window_update": False, "initial_stream_window": 4096}
+)
+
+case(
+    "5.4/6",
+    "Msg-LargerThanWindow-Manual",
+    "5.4/5.3: with manual flow control, a message of about 5 stream windows in uneven "
+    "fragments arrives: the receiver credits buffered fragments on receipt.",
+    ok(),
+    profile=_MANUAL_SMALL_WINDOW,
+)(_large_message((1000, 3, 2048, 517)))
+
+case(
+    "5.4/7",
+    "Msg-LargerThanWindow-Manual-Tiny",
+    "5.4/5.3: as 5.4/6, in fragments alternating 1 and 2048 bytes.",
+    ok(),
+    profile=_MANUAL_SMALL_WINDOW,
+)(_large_message((1, 2048)))
+
+case(
+    "5.4/8",
+    "Msg-LargerThanWindow-Auto",
+    "5.4/5.3: as 5.4/6 with automatic flow control, fragments of 1999 bytes.",
+    ok(),
+    profile=IUTProfile(config={"initial_stream_window": 4096}),
+)(_large_message((1999,)))
+
+
 # ------------------------------------------------------------------ §5.5 close
 
 
