@@ -30,7 +30,7 @@ from ._conn_budgets import Budgets
 from ._conn_outbox import Outbox
 from ._conn_state import NEED_DATA, OPEN_STATES, Lifecycle, NeedData, State, _Fail
 from ._conn_timers import Timers
-from .config import Configuration, TransportParameters
+from .config import Configuration, Grant, TransportParameters
 from .errors import AuthorizationError, DecodeError, ErrorCode, RemoteProtocolError
 from .events import (
     DataReceived,
@@ -46,6 +46,7 @@ from .events import (
 )
 from .frames import (
     FRAME_CLASSES,
+    MAX_VARINT,
     CloseFrame,
     ExtensionFrame,
     Frame,
@@ -331,15 +332,21 @@ class Receiver:
         auto = self._cfg.auto_window_update
         if auto:
             self.consumed(s, n)
-        if not s.reassembly and self._auth.enabled and not s.local:
-            # (messages on a stream we opened are replies: the open was ours)
-            # the first fragment of each message is authorized before buffering
-            try:
-                s.grant = self._auth.authorize(s.resource, self._cfg.policy.send_message)
-            except AuthorizationError:
-                return self._refuse_message(s, n, ErrorCode.UNAUTHORIZED)
+        if not s.reassembly:  # the first fragment of a message
+            s.message_limit = self._cfg.max_message_size
+            if self._auth.enabled and not s.local:
+                # (messages on a stream we opened are replies: the open was ours)
+                # each message is authorized, and its grant's limits taken, before buffering
+                try:
+                    s.grant = grant = self._auth.authorize(
+                        s.resource, self._cfg.policy.send_message
+                    )
+                except AuthorizationError:
+                    return self._refuse_message(s, n, ErrorCode.UNAUTHORIZED)
+                if grant is not None:
+                    s.message_limit = min(s.message_limit, _grant_limit(grant))
         size = len(s.reassembly) + n
-        if size > self._cfg.max_message_size or (
+        if size > s.message_limit or (
             self._table.totals.reassembly + n > self._cfg.max_reassembly_bytes
         ):
             return self._refuse_message(s, n, ErrorCode.MESSAGE_TOO_LARGE)
@@ -349,6 +356,19 @@ class Receiver:
                 self._credit_fragment(s, n)
             return None
         data = s.take_message(f.fragment)
+        grant = s.grant
+        if grant is not None and not s.local:
+            try:
+                grant.check_message(len(data))
+            except AuthorizationError as exc:
+                code = ErrorCode.MESSAGE_TOO_LARGE
+                if exc.code is not ErrorCode.MESSAGE_TOO_LARGE:
+                    code = ErrorCode.UNAUTHORIZED
+                return self._refuse_message(s, n, code)
+            except Exception as exc:  # a fault of the grant's code, not of the peer
+                raise _Fail(
+                    ErrorCode.INTERNAL_ERROR, f"grant check failed: {type(exc).__name__}"
+                ) from None
         try:
             value = cbor.decode(data)
         except DecodeError:
@@ -474,6 +494,25 @@ class Receiver:
             self._terminate(code, reason, remote=False)
             return
         self._terminate(ErrorCode.TRUNCATED, "transport ended without CLOSE", remote=True)
+
+
+def _grant_limit(grant: Grant) -> int:
+    """The grant's ``max_message_size`` caveat (no caveat: no limit of its own).
+
+    Raises:
+        _Fail: ``INTERNAL_ERROR`` if the grant does not implement the protocol.
+    """
+    try:
+        limit = grant.max_message_size
+    except Exception as exc:  # a grant that is not a config.Grant
+        raise _Fail(
+            ErrorCode.INTERNAL_ERROR, f"grant has no limits: {type(exc).__name__}"
+        ) from None
+    if limit is None:
+        return MAX_VARINT
+    if type(limit) is not int or limit < 0:
+        raise _Fail(ErrorCode.INTERNAL_ERROR, "grant max_message_size is not a size")
+    return limit
 
 
 #: The handler of each frame class (a method of :class:`Receiver`).

@@ -39,10 +39,14 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from enum import Enum, auto
+from typing import TYPE_CHECKING
 
 from .cbor import head
 from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError, StreamLimitReached
 from .frames import MAX_VARINT, append_data_frame
+
+if TYPE_CHECKING:
+    from .config import Grant
 
 _MAX_RECORD_PLAINTEXT = 65519  # records.MAX_RECORD_PLAINTEXT (records imports nothing from here)
 
@@ -264,7 +268,8 @@ class Stream:
     send_credit: SendCredit
     recv_window: RecvWindow
     state: StreamState = StreamState.OPEN
-    grant: object = None
+    #: The grant of the peer's open, then of its latest message (None: no authorizer).
+    grant: Grant | None = None
     #: Bytes queued by the application and not yet framed.
     send_buffered: int = 0
     #: Partial incoming message (CBOR bytes); change it only through the methods.
@@ -277,6 +282,8 @@ class Stream:
     open_pending: bool = False
     #: Whether an end-of-stream flag has been put on the wire.
     end_sent: bool = False
+    #: Largest size of the message being received: our limit, narrowed by its grant.
+    message_limit: int = 0
     #: Manual flow control: bytes of the partial message the core credited on receipt.
     credit_advance: int = 0
     #: Manual flow control: credit given ahead for delivered messages, not yet acknowledged.

@@ -5,9 +5,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .. import cbor
+from ..frames import MessageFrame, OpenFrame
 from . import mint
-from .framework import Actual, Ctx, case, conn, ok
+from .framework import Actual, Ctx, case, conn, ok, stream
 from .inprocess import IUTProfile
+
+
+def _message_of(size: int) -> bytes:
+    """A CBOR byte string whose encoding is exactly *size* bytes (size >= 1)."""
+    for pad in range(size, -1, -1):
+        enc = cbor.encode(b"\x00" * pad)
+        if len(enc) == size:
+            return enc
+    raise ValueError(size)  # pragma: no cover
+
 
 #: Token rule (vector flag) -> spec/tokens.md section.
 _SECTION = {
@@ -96,3 +108,105 @@ def _several(ctx: Ctx) -> Actual:
     from .framework import holder_token
 
     return ctx.run_handshake(tokens=[holder_token(), mint.token_named("Expired").token])
+
+
+# ------------------------------------------------------------------ §6.4 caveats, enforced
+
+
+def _caveat_token(size: int, cti: bytes) -> bytes:
+    """HOLDER's token under ROOT for everything, with ``max_message_size`` = *size*."""
+    claims = mint.claims_for(
+        mint.ROOT, mint.HOLDER, (("*", "*"),), cti=cti, caveats={"max_message_size": size}
+    )
+    return mint.craft_token(mint.ROOT, claims)
+
+
+def _delegated_caveat_token(parent_size: int, child_size: int) -> bytes:
+    """ROOT -> link1 (caveat *parent_size*) -> HOLDER (caveat *child_size*)."""
+    link = mint.identity("link1")
+    parent = mint.craft_token(
+        mint.ROOT,
+        mint.claims_for(
+            mint.ROOT,
+            link,
+            (("*", "*"),),
+            cti=b"caveat-parent-01",
+            caveats={"max_message_size": parent_size},
+        ),
+    )
+    child = mint.claims_for(
+        link,
+        mint.HOLDER,
+        (("*", "*"),),
+        cti=b"caveat-child-001",
+        parent=parent,
+        caveats={"max_message_size": child_size},
+    )
+    return mint.craft_token(link, child)
+
+
+def _messages(
+    token: Callable[[], bytes], *sizes: int, fragment: int = 0
+) -> Callable[[Ctx], Actual]:
+    """Messages of *sizes* CBOR bytes on one stream (in fragments of *fragment* if set)."""
+
+    def run(ctx: Ctx) -> Actual:
+        s = ctx.session(tokens=[token()])
+        s.send(OpenFrame(0, "log"))
+        for size in sizes:
+            data = _message_of(size)
+            step = fragment or len(data)
+            for pos in range(0, len(data), step):
+                last = pos + step >= len(data)
+                s.send(MessageFrame(0, data[pos : pos + step], last, False))
+        s.next_stream = 2
+        return ctx.observe(s, sid=0)
+
+    return run
+
+
+case(
+    "6.9/1",
+    "Caveat-MaxMessageSize-Pass",
+    "6.4: a message of exactly the grant's max_message_size caveat (16) is accepted.",
+    ok(),
+)(_messages(lambda: _caveat_token(16, b"caveat-token-001"), 16))
+
+case(
+    "6.9/2",
+    "Caveat-MaxMessageSize",
+    "6.4: a message one byte over the grant's max_message_size caveat (16) resets the stream "
+    "with MESSAGE_TOO_LARGE; the connection stays up.",
+    stream("MESSAGE_TOO_LARGE"),
+)(_messages(lambda: _caveat_token(16, b"caveat-token-002"), 17))
+
+case(
+    "6.9/3",
+    "Caveat-MaxMessageSize-Fragmented",
+    "6.4: a 20,000-byte message in 1000-byte fragments under a caveat of 16 is refused with "
+    "MESSAGE_TOO_LARGE (before it is buffered whole).",
+    stream("MESSAGE_TOO_LARGE"),
+)(_messages(lambda: _caveat_token(16, b"caveat-token-003"), 20000, fragment=1000))
+
+case(
+    "6.9/4",
+    "Caveat-MaxMessageSize-Later",
+    "6.4: the caveat applies to every message: 10 bytes then 17 bytes under 16, the second "
+    "resets the stream.",
+    stream("MESSAGE_TOO_LARGE"),
+)(_messages(lambda: _caveat_token(16, b"caveat-token-004"), 10, 17))
+
+case(
+    "6.9/5",
+    "Caveat-MaxMessageSize-Delegated",
+    "6.4: a delegated grant's caveat (32, under a parent's 64) is enforced: 33 bytes is "
+    "MESSAGE_TOO_LARGE.",
+    stream("MESSAGE_TOO_LARGE"),
+)(_messages(lambda: _delegated_caveat_token(64, 32), 33))
+
+case(
+    "6.9/6",
+    "Caveat-MaxMessageSize-Delegated-Pass",
+    "6.4: under the delegated caveat of 32, a 32-byte message is accepted (boundary of 6.9/5).",
+    ok(),
+)(_messages(lambda: _delegated_caveat_token(64, 32), 32))
