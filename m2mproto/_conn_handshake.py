@@ -65,7 +65,7 @@ class Handshaking:
 
     def __init__(self, hs: Handshake, late_tokens: Sequence[bytes]) -> None:
         self.hs = hs
-        #: A responder's own tokens: sent in TOKEN frames once records flow.
+        #: A responder's own tokens: sent in TOKEN frames once the session is reported.
         self.late_tokens = tuple(late_tokens)
 
     def step(self, outbox: Outbox) -> HandshakeResult | Ended | Literal[NeedData.NEED_DATA]:

@@ -136,6 +136,7 @@ class Outbox:
         "_table",
         "control",
         "key_update_queued",
+        "liveness_due",
         "local_close",
         "order",
         "pings",
@@ -156,6 +157,9 @@ class Outbox:
         #: Streams with something to send, in round-robin order.
         self.order: list[int] = []
         self.key_update_queued = False
+        #: IK initiator: the next drain must seal a record even if it has nothing to
+        #: say (an empty record proves liveness to the responder, spec/handshake.md §2.11).
+        self.liveness_due = False
         #: The code and reason of our close (set once by ``Connection.close``).
         self.local_close: tuple[int, str] = (ErrorCode.NO_ERROR, "")
         self.pings = Pings()
@@ -217,6 +221,7 @@ class Outbox:
         if life.state is State.CLOSED and not self.control:
             return bytes(raw)
         parts: list[bytes] = [bytes(raw)] if raw else []
+        before = len(parts)
         rec = _Records(self, writer, life, parts)
         try:
             close: Frame | None = None
@@ -239,6 +244,10 @@ class Outbox:
             if close is not None:
                 rec.add(encode_frame(close))
             rec.flush()
+            if self.liveness_due:
+                if len(parts) == before:
+                    writer.seal_to(b"", parts)  # an empty record: proof of liveness
+                self.liveness_due = False
         except LocalProtocolError:
             self.control.clear()
             raise

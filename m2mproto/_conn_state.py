@@ -11,9 +11,15 @@ in the table is a bug of the caller and raises ``LocalProtocolError``
 (``INVALID_STATE``) naming the state and the input. ::
 
     HANDSHAKING --HANDSHAKE_DONE--> ESTABLISHED --CLOSE_GRACEFULLY--> DRAINING
-    ESTABLISHED, DRAINING --SEND_CLOSE--> CLOSING
-    HANDSHAKING, ESTABLISHED, DRAINING, CLOSING --END--> CLOSED
+    HANDSHAKING --KEYS_READY--> CONFIRMING --HANDSHAKE_DONE--> ESTABLISHED
+    CONFIRMING, ESTABLISHED, DRAINING --SEND_CLOSE--> CLOSING
+    any state but CLOSED --END--> CLOSED
 
+``CONFIRMING`` is the IK responder between writing message 2 and the
+initiator's first transport record (spec/handshake.md §2.11): the keys exist
+but the initiator has not proven liveness (message 1 may be a replay), so
+nothing is reported, accepted or acted on; publicly it is still
+``HANDSHAKING``.
 ``DRAINING`` is a graceful close waiting for queued stream bytes to go out
 before its CLOSE; to the public :class:`ConnectionState` it is still
 ``ESTABLISHED`` (records flow, nothing new may be queued). ``CLOSING``: our
@@ -80,6 +86,8 @@ class State(Enum):
     """States of the lifecycle machine (internal; see :data:`PUBLIC_STATE`)."""
 
     HANDSHAKING = auto()
+    #: IK responder: keys ready, waiting for the initiator's first record (liveness).
+    CONFIRMING = auto()
     ESTABLISHED = auto()
     #: close(NO_ERROR) was called: queued stream bytes go out, then CLOSE.
     DRAINING = auto()
@@ -91,7 +99,9 @@ class State(Enum):
 class Input(Enum):
     """Named inputs of the lifecycle machine."""
 
-    #: The handshake produced its result (keys, peer, parameters).
+    #: The handshake produced keys, but the peer has not proven liveness (IK responder).
+    KEYS_READY = auto()
+    #: The handshake is complete and the peer live: report it (keys, peer, parameters).
     HANDSHAKE_DONE = auto()
     #: The application asked for a graceful close (NO_ERROR).
     CLOSE_GRACEFULLY = auto()
@@ -105,7 +115,11 @@ _S, _I = State, Input
 #: (state, input) -> next state. Pairs not listed are refused.
 TRANSITIONS: dict[tuple[State, Input], State] = {
     (_S.HANDSHAKING, _I.HANDSHAKE_DONE): _S.ESTABLISHED,
+    (_S.HANDSHAKING, _I.KEYS_READY): _S.CONFIRMING,
     (_S.HANDSHAKING, _I.END): _S.CLOSED,
+    (_S.CONFIRMING, _I.HANDSHAKE_DONE): _S.ESTABLISHED,
+    (_S.CONFIRMING, _I.SEND_CLOSE): _S.CLOSING,
+    (_S.CONFIRMING, _I.END): _S.CLOSED,
     (_S.ESTABLISHED, _I.CLOSE_GRACEFULLY): _S.DRAINING,
     (_S.ESTABLISHED, _I.SEND_CLOSE): _S.CLOSING,
     (_S.ESTABLISHED, _I.END): _S.CLOSED,
@@ -117,6 +131,7 @@ TRANSITIONS: dict[tuple[State, Input], State] = {
 #: What :attr:`Connection.state` shows for each internal state.
 PUBLIC_STATE: dict[State, ConnectionState] = {
     _S.HANDSHAKING: ConnectionState.HANDSHAKING,
+    _S.CONFIRMING: ConnectionState.HANDSHAKING,
     _S.ESTABLISHED: ConnectionState.ESTABLISHED,
     _S.DRAINING: ConnectionState.ESTABLISHED,
     _S.CLOSING: ConnectionState.CLOSING,

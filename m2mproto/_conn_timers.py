@@ -110,7 +110,7 @@ class Timers:
         """The next deadline in *state*, or None."""
         if state is State.CLOSED:
             return None
-        if state is State.HANDSHAKING:
+        if state is State.HANDSHAKING or state is State.CONFIRMING:
             return self.hs_deadline
         cfg = self._cfg
         cands: list[float] = []
@@ -126,7 +126,7 @@ class Timers:
         """The deadline that passed at *now* in *state* (the most urgent), or None."""
         if state is State.CLOSED:
             return None
-        if state is State.HANDSHAKING:
+        if state is State.HANDSHAKING or state is State.CONFIRMING:
             if self.hs_deadline is not None and now >= self.hs_deadline:
                 return Expiry.HANDSHAKE
             return None

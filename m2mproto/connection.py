@@ -165,6 +165,10 @@ class Connection:
         self._handshake: Handshaking | None = Handshaking(hs, () if initiator else tokens)
         self._transport: Transport | None = None
         self._receiver: Receiver | None = None
+        # IK responder in CONFIRMING: what is reported once the initiator is live.
+        self._unconfirmed: tuple[HandshakeResult, TransportParameters, tuple[bytes, ...]] | None = (
+            None
+        )
         #: The transport's input ended (``receive_data(b"")``).
         self._eof = False
 
@@ -334,6 +338,8 @@ class Connection:
                     result = rx.handle(rx.frames.pop())  # the hot path
                 elif rx is not None:
                     result = rx.read_record(self._eof)
+                    if result is None and self._life.state is State.CONFIRMING:
+                        result = self._confirm()  # a record decrypted: the peer is live
                 else:
                     result = self._step_handshake()
                     rx = self._receiver
@@ -358,19 +364,23 @@ class Connection:
         assert isinstance(result, HandshakeResult)
         return self._establish(handshaking, result)
 
-    def _establish(self, handshaking: Handshaking, res: HandshakeResult) -> Event:
-        """Enter the transport phase; report the handshake (a bad token closes right after)."""
+    def _establish(self, handshaking: Handshaking, res: HandshakeResult) -> Event | None:
+        """Enter the transport phase; report the handshake unless liveness is unproven.
+
+        An IK responder completes the Noise handshake on message 1, which a
+        third party may have recorded and replayed: it waits in CONFIRMING
+        until the initiator's first transport record decrypts (spec/handshake.md
+        §2.11), and only then reports the session and accepts its tokens.
+        """
+        confirm = self.role is Role.RESPONDER and res.pattern == "IK"
         cfg = self.config
         self._transport = tr = handshaking.into_transport(res, cfg, self._outbox)
         self._handshake = None
-        self._life.transition(Input.HANDSHAKE_DONE)
-        self.peer = self._auth.peer = res.peer
-        self.handshake_hash = res.handshake_hash
+        self._life.transition(Input.KEYS_READY if confirm else Input.HANDSHAKE_DONE)
         try:
             params = TransportParameters.from_params(res.peer_params)
         except RemoteProtocolError as exc:
             raise _Fail(exc.code, exc.message) from None
-        self.peer_parameters = params
         tr.conn_send.limit = params.initial_connection_window
         self._receiver = Receiver(
             cfg,
@@ -387,7 +397,29 @@ class Connection:
             send_close=self._send_close,
             terminate=self._terminate,
         )
-        for token in handshaking.late_tokens:
+        if confirm:
+            self._unconfirmed = (res, params, handshaking.late_tokens)
+            return None
+        if res.pattern == "IK":  # the initiator: our first record proves liveness
+            self._outbox.liveness_due = True
+        return self._report(res, params, handshaking.late_tokens)
+
+    def _confirm(self) -> Event:
+        """The IK initiator's first record decrypted: the session is live, report it."""
+        assert self._unconfirmed is not None
+        res, params, late_tokens = self._unconfirmed
+        self._unconfirmed = None
+        self._life.transition(Input.HANDSHAKE_DONE)
+        return self._report(res, params, late_tokens)
+
+    def _report(
+        self, res: HandshakeResult, params: TransportParameters, late_tokens: Sequence[bytes]
+    ) -> Event:
+        """Publish the handshake's results, accept the peer's tokens, send ours."""
+        self.peer = self._auth.peer = res.peer
+        self.handshake_hash = res.handshake_hash
+        self.peer_parameters = params
+        for token in late_tokens:
             self._outbox.control.append(TokenFrame(token))
         if res.peer_tokens:
             self._accept_handshake_tokens(res.peer_tokens)
@@ -424,7 +456,7 @@ class Connection:
         if self._handshake is not None:
             self._handshake.abort(self._outbox, fail.wire)
             self._handshake = None
-        elif state in OPEN_STATES:
+        elif state in OPEN_STATES or state is State.CONFIRMING:
             self._send_close(fail.wire, _terse(fail.wire))
         self._terminate(fail.code, fail.message, remote=False)
 
@@ -686,6 +718,11 @@ class Connection:
         if len(reason.encode("utf-8")) > 256:
             raise LocalProtocolError("reason over 256 bytes", ErrorCode.INVALID_ARGUMENT)
         state = self._life.state
+        if state is State.CONFIRMING:  # keys, but nothing reported: end it now
+            self._outbox.local_close = (code, reason)
+            self._send_close(code, reason)
+            self._terminate(code, reason, remote=False)
+            return
         if state is not State.HANDSHAKING and state is not State.ESTABLISHED:
             return
         self._outbox.local_close = (code, reason)

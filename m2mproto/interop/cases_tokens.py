@@ -8,7 +8,7 @@ from collections.abc import Callable
 from .. import cbor
 from ..frames import MessageFrame, OpenFrame
 from . import mint
-from .framework import Actual, Ctx, case, conn, ok, stream
+from .framework import Actual, Ctx, case, conn, gone, ok, stream
 from .inprocess import IUTProfile
 
 
@@ -210,3 +210,72 @@ case(
     "6.4: under the delegated caveat of 32, a 32-byte message is accepted (boundary of 6.9/5).",
     ok(),
 )(_messages(lambda: _delegated_caveat_token(64, 32), 32))
+
+
+# ------------------------------------------------------------------ IK message 1 replay
+
+
+def _ik_replay(then: str, victims: int = 1) -> Callable[[Ctx], Actual]:
+    """Record a genuine IK flight 1 and replay it to fresh connections: the IUT must not
+    report the session or accept its tokens before the initiator proves liveness
+    (handshake 2.11), then give up (*then*: ``silence`` or ``garbage`` record)."""
+
+    def run(ctx: Ctx) -> Actual:
+        genuine = ctx.peer(pattern="IK")
+        genuine.start()
+        flight = b"".join(genuine.sent)
+        act = Actual("fail", detail="no victim")
+        for _ in range(victims):
+            link = ctx.link()
+            link.write(flight)
+            link.read()  # MAGIC and message 2: useless without the initiator's keys
+            view = link.local()
+            early = view is not None and (
+                view.peer is not None
+                or "HandshakeCompleted" in view.events
+                or "TokenAccepted" in view.events
+            )
+            if early:
+                seen = view.events if view is not None else ()
+                return Actual("fail", detail=f"acted on a replayable message 1: {seen}")
+            if then == "garbage":
+                link.write(b"\x00\x20" + bytes(32))  # a record nobody holding no keys can forge
+            else:
+                link.advance(11.0)  # past the 10 s handshake deadline
+            link.read()
+            view = link.local()
+            if view is not None and "HandshakeCompleted" in view.events:
+                return Actual("fail", detail=f"reported the replayed session: {view.events}")
+            if not link.iut_closed:
+                return Actual("fail", detail="the IUT kept the replayed connection")
+            act = Actual("abort", None, ctx.local_code(link))
+        return act
+
+    return run
+
+
+case(
+    "6.9/7",
+    "Token-IK-Replay-Silent",
+    "handshake 2.11/6.6: a replayed IK message 1 is neither reported nor its tokens accepted; "
+    "without the initiator's first record the IUT gives up at the handshake deadline.",
+    gone("HANDSHAKE_TIMEOUT"),
+    needs={"frozen-clock"},
+)(_ik_replay("silence"))
+
+case(
+    "6.9/8",
+    "Token-IK-Replay-Forged",
+    "handshake 2.11/6.6: after a replayed IK message 1, a record the replayer forges fails "
+    "to decrypt; the session was never reported.",
+    gone("DECRYPT_ERROR"),
+)(_ik_replay("garbage"))
+
+case(
+    "6.9/9",
+    "Token-IK-Replay-Many",
+    "handshake 2.11/6.6: the same IK message 1 replayed to three fresh connections is "
+    "reported by none of them.",
+    gone("HANDSHAKE_TIMEOUT"),
+    needs={"frozen-clock"},
+)(_ik_replay("silence", victims=3))
