@@ -28,18 +28,15 @@ __all__ = ["Authorization"]
 class Authorization:
     """Asks the authorizer about one peer; contains its faults."""
 
-    __slots__ = ("_authorizer", "_timers", "peer")
+    __slots__ = ("_authorizer", "_timers", "enabled", "peer")
 
     def __init__(self, authorizer: Authorizer | None, timers: Timers) -> None:
         self._authorizer = authorizer
         self._timers = timers
+        #: Whether an authorizer is configured (else everything is allowed).
+        self.enabled = authorizer is not None
         #: The authenticated peer (set when the handshake completes).
         self.peer: AgentId | None = None
-
-    @property
-    def enabled(self) -> bool:
-        """Whether an authorizer is configured (else everything is allowed)."""
-        return self._authorizer is not None
 
     def accept_tokens(self, tokens: Sequence[bytes]) -> object:
         """Verify *tokens* of the peer; return the authorizer's grant summary.

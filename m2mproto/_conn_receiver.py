@@ -329,25 +329,24 @@ class Receiver:
             self._budgets.no_progress_frame("empty MESSAGE fragment")
             return None
         self._budgets.progress()
-        auto = self._cfg.auto_window_update
+        cfg = self._cfg
+        auto = cfg.auto_window_update
         if auto:
             self.consumed(s, n)
-        if not s.reassembly:  # the first fragment of a message
-            s.message_limit = self._cfg.max_message_size
+        held = s.reassembly
+        if not held:  # the first fragment of a message
+            s.message_limit = cfg.max_message_size
             if self._auth.enabled and not s.local:
                 # (messages on a stream we opened are replies: the open was ours)
                 # each message is authorized, and its grant's limits taken, before buffering
                 try:
-                    s.grant = grant = self._auth.authorize(
-                        s.resource, self._cfg.policy.send_message
-                    )
+                    s.grant = grant = self._auth.authorize(s.resource, cfg.policy.send_message)
                 except AuthorizationError:
                     return self._refuse_message(s, n, ErrorCode.UNAUTHORIZED)
                 if grant is not None:
                     s.message_limit = min(s.message_limit, _grant_limit(grant))
-        size = len(s.reassembly) + n
-        if size > s.message_limit or (
-            self._table.totals.reassembly + n > self._cfg.max_reassembly_bytes
+        if len(held) + n > s.message_limit or (
+            self._table.totals.reassembly + n > cfg.max_reassembly_bytes
         ):
             return self._refuse_message(s, n, ErrorCode.MESSAGE_TOO_LARGE)
         if not f.last:
@@ -355,7 +354,7 @@ class Receiver:
             if not auto:
                 self._credit_fragment(s, n)
             return None
-        data = s.take_message(f.fragment)
+        data = s.take_message(f.fragment) if held else f.fragment
         grant = s.grant
         if grant is not None and not s.local:
             try:

@@ -20,7 +20,8 @@ Connection lifecycle: one state machine, one transition table
 (:class:`ConnectionState`)::
 
     HANDSHAKING --HANDSHAKE_DONE--> ESTABLISHED --CLOSE_GRACEFULLY--> DRAINING
-    ESTABLISHED, DRAINING --SEND_CLOSE--> CLOSING
+    HANDSHAKING --KEYS_READY (IK responder)--> CONFIRMING --HANDSHAKE_DONE--> ESTABLISHED
+    CONFIRMING, ESTABLISHED, DRAINING --SEND_CLOSE--> CLOSING
     any state but CLOSED --END (peer CLOSE, EOF, error, timeout)--> CLOSED
 
 Any error caused by the peer closes the connection with the specific code
@@ -540,7 +541,9 @@ class Connection:
         elif not s.can_send():  # pragma: no cover - guarded above
             s.apply(StreamInput.SEND_DATA)
         s.queue(data, is_message=is_message, end_stream=end_stream)
-        self._outbox.schedule(stream_id)
+        order = self._outbox.order
+        if stream_id not in order:
+            order.append(stream_id)
 
     def send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """Queue bytes on a stream (sent as credit allows).

@@ -291,10 +291,10 @@ def append_data_frame(
     buf: bytearray,
     sid_head: bytes,
     payload: bytes | memoryview,
-    *,
     message: bool,
     last: bool,
     end_stream: bool,
+    /,
 ) -> None:
     """Append one STREAM (``message=False``) or MESSAGE frame to *buf*.
 
@@ -329,9 +329,7 @@ def frame_overhead(stream_id: int, payload_len: int) -> int:
 def _enc_stream(f: StreamFrame) -> bytes:
     _check_id(f.stream_id)
     buf = bytearray()
-    append_data_frame(
-        buf, head(0, f.stream_id), f.data, message=False, last=True, end_stream=f.end_stream
-    )
+    append_data_frame(buf, head(0, f.stream_id), f.data, False, True, f.end_stream)
     return bytes(buf)
 
 
@@ -346,14 +344,7 @@ def _enc_message(f: MessageFrame) -> bytes:
     if f.end_stream and not f.last:
         raise _bad("end_stream requires the last fragment")
     buf = bytearray()
-    append_data_frame(
-        buf,
-        head(0, f.stream_id),
-        f.fragment,
-        message=True,
-        last=bool(f.last),
-        end_stream=bool(f.end_stream),
-    )
+    append_data_frame(buf, head(0, f.stream_id), f.fragment, True, bool(f.last), bool(f.end_stream))
     return bytes(buf)
 
 

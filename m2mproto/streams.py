@@ -395,9 +395,9 @@ class Stream:
                 buf,
                 sid_head,
                 data if off == 0 and done else memoryview(data)[off:end_off],
-                message=item.is_message,
-                last=done,
-                end_stream=end,
+                item.is_message,
+                done,
+                end,
             )
             item.offset = end_off
             if done:
