@@ -89,7 +89,6 @@ class Receiver:
         "_table",
         "_terminate",
         "_timers",
-        "conn_owed",
         "conn_recv",
         "conn_send",
         "frames",
@@ -128,9 +127,6 @@ class Receiver:
         self.conn_recv = RecvWindow(cfg.initial_connection_window)
         #: Our credit for the whole connection (the peer grants it).
         self.conn_send = conn_send
-        #: Manual flow control: connection credit given ahead for delivered
-        #: messages (their fragments), absorbed by the application's acknowledgements.
-        self.conn_owed = 0
         #: Decoded frames of the current record, in reverse order (popped from the end).
         self.frames: list[Frame] = []
         self._dispatch: dict[type[Any], Callable[[Any], Event | None]] = {
@@ -217,23 +213,25 @@ class Receiver:
             if inc:
                 self._outbox.control.append(WindowUpdateFrame(s.stream_id, inc))
 
-    def acknowledge(self, s: Stream | None, n: int) -> None:
+    def acknowledge(self, stream_id: int, s: Stream | None, n: int) -> None:
         """The application took *n* bytes (manual flow control): return the credit due.
 
-        Credit the core already returned for the fragments of delivered
-        messages (``credit_owed``) is absorbed first, so no byte is credited
-        twice (spec/streams.md §6.4).
+        Credit the core already returned for the earlier fragments of the
+        stream's delivered messages (``credit_owed``, kept by the table once
+        the stream is finished) is deducted first, at both levels, so no
+        byte is credited twice (spec/streams.md §6.4).
         """
-        ahead = min(n, self.conn_owed)
-        self.conn_owed -= ahead
+        if s is not None:
+            ahead = min(n, s.credit_owed)
+            s.credit_owed -= ahead
+        else:
+            ahead = self._table.take_owed(stream_id, n)
         self.conn_recv.consume(n - ahead)
         inc = self.conn_recv.update_due()
         if inc:
             self._outbox.control.append(WindowUpdateFrame(None, inc))
         if s is None:
             return
-        ahead = min(n, s.credit_owed)
-        s.credit_owed -= ahead
         s.recv_window.consume(n - ahead)
         inc = s.recv_window.update_due()
         if inc and s.can_receive():
@@ -373,7 +371,6 @@ class Receiver:
         except DecodeError:
             return self._refuse_message(s, n, ErrorCode.DECODE_ERROR)
         if not auto:  # the application acknowledges the whole message; part is credited
-            self.conn_owed += s.credit_advance
             s.credit_owed += s.credit_advance
             s.credit_advance = 0
         if f.end_stream:

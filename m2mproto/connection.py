@@ -629,7 +629,7 @@ class Connection:
             raise LocalProtocolError(f"no stream {stream_id}", ErrorCode.INVALID_ARGUMENT)
         # The connection-level credit goes back even when the stream has
         # already finished in the core (its last bytes arrived after our end).
-        self._receiver.acknowledge(s, n)
+        self._receiver.acknowledge(stream_id, s, n)
 
     def ping(self, payload: bytes | None = None) -> bytes:
         """Queue a PING; ``PingAcknowledged`` follows. Returns the payload.

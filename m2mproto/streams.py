@@ -435,6 +435,8 @@ class StreamTable:
         self.remote_open = 0
         #: Sums over the streams in the table (bytes to send, partial messages).
         self.totals = StreamTotals()
+        #: Finished streams whose delivered messages were partly credited ahead.
+        self._owed: OrderedDict[int, int] = OrderedDict()
         self._history: OrderedDict[int, bool] = OrderedDict()
 
     def is_local_id(self, stream_id: int) -> bool:
@@ -476,6 +478,28 @@ class StreamTable:
         self._history[stream.stream_id] = stream.state is StreamState.RESET
         while len(self._history) > self.HISTORY:
             self._history.popitem(last=False)
+        if stream.credit_owed:
+            self._owed[stream.stream_id] = stream.credit_owed
+            while len(self._owed) > self.HISTORY:
+                self._owed.popitem(last=False)
+
+    def take_owed(self, stream_id: int, n: int) -> int:
+        """Of *n* acknowledged bytes of a finished stream, those already credited.
+
+        Manual flow control: the core credits a message's earlier fragments
+        on receipt; the application acknowledges the whole message later,
+        possibly after the stream finished. Remembered for the last
+        :attr:`HISTORY` finished streams that still owe.
+        """
+        owed = self._owed.get(stream_id, 0)
+        if not owed:
+            return 0
+        ahead = min(n, owed)
+        if ahead == owed:
+            del self._owed[stream_id]
+        else:
+            self._owed[stream_id] = owed - ahead
+        return ahead
 
     def finish_if_done(self, stream: Stream) -> None:
         """Forget *stream* once it is reset, or ended both ways with nothing left to send."""

@@ -325,3 +325,35 @@ def test_manual_credit_for_a_refused_message_is_returned() -> None:
     ]
     w = p.b.connection_windows()
     assert w.recv_consumed == w.recv_received == len(big) + 1
+
+
+def test_manual_credit_is_per_stream_an_unread_message_holds_only_its_own() -> None:
+    """A large delivered message the application has not taken yet does not absorb the
+    acknowledgements of other streams (their credit goes back at once)."""
+    p = Pair(cfg(1), cfg(2, auto_window_update=False)).handshake()
+    big = cbor.encode(b"x" * 200_000)
+    parts = _fragments(big, [60_000])
+    got = inject(p, [OpenFrame(0, "big"), OpenFrame(2, "small")])
+    for k, part in enumerate(parts):
+        got += inject(p, [MessageFrame(0, part, k == len(parts) - 1, False)])
+    got += inject(p, [StreamFrame(2, b"y" * 1000)])
+    assert [e.size for e in got if isinstance(e, MessageReceived)] == [len(big)]
+    before = p.b.connection_windows().recv_consumed
+    p.b.acknowledge_data(2, 1000)  # stream 2's bytes: credited in full
+    assert p.b.connection_windows().recv_consumed == before + 1000
+    p.b.acknowledge_data(0, len(big))  # the big message: only its last fragment was owed
+    w = p.b.connection_windows()
+    assert w.recv_consumed == w.recv_received
+
+
+def test_manual_credit_after_the_stream_finished() -> None:
+    p = Pair(cfg(1), cfg(2, auto_window_update=False)).handshake()
+    m = cbor.encode(b"q" * 5000)
+    got = inject(p, [OpenFrame(0, "r"), MessageFrame(0, m[:3000], False, False)])
+    got += inject(p, [MessageFrame(0, m[3000:], True, True)])
+    p.b.send(0, b"", end_stream=True)  # b ends its half too: the stream finishes
+    p.b.data_to_send()
+    assert 0 not in p.b.streams
+    p.b.acknowledge_data(0, len(m))
+    w = p.b.connection_windows()
+    assert w.recv_consumed == w.recv_received == len(m)
