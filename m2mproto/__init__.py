@@ -17,6 +17,8 @@ from .errors import (
     LocalProtocolError,
     M2MError,
     RemoteProtocolError,
+    SendBufferFull,
+    StreamLimitReached,
     TokenError,
 )
 from .identity import AgentId, Identity
@@ -77,8 +79,10 @@ __all__ = [
     "M2MError",
     "RemoteProtocolError",
     "RequestTimeout",
+    "SendBufferFull",
     "Server",
     "Session",
+    "StreamLimitReached",
     "StreamResetError",
     "TokenError",
     "__version__",

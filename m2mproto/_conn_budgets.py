@@ -24,20 +24,11 @@ key updates, stream open/reset churn. :class:`Budgets` counts them and raises
 
 from __future__ import annotations
 
+from ._conn_state import _Fail
 from .config import Configuration
 from .errors import ErrorCode
 
 __all__ = ["Budgets"]
-
-
-class _Fail(Exception):
-    """Internal: close the connection with *code* (wire code may differ)."""
-
-    def __init__(self, code: ErrorCode, message: str, wire: ErrorCode | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.wire = wire if wire is not None else code
-        self.message = message
 
 
 class Budgets:
@@ -74,6 +65,10 @@ class Budgets:
         """A productive frame arrived: reset the counters."""
         self.no_progress = 0
         self.key_updates_in = 0
+
+    def data_sent(self) -> None:
+        """We sent application data: the peer's non-productive count starts over."""
+        self.no_progress = 0
 
     def window_update(self, increment: int, advertised: int, waiting: bool) -> None:
         """Judge one received WINDOW_UPDATE for dribbling (spec/streams.md §6).

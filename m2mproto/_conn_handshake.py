@@ -1,93 +1,109 @@
-"""Handshake driver of a Connection: run the Handshake, then set up the record layer.
+"""Phase objects of a Connection: HANDSHAKING, then the transport phase.
 
 Theory of operation
 -------------------
-While ``_hs`` is set, input goes to the sans-IO :class:`~m2mproto.handshake.Handshake`.
-A failure there produces its cleartext ABORT and ends the connection; the
-peer's ABORT ends it with the peer's code. On success the Split() CipherStates
-become the record writer and reader (the reader accepts a cleartext ABORT as
-the first post-handshake bytes, spec/handshake.md §2.7), the handshake's
-trailing bytes are fed to the reader, the peer's transport parameters set the
-send credit, and tokens are checked (a responder's own tokens go out in TOKEN
-frames).
+A connection holds exactly one phase object at a time (snow's
+``into_transport_mode``): :class:`Handshaking` while the Noise handshake runs,
+:class:`Transport` once it produced keys. A field that exists in one phase
+only lives in that phase's object, so "is the handshake over?" is "which
+phase object is there?", never a flag.
+
+:meth:`Handshaking.step` runs the sans-IO
+:class:`~m2mproto.handshake.Handshake`: a failure there produces its
+cleartext ABORT (queued in the outbox) and reports how the connection ended;
+the peer's ABORT ends it with the peer's code; an exception that is not an
+``M2MError`` (a fault of the ``authenticate_peer`` callback) is contained and
+ends it with ``INTERNAL_ERROR``. :meth:`Handshaking.into_transport` turns the
+result into a :class:`Transport`: the Split() CipherStates become the record
+writer and reader (the reader accepts a cleartext ABORT as the first
+post-handshake bytes, spec/handshake.md §2.7) and the handshake's trailing
+bytes are fed to the reader.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
-from ._conn_base import NEED_DATA, ConnectionCore, ConnectionState, NeedData
-from ._conn_budgets import _Fail
-from .config import TransportParameters
-from .errors import ErrorCode, M2MError, RemoteProtocolError
-from .events import Event, HandshakeCompleted, TokenAccepted
-from .frames import TokenFrame
-from .handshake import HandshakeAborted, HandshakeResult
+from ._conn_outbox import Outbox
+from ._conn_state import NEED_DATA, NeedData
+from .config import Configuration
+from .errors import ErrorCode, M2MError
+from .handshake import Handshake, HandshakeAborted, HandshakeResult
 from .records import RecordReader, RecordWriter
 from .streams import SendCredit
 
-__all__ = ["HandshakeDriver"]
+__all__ = ["Ended", "Handshaking", "Transport"]
 
 
-class HandshakeDriver(ConnectionCore):
-    """The HANDSHAKING part of a Connection (internal mixin)."""
+class Ended(NamedTuple):
+    """How a handshake ended without a result."""
 
-    def _step_handshake(self) -> Event | Literal[NeedData.NEED_DATA] | None:
-        hs = self._hs
-        assert hs is not None
+    code: int
+    message: str
+    remote: bool
+
+
+@dataclass(slots=True)
+class Transport:
+    """The transport phase: the record layer, present once the handshake is done."""
+
+    #: Decrypts the peer's records.
+    reader: RecordReader
+    #: Encrypts ours.
+    writer: RecordWriter
+    #: Our credit for the whole connection (the peer grants it; 0 until its
+    #: transport parameters are accepted).
+    conn_send: SendCredit
+
+
+class Handshaking:
+    """The HANDSHAKING phase: the handshake and what waits for its result."""
+
+    __slots__ = ("hs", "late_tokens")
+
+    def __init__(self, hs: Handshake, late_tokens: Sequence[bytes]) -> None:
+        self.hs = hs
+        #: A responder's own tokens: sent in TOKEN frames once the session is reported.
+        self.late_tokens = tuple(late_tokens)
+
+    def step(self, outbox: Outbox) -> HandshakeResult | Ended | Literal[NeedData.NEED_DATA]:
+        """Advance the handshake: its result, how it ended, or :data:`NEED_DATA`."""
+        hs = self.hs
         try:
             result = hs.next_event()
         except HandshakeAborted as exc:
-            self._raw_out += hs.data_to_send()
-            self._terminate(exc.code, "peer aborted the handshake", remote=True)
-            return None
+            outbox.raw += hs.data_to_send()
+            return Ended(exc.code, "peer aborted the handshake", True)
         except M2MError as exc:
             remote = exc.code is ErrorCode.TRUNCATED
             if not remote:  # after the peer's EOF nobody is left to tell (handshake.md 2.8)
-                self._raw_out += hs.abort(exc.code)
-            self._terminate(exc.code, exc.message, remote=remote)
-            return None
+                outbox.raw += hs.abort(exc.code)
+            return Ended(exc.code, exc.message, remote)
+        except Exception as exc:  # a fault of a callback (authenticate_peer): fail closed
+            outbox.raw += hs.abort(ErrorCode.INTERNAL_ERROR)
+            return Ended(
+                ErrorCode.INTERNAL_ERROR, f"handshake callback failed: {type(exc).__name__}", False
+            )
         if result is None:
             return NEED_DATA
-        return self._establish(result)
+        return result
 
-    def _establish(self, res: HandshakeResult) -> Event | None:
-        hs = self._hs
-        assert hs is not None
-        self._raw_out += hs.data_to_send()
-        self._hs = None
-        cfg = self.config
-        self._writer = RecordWriter(
+    def abort(self, outbox: Outbox, code: ErrorCode) -> None:
+        """Queue the handshake's ABORT with *code* (and any unsent output before it)."""
+        outbox.raw += self.hs.abort(code)
+
+    def into_transport(self, res: HandshakeResult, cfg: Configuration, outbox: Outbox) -> Transport:
+        """The transport phase for *res*; the handshake's last output is queued first."""
+        outbox.raw += self.hs.data_to_send()
+        writer = RecordWriter(
             res.send_cipher,
             key_update_after=cfg.key_update_after_records,
             max_records_per_key=cfg.max_records_per_key,
         )
-        self._reader = RecordReader(
+        reader = RecordReader(
             res.recv_cipher, max_records_per_key=cfg.max_records_per_key, accept_abort=True
         )
-        self._reader.feed(res.trailing_data)
-        if self._eof:
-            pass  # the EOF flag is seen after the trailing records are consumed
-        self.state = ConnectionState.ESTABLISHED
-        self.peer = res.peer
-        self.handshake_hash = res.handshake_hash
-        try:
-            params = TransportParameters.from_params(res.peer_params)
-        except RemoteProtocolError as exc:
-            raise _Fail(exc.code, exc.message) from None
-        self.peer_parameters = params
-        self._conn_send = SendCredit(params.initial_connection_window)
-        for token in self._late_tokens:
-            self._control.append(TokenFrame(token))
-        if res.peer_tokens:
-            grant = self._accept_tokens(res.peer_tokens, at_handshake=True)
-            if self._pending_fail is None:
-                self._events.append(TokenAccepted(grant=grant))
-        return HandshakeCompleted(
-            peer=res.peer,
-            identity_key=res.peer.public_key,
-            handshake_hash=res.handshake_hash,
-            peer_params=dict(res.peer_params),
-            pattern=res.pattern,
-            version=res.version,
-        )
+        reader.feed(res.trailing_data)
+        return Transport(reader, writer, SendCredit(0))

@@ -31,7 +31,7 @@ from typing import Any
 
 from .errors import DecodeError, ErrorCode, LocalProtocolError
 
-__all__ = ["DEFAULT_MAX_DEPTH", "Tag", "decode", "decode_prefix", "encode", "to_json"]
+__all__ = ["DEFAULT_MAX_DEPTH", "Tag", "decode", "decode_prefix", "encode", "head", "to_json"]
 
 #: Default bound on nesting (arrays, maps and tags each count one level).
 DEFAULT_MAX_DEPTH = 16
@@ -52,7 +52,12 @@ class Tag:
 # --------------------------------------------------------------------------
 
 
-def _head(major: int, value: int) -> bytes:
+def head(major: int, value: int) -> bytes:
+    """The shortest-form CBOR head of major type *major* with argument *value*.
+
+    The one encoder of CBOR heads: the frame layout (``frames``) and the stream
+    writer (``streams``) build on it.
+    """
     mt = major << 5
     if value < 24:
         return bytes((mt | value,))
@@ -86,12 +91,12 @@ def _encode_into(out: bytearray, obj: Any, depth: int) -> None:
     t = type(obj)
     # Fast paths for the exact builtin types (subclasses take the general path below).
     if t is bytes:
-        out += _head(2, len(obj))
+        out += head(2, len(obj))
         out += obj
         return
     if t is str:
         raw = obj.encode("utf-8")
-        out += _head(3, len(raw))
+        out += head(3, len(raw))
         out += raw
         return
     if t is int and 0 <= obj < 24:
@@ -102,9 +107,9 @@ def _encode_into(out: bytearray, obj: Any, depth: int) -> None:
         keyed = []
         for key, value in obj.items():
             raw = key.encode("utf-8")
-            keyed.append((_head(3, len(raw)) + raw, value))
+            keyed.append((head(3, len(raw)) + raw, value))
         keyed.sort(key=_first)
-        out += _head(5, len(keyed))
+        out += head(5, len(keyed))
         for key_bytes, value in keyed:  # str keys are distinct, so encodings are too
             out += key_bytes
             _encode_into(out, value, depth + 1)
@@ -117,22 +122,22 @@ def _encode_into(out: bytearray, obj: Any, depth: int) -> None:
         out += b"\xf6"
     elif isinstance(obj, int):
         if 0 <= obj <= _UINT64_MAX:
-            out += _head(0, obj)
+            out += head(0, obj)
         elif -(2**64) <= obj < 0:
-            out += _head(1, -1 - obj)
+            out += head(1, -1 - obj)
         else:
             raise LocalProtocolError(
                 "integer out of CBOR range [-2^64, 2^64-1]", ErrorCode.INVALID_ARGUMENT
             )
     elif isinstance(obj, (bytes, bytearray, memoryview)):
-        out += _head(2, len(obj))
+        out += head(2, len(obj))
         out += obj
     elif isinstance(obj, str):
         raw = obj.encode("utf-8")
-        out += _head(3, len(raw))
+        out += head(3, len(raw))
         out += raw
     elif isinstance(obj, (list, tuple)):
-        out += _head(4, len(obj))
+        out += head(4, len(obj))
         for item in obj:
             _encode_into(out, item, depth + 1)
     elif isinstance(obj, Mapping):
@@ -147,7 +152,7 @@ def _encode_into(out: bytearray, obj: Any, depth: int) -> None:
             _encode_into(key_out, key, depth + 1)
             items.append((bytes(key_out), value))
         items.sort(key=lambda kv: kv[0])
-        out += _head(5, len(items))
+        out += head(5, len(items))
         previous = b""
         for index, (key_bytes, value) in enumerate(items):
             if index and key_bytes == previous:
@@ -158,7 +163,7 @@ def _encode_into(out: bytearray, obj: Any, depth: int) -> None:
     elif isinstance(obj, float):
         out += _encode_float(obj)
     elif isinstance(obj, Tag):
-        out += _head(6, obj.tag)
+        out += head(6, obj.tag)
         _encode_into(out, obj.value, depth + 1)
     else:
         raise LocalProtocolError(

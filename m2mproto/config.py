@@ -26,6 +26,7 @@ __all__ = [
     "AuthorizationPolicy",
     "Authorizer",
     "Configuration",
+    "Grant",
     "TransportParameters",
 ]
 
@@ -33,11 +34,34 @@ KiB = 1024
 MiB = 1024 * KiB
 
 
+class Grant(Protocol):
+    """What an authorizer's answer lets the connection enforce (spec/tokens.md §6.4).
+
+    ``m2mproto.tokens.Grant`` implements it. The connection keeps the grant of
+    each incoming open and message and applies its limits itself.
+    """
+
+    @property
+    def max_message_size(self) -> int | None:
+        """Largest message (CBOR bytes) the peer may send under this grant (None: no caveat)."""
+        ...
+
+    def check_message(self, size: int) -> None:
+        """Called once per whole incoming message of *size* bytes under this grant.
+
+        Raises:
+            AuthorizationError: the message is outside the grant.
+        """
+        ...
+
+
 class Authorizer(Protocol):
     """The authorization hook the connection calls (implemented by ``m2mproto.tokens``).
 
     ``now`` is Unix time: the caller's monotonic ``now`` plus
-    ``Configuration.clock_offset``.
+    ``Configuration.clock_offset``. Both methods run contained: an exception
+    other than :class:`~m2mproto.errors.AuthorizationError` closes the
+    connection with ``INTERNAL_ERROR`` and never escapes ``next_event``.
     """
 
     def accept_tokens(self, peer: AgentId, tokens: Sequence[bytes], now: float) -> object:
@@ -50,7 +74,7 @@ class Authorizer(Protocol):
         """
         ...
 
-    def authorize(self, peer: AgentId, resource: str, ability: str, now: float) -> object:
+    def authorize(self, peer: AgentId, resource: str, ability: str, now: float) -> Grant:
         """Return the grant that allows *ability* on *resource* now.
 
         Raises:

@@ -19,12 +19,20 @@ The exception hierarchy is small on purpose (see ``spec/errors.md``)::
 
     M2MError
      +-- LocalProtocolError        you called something illegal now
+     |    +-- SendBufferFull       the send buffer is full: wait for it to drain
+     |    +-- StreamLimitReached   the peer's stream limit is reached: wait for a stream to end
      +-- RemoteProtocolError       the peer broke the protocol
      |    +-- DecodeError          malformed bytes (CBOR, frames, payloads)
      +-- AuthenticationError       the peer's identity could not be proven/trusted
      +-- AuthorizationError        the peer lacks a capability
      |    +-- TokenError           a token failed verification (precise reason code)
-     +-- LimitExceeded             a configured limit was hit
+     +-- LimitExceeded             input exceeded a limit configured on this side
+
+One meaning per class: the class says who is at fault and what the caller
+can do; the code says exactly what happened. ``SendBufferFull`` and
+``StreamLimitReached`` are conditions to wait out (``Connection.can_send`` /
+``can_open`` ask without raising); their codes are the ones callers compared
+before the classes existed, so such comparisons keep working.
 
 Messages are one line and never contain key material.
 """
@@ -42,6 +50,8 @@ __all__ = [
     "LocalProtocolError",
     "M2MError",
     "RemoteProtocolError",
+    "SendBufferFull",
+    "StreamLimitReached",
     "TokenBudgetExceeded",
     "TokenError",
     "code_name",
@@ -193,6 +203,18 @@ class LocalProtocolError(M2MError):
     default_code = ErrorCode.INVALID_STATE
 
 
+class SendBufferFull(LocalProtocolError):
+    """Queueing would pass ``max_send_buffer``: wait until ``data_to_send`` drains it."""
+
+    default_code = ErrorCode.FLOW_CONTROL_ERROR
+
+
+class StreamLimitReached(LocalProtocolError):
+    """The peer's concurrent-stream limit (or the stream ID space) is used up."""
+
+    default_code = ErrorCode.STREAM_LIMIT_ERROR
+
+
 class RemoteProtocolError(M2MError):
     """The peer violated the protocol."""
 
@@ -234,6 +256,7 @@ class TokenBudgetExceeded(AuthorizationError):
 
 
 class LimitExceeded(M2MError):
-    """A configured limit was exceeded."""
+    """Input exceeded a size or count limit configured on this side (e.g. a
+    handshake frame over ``max_handshake_message``)."""
 
     default_code = ErrorCode.ENHANCE_YOUR_CALM

@@ -29,16 +29,20 @@ This module is pure codec: stream states, windows and budgets are checked by
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, get_args
 
 from . import cbor
+from .cbor import head
 from .errors import DecodeError, ErrorCode, LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "EXTENSION_KIND_MIN",
+    "FRAME_CLASSES",
     "FRAME_MAX_DEPTH",
+    "FRAME_SPECS",
     "MAX_CODE",
     "MAX_PING_PAYLOAD",
     "MAX_REASON_BYTES",
@@ -49,6 +53,7 @@ __all__ = [
     "ExtensionFrame",
     "Frame",
     "FrameKind",
+    "FrameSpec",
     "KeyUpdateFrame",
     "MessageFrame",
     "OpenFrame",
@@ -58,6 +63,7 @@ __all__ = [
     "StreamFrame",
     "TokenFrame",
     "WindowUpdateFrame",
+    "append_data_frame",
     "decode_frame",
     "decode_frames",
     "encode_frame",
@@ -211,113 +217,12 @@ Frame = (
 
 
 # --------------------------------------------------------------------------
-# Encoding
+# Field checks (encoder: INVALID_ARGUMENT; decoder: the codes of spec/frames.md)
 # --------------------------------------------------------------------------
-
-
-def _head(major: int, value: int) -> bytes:
-    mt = major << 5
-    if value < 24:
-        return bytes((mt | value,))
-    if value < 0x100:
-        return bytes((mt | 24, value))
-    if value < 0x10000:
-        return bytes((mt | 25,)) + value.to_bytes(2, "big")
-    if value < 0x100000000:
-        return bytes((mt | 26,)) + value.to_bytes(4, "big")
-    return bytes((mt | 27,)) + value.to_bytes(8, "big")
 
 
 def _bad(message: str) -> LocalProtocolError:
     return LocalProtocolError(message, ErrorCode.INVALID_ARGUMENT)
-
-
-def frame_overhead(stream_id: int, payload_len: int) -> int:
-    """Bytes a STREAM or MESSAGE frame adds around a payload of *payload_len*."""
-    return 2 + len(_head(0, stream_id)) + len(_head(2, payload_len)) + 2
-
-
-def encode_frame(frame: Frame) -> bytes:
-    """Encode one frame as deterministic CBOR.
-
-    Raises:
-        LocalProtocolError: (``INVALID_ARGUMENT``) if a field is out of range,
-            so that this side never emits a frame the peer must reject.
-    """
-    if isinstance(frame, StreamFrame):
-        _check_id(frame.stream_id)
-        # Fast path: the hot frame, built without an intermediate list.
-        return b"".join(
-            (
-                b"\x84\x01",
-                _head(0, frame.stream_id),
-                _head(2, len(frame.data)),
-                frame.data,
-                b"\xf5" if frame.end_stream else b"\xf4",
-            )
-        )
-    if isinstance(frame, MessageFrame):
-        _check_id(frame.stream_id)
-        if frame.end_stream and not frame.last:
-            raise _bad("end_stream requires the last fragment")
-        return b"".join(
-            (
-                b"\x85\x03",
-                _head(0, frame.stream_id),
-                _head(2, len(frame.fragment)),
-                frame.fragment,
-                b"\xf5" if frame.last else b"\xf4",
-                b"\xf5" if frame.end_stream else b"\xf4",
-            )
-        )
-    fields: list[Any]
-    if isinstance(frame, OpenFrame):
-        _check_id(frame.stream_id)
-        raw = frame.resource.encode("utf-8")
-        if not 1 <= len(raw) <= MAX_RESOURCE_BYTES:
-            raise _bad(f"resource must be 1..{MAX_RESOURCE_BYTES} UTF-8 bytes")
-        if type(frame.stream_id) is int:  # fast path: one per stream opened
-            return b"".join((b"\x83\x02", _head(0, frame.stream_id), _head(3, len(raw)), raw))
-        fields = [FrameKind.OPEN, frame.stream_id, frame.resource]
-    elif isinstance(frame, ResetFrame):
-        _check_id(frame.stream_id)
-        _check_code(frame.code)
-        if not 0 <= frame.final_size <= MAX_VARINT:
-            raise _bad("final size out of range")
-        fields = [FrameKind.RESET, frame.stream_id, frame.code, frame.final_size]
-    elif isinstance(frame, WindowUpdateFrame):
-        if frame.stream_id is not None:
-            _check_id(frame.stream_id)
-        if not 1 <= frame.increment <= MAX_VARINT:
-            raise _bad("window increment must be 1..2^62-1")
-        sid = frame.stream_id
-        if type(frame.increment) is int and (sid is None or type(sid) is int):  # fast path
-            sid_raw = b"\xf6" if sid is None else _head(0, sid)
-            return b"\x83\x05" + sid_raw + _head(0, frame.increment)
-        fields = [FrameKind.WINDOW_UPDATE, frame.stream_id, frame.increment]
-    elif isinstance(frame, (PingFrame, PongFrame)):
-        if len(frame.payload) > MAX_PING_PAYLOAD:
-            raise _bad(f"ping payload is limited to {MAX_PING_PAYLOAD} bytes")
-        kind = FrameKind.PING if isinstance(frame, PingFrame) else FrameKind.PONG
-        fields = [kind, frame.payload]
-    elif isinstance(frame, TokenFrame):
-        if len(frame.token) > MAX_TOKEN_BYTES:
-            raise _bad(f"token is limited to {MAX_TOKEN_BYTES} bytes")
-        fields = [FrameKind.TOKEN, frame.token]
-    elif isinstance(frame, KeyUpdateFrame):
-        fields = [FrameKind.KEY_UPDATE, bool(frame.update_requested)]
-    elif isinstance(frame, CloseFrame):
-        _check_code(frame.code)
-        if len(frame.reason.encode("utf-8")) > MAX_REASON_BYTES:
-            raise _bad(f"close reason is limited to {MAX_REASON_BYTES} UTF-8 bytes")
-        fields = [FrameKind.CLOSE, frame.code, frame.reason]
-    elif isinstance(frame, ExtensionFrame):
-        if frame.kind < EXTENSION_KIND_MIN or frame.kind > 2**64 - 1:
-            raise _bad("extension kinds are 64..2^64-1")
-        fields = [frame.kind, *frame.fields]
-    else:  # pragma: no cover - exhaustive over Frame
-        raise _bad(f"not a frame: {type(frame).__name__}")
-    return cbor.encode([int(fields[0]), *fields[1:]])
 
 
 def _check_id(stream_id: int) -> None:
@@ -328,11 +233,6 @@ def _check_id(stream_id: int) -> None:
 def _check_code(code: int) -> None:
     if not isinstance(code, int) or not 0 <= code <= MAX_CODE:
         raise _bad("error code must be 0..0xFFFF")
-
-
-# --------------------------------------------------------------------------
-# Decoding
-# --------------------------------------------------------------------------
 
 
 def _uint(value: Any, what: str) -> int:
@@ -373,18 +273,285 @@ def _code(value: Any) -> int:
     return code
 
 
-_ARITY = {
-    FrameKind.STREAM: 4,
-    FrameKind.OPEN: 3,
-    FrameKind.MESSAGE: 5,
-    FrameKind.RESET: 4,
-    FrameKind.WINDOW_UPDATE: 3,
-    FrameKind.PING: 2,
-    FrameKind.PONG: 2,
-    FrameKind.TOKEN: 2,
-    FrameKind.KEY_UPDATE: 2,
-    FrameKind.CLOSE: 3,
+# --------------------------------------------------------------------------
+# The data-frame layout (STREAM and MESSAGE): the one encoder of its bytes
+# --------------------------------------------------------------------------
+
+_PREFIX_STREAM = b"\x84\x01"  # array(4), kind 1
+_PREFIX_MESSAGE = b"\x85\x03"  # array(5), kind 3
+#: MESSAGE flags (last, end_stream) -> bytes; end_stream without last is not a frame.
+_MESSAGE_FLAGS = {
+    (False, False): b"\xf4\xf4",
+    (True, False): b"\xf5\xf4",
+    (True, True): b"\xf5\xf5",
 }
+
+
+def append_data_frame(
+    buf: bytearray,
+    sid_head: bytes,
+    payload: bytes | memoryview,
+    message: bool,
+    last: bool,
+    end_stream: bool,
+    /,
+) -> None:
+    """Append one STREAM (``message=False``) or MESSAGE frame to *buf*.
+
+    *sid_head* is ``cbor.head(0, stream_id)`` (a stream writer computes it once
+    per stream); *last* is ignored for STREAM frames. The caller has checked
+    the fields (:func:`encode_frame` does).
+    """
+    if message:
+        buf += _PREFIX_MESSAGE
+        buf += sid_head
+        buf += head(2, len(payload))
+        buf += payload
+        buf += _MESSAGE_FLAGS[last, end_stream]
+    else:
+        buf += _PREFIX_STREAM
+        buf += sid_head
+        buf += head(2, len(payload))
+        buf += payload
+        buf += b"\xf5" if end_stream else b"\xf4"
+
+
+def frame_overhead(stream_id: int, payload_len: int) -> int:
+    """Bytes a STREAM or MESSAGE frame adds around a payload of *payload_len*."""
+    return 2 + len(head(0, stream_id)) + len(head(2, payload_len)) + 2
+
+
+# --------------------------------------------------------------------------
+# Per-kind codecs
+# --------------------------------------------------------------------------
+
+
+def _enc_stream(f: StreamFrame) -> bytes:
+    _check_id(f.stream_id)
+    buf = bytearray()
+    append_data_frame(buf, head(0, f.stream_id), f.data, False, True, f.end_stream)
+    return bytes(buf)
+
+
+def _dec_stream(items: list[Any]) -> StreamFrame:
+    return StreamFrame(
+        _stream_id(items[1]), _bytes(items[2], "data"), _bool(items[3], "end_stream")
+    )
+
+
+def _enc_message(f: MessageFrame) -> bytes:
+    _check_id(f.stream_id)
+    if f.end_stream and not f.last:
+        raise _bad("end_stream requires the last fragment")
+    buf = bytearray()
+    append_data_frame(buf, head(0, f.stream_id), f.fragment, True, bool(f.last), bool(f.end_stream))
+    return bytes(buf)
+
+
+def _dec_message(items: list[Any]) -> MessageFrame:
+    last = _bool(items[3], "last")
+    end = _bool(items[4], "end_stream")
+    sid = _stream_id(items[1])
+    fragment = _bytes(items[2], "fragment")
+    if end and not last:
+        raise RemoteProtocolError(
+            "MESSAGE end_stream without last fragment", ErrorCode.PROTOCOL_ERROR
+        )
+    return MessageFrame(sid, fragment, last, end)
+
+
+def _enc_open(f: OpenFrame) -> bytes:
+    _check_id(f.stream_id)
+    raw = f.resource.encode("utf-8")
+    if not 1 <= len(raw) <= MAX_RESOURCE_BYTES:
+        raise _bad(f"resource must be 1..{MAX_RESOURCE_BYTES} UTF-8 bytes")
+    if type(f.stream_id) is int:  # fast path: one per stream opened
+        return b"".join((b"\x83\x02", head(0, f.stream_id), head(3, len(raw)), raw))
+    return _generic(FrameKind.OPEN, f.stream_id, f.resource)
+
+
+def _dec_open(items: list[Any]) -> OpenFrame:
+    sid = _stream_id(items[1])
+    resource = _text(items[2], "resource")
+    size = len(resource.encode("utf-8"))
+    if size == 0:
+        raise RemoteProtocolError("empty resource name", ErrorCode.PROTOCOL_ERROR)
+    if size > MAX_RESOURCE_BYTES:
+        raise RemoteProtocolError("resource name too long", ErrorCode.FRAME_SIZE_ERROR)
+    return OpenFrame(sid, resource)
+
+
+def _enc_reset(f: ResetFrame) -> bytes:
+    _check_id(f.stream_id)
+    _check_code(f.code)
+    if not 0 <= f.final_size <= MAX_VARINT:
+        raise _bad("final size out of range")
+    return _generic(FrameKind.RESET, f.stream_id, f.code, f.final_size)
+
+
+def _dec_reset(items: list[Any]) -> ResetFrame:
+    sid = _stream_id(items[1])
+    code = _code(items[2])
+    final = _uint(items[3], "final_size")
+    if final > MAX_VARINT:
+        raise RemoteProtocolError("final size above 2^62-1", ErrorCode.FINAL_SIZE_ERROR)
+    return ResetFrame(sid, code, final)
+
+
+def _enc_window_update(f: WindowUpdateFrame) -> bytes:
+    sid = f.stream_id
+    if sid is not None:
+        _check_id(sid)
+    if not 1 <= f.increment <= MAX_VARINT:
+        raise _bad("window increment must be 1..2^62-1")
+    if type(f.increment) is int and (sid is None or type(sid) is int):  # fast path
+        sid_raw = b"\xf6" if sid is None else head(0, sid)
+        return b"\x83\x05" + sid_raw + head(0, f.increment)
+    return _generic(FrameKind.WINDOW_UPDATE, sid, f.increment)
+
+
+def _dec_window_update(items: list[Any]) -> WindowUpdateFrame:
+    wsid = None if items[1] is None else _stream_id(items[1])
+    inc = _uint(items[2], "increment")
+    if inc == 0:
+        raise RemoteProtocolError("window increment of 0", ErrorCode.PROTOCOL_ERROR)
+    if inc > MAX_VARINT:
+        raise RemoteProtocolError("window increment above 2^62-1", ErrorCode.FLOW_CONTROL_ERROR)
+    return WindowUpdateFrame(wsid, inc)
+
+
+def _ping_payload(payload: bytes) -> bytes:
+    if len(payload) > MAX_PING_PAYLOAD:
+        raise _bad(f"ping payload is limited to {MAX_PING_PAYLOAD} bytes")
+    return payload
+
+
+def _dec_ping_payload(items: list[Any]) -> bytes:
+    payload = _bytes(items[1], "payload")
+    if len(payload) > MAX_PING_PAYLOAD:
+        raise RemoteProtocolError("ping payload too long", ErrorCode.FRAME_SIZE_ERROR)
+    return payload
+
+
+def _enc_ping(f: PingFrame) -> bytes:
+    return _generic(FrameKind.PING, _ping_payload(f.payload))
+
+
+def _dec_ping(items: list[Any]) -> PingFrame:
+    return PingFrame(_dec_ping_payload(items))
+
+
+def _enc_pong(f: PongFrame) -> bytes:
+    return _generic(FrameKind.PONG, _ping_payload(f.payload))
+
+
+def _dec_pong(items: list[Any]) -> PongFrame:
+    return PongFrame(_dec_ping_payload(items))
+
+
+def _enc_token(f: TokenFrame) -> bytes:
+    if len(f.token) > MAX_TOKEN_BYTES:
+        raise _bad(f"token is limited to {MAX_TOKEN_BYTES} bytes")
+    return _generic(FrameKind.TOKEN, f.token)
+
+
+def _dec_token(items: list[Any]) -> TokenFrame:
+    token = _bytes(items[1], "token")
+    if len(token) > MAX_TOKEN_BYTES:
+        raise RemoteProtocolError("token too long", ErrorCode.FRAME_SIZE_ERROR)
+    return TokenFrame(token)
+
+
+def _enc_key_update(f: KeyUpdateFrame) -> bytes:
+    return _generic(FrameKind.KEY_UPDATE, bool(f.update_requested))
+
+
+def _dec_key_update(items: list[Any]) -> KeyUpdateFrame:
+    return KeyUpdateFrame(_bool(items[1], "update_requested"))
+
+
+def _enc_close(f: CloseFrame) -> bytes:
+    _check_code(f.code)
+    if len(f.reason.encode("utf-8")) > MAX_REASON_BYTES:
+        raise _bad(f"close reason is limited to {MAX_REASON_BYTES} UTF-8 bytes")
+    return _generic(FrameKind.CLOSE, f.code, f.reason)
+
+
+def _dec_close(items: list[Any]) -> CloseFrame:
+    code = _code(items[1])
+    reason = _text(items[2], "reason")
+    if len(reason.encode("utf-8")) > MAX_REASON_BYTES:
+        raise RemoteProtocolError("close reason too long", ErrorCode.FRAME_SIZE_ERROR)
+    return CloseFrame(code, reason)
+
+
+def _enc_extension(f: ExtensionFrame) -> bytes:
+    if f.kind < EXTENSION_KIND_MIN or f.kind > 2**64 - 1:
+        raise _bad("extension kinds are 64..2^64-1")
+    return _generic(f.kind, *f.fields)
+
+
+def _generic(kind: int, *fields: Any) -> bytes:
+    return cbor.encode([int(kind), *fields])
+
+
+@dataclass(frozen=True, slots=True)
+class FrameSpec:
+    """One row of the frame table: everything the codec knows about a core kind."""
+
+    kind: FrameKind
+    cls: type[Any]
+    #: Array length, the kind included.
+    arity: int
+    #: Decoded array (length already checked) -> frame; raises the codes of spec/frames.md.
+    decode: Callable[[list[Any]], Any]
+    #: Frame -> deterministic CBOR; raises ``INVALID_ARGUMENT`` for a bad field.
+    encode: Callable[[Any], bytes]
+
+
+#: The frame table: one row per core kind, in kind order.
+FRAME_SPECS: tuple[FrameSpec, ...] = (
+    FrameSpec(FrameKind.STREAM, StreamFrame, 4, _dec_stream, _enc_stream),
+    FrameSpec(FrameKind.OPEN, OpenFrame, 3, _dec_open, _enc_open),
+    FrameSpec(FrameKind.MESSAGE, MessageFrame, 5, _dec_message, _enc_message),
+    FrameSpec(FrameKind.RESET, ResetFrame, 4, _dec_reset, _enc_reset),
+    FrameSpec(
+        FrameKind.WINDOW_UPDATE, WindowUpdateFrame, 3, _dec_window_update, _enc_window_update
+    ),
+    FrameSpec(FrameKind.PING, PingFrame, 2, _dec_ping, _enc_ping),
+    FrameSpec(FrameKind.PONG, PongFrame, 2, _dec_pong, _enc_pong),
+    FrameSpec(FrameKind.TOKEN, TokenFrame, 2, _dec_token, _enc_token),
+    FrameSpec(FrameKind.KEY_UPDATE, KeyUpdateFrame, 2, _dec_key_update, _enc_key_update),
+    FrameSpec(FrameKind.CLOSE, CloseFrame, 3, _dec_close, _enc_close),
+)
+_BY_KIND: dict[int, FrameSpec] = {spec.kind.value: spec for spec in FRAME_SPECS}
+_ENCODERS: dict[type[Any], Callable[[Any], bytes]] = {spec.cls: spec.encode for spec in FRAME_SPECS}
+_ENCODERS[ExtensionFrame] = _enc_extension
+
+#: Every frame class (the members of :data:`Frame`).
+FRAME_CLASSES: frozenset[type[Any]] = frozenset(get_args(Frame))
+
+# Exhaustiveness: a kind, or a class of ``Frame``, without a table row fails at import.
+assert {spec.kind for spec in FRAME_SPECS} == set(FrameKind), "FRAME_SPECS misses a FrameKind"
+assert set(_ENCODERS) == FRAME_CLASSES, "a Frame class has no encoder"
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """Encode one frame as deterministic CBOR.
+
+    Raises:
+        LocalProtocolError: (``INVALID_ARGUMENT``) if a field is out of range,
+            so that this side never emits a frame the peer must reject.
+    """
+    encoder = _ENCODERS.get(type(frame))
+    if encoder is None:
+        raise _bad(f"not a frame: {type(frame).__name__}")
+    return encoder(frame)
+
+
+# --------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------
 
 
 def _from_items(items: Any) -> Frame:
@@ -393,70 +560,17 @@ def _from_items(items: Any) -> Frame:
     kind = _uint(items[0], "kind")
     if kind >= EXTENSION_KIND_MIN:
         return ExtensionFrame(kind, tuple(items[1:]))
-    try:
-        fk = FrameKind(kind)
-    except ValueError:
+    spec = _BY_KIND.get(kind)
+    if spec is None:
         raise RemoteProtocolError(
             f"unknown frame kind {kind} in the core range", ErrorCode.PROTOCOL_ERROR
-        ) from None
-    if len(items) != _ARITY[fk]:
-        raise DecodeError(f"{fk.name} frame has {len(items) - 1} fields, expected {_ARITY[fk] - 1}")
-    if fk is FrameKind.STREAM:
-        return StreamFrame(
-            _stream_id(items[1]), _bytes(items[2], "data"), _bool(items[3], "end_stream")
         )
-    if fk is FrameKind.MESSAGE:
-        last = _bool(items[3], "last")
-        end = _bool(items[4], "end_stream")
-        sid = _stream_id(items[1])
-        fragment = _bytes(items[2], "fragment")
-        if end and not last:
-            raise RemoteProtocolError(
-                "MESSAGE end_stream without last fragment", ErrorCode.PROTOCOL_ERROR
-            )
-        return MessageFrame(sid, fragment, last, end)
-    if fk is FrameKind.OPEN:
-        sid = _stream_id(items[1])
-        resource = _text(items[2], "resource")
-        size = len(resource.encode("utf-8"))
-        if size == 0:
-            raise RemoteProtocolError("empty resource name", ErrorCode.PROTOCOL_ERROR)
-        if size > MAX_RESOURCE_BYTES:
-            raise RemoteProtocolError("resource name too long", ErrorCode.FRAME_SIZE_ERROR)
-        return OpenFrame(sid, resource)
-    if fk is FrameKind.RESET:
-        sid = _stream_id(items[1])
-        code = _code(items[2])
-        final = _uint(items[3], "final_size")
-        if final > MAX_VARINT:
-            raise RemoteProtocolError("final size above 2^62-1", ErrorCode.FINAL_SIZE_ERROR)
-        return ResetFrame(sid, code, final)
-    if fk is FrameKind.WINDOW_UPDATE:
-        wsid = None if items[1] is None else _stream_id(items[1])
-        inc = _uint(items[2], "increment")
-        if inc == 0:
-            raise RemoteProtocolError("window increment of 0", ErrorCode.PROTOCOL_ERROR)
-        if inc > MAX_VARINT:
-            raise RemoteProtocolError("window increment above 2^62-1", ErrorCode.FLOW_CONTROL_ERROR)
-        return WindowUpdateFrame(wsid, inc)
-    if fk is FrameKind.PING or fk is FrameKind.PONG:
-        payload = _bytes(items[1], "payload")
-        if len(payload) > MAX_PING_PAYLOAD:
-            raise RemoteProtocolError("ping payload too long", ErrorCode.FRAME_SIZE_ERROR)
-        return PingFrame(payload) if fk is FrameKind.PING else PongFrame(payload)
-    if fk is FrameKind.TOKEN:
-        token = _bytes(items[1], "token")
-        if len(token) > MAX_TOKEN_BYTES:
-            raise RemoteProtocolError("token too long", ErrorCode.FRAME_SIZE_ERROR)
-        return TokenFrame(token)
-    if fk is FrameKind.KEY_UPDATE:
-        return KeyUpdateFrame(_bool(items[1], "update_requested"))
-    # CLOSE
-    code = _code(items[1])
-    reason = _text(items[2], "reason")
-    if len(reason.encode("utf-8")) > MAX_REASON_BYTES:
-        raise RemoteProtocolError("close reason too long", ErrorCode.FRAME_SIZE_ERROR)
-    return CloseFrame(code, reason)
+    if len(items) != spec.arity:
+        raise DecodeError(
+            f"{spec.kind.name} frame has {len(items) - 1} fields, expected {spec.arity - 1}"
+        )
+    frame: Frame = spec.decode(items)
+    return frame
 
 
 def decode_frame(data: bytes | memoryview, offset: int = 0) -> tuple[Frame, int]:

@@ -27,7 +27,11 @@ so updates cost O(bytes / window)). Credit never exceeds 2^62-1; nothing here
 ever makes a window negative.
 
 Outgoing bytes wait in the stream's send queue until credit allows; the
-connection pulls frames from it with :meth:`Stream.next_frame`.
+connection's outbox has :meth:`Stream.write_frames` encode them straight
+into the record being filled. Connection-wide sums (bytes queued to send,
+bytes of partial incoming messages) live in one :class:`StreamTotals` per
+table, changed only by the :class:`Stream` methods that change a stream's
+own counts, so they cannot drift from the per-stream values.
 """
 
 from __future__ import annotations
@@ -35,25 +39,16 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from enum import Enum, auto
+from typing import TYPE_CHECKING
 
-from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from .frames import MAX_VARINT, MessageFrame, StreamFrame, frame_overhead
+from .cbor import head
+from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError, StreamLimitReached
+from .frames import MAX_VARINT, append_data_frame
+
+if TYPE_CHECKING:
+    from .config import Grant
 
 _MAX_RECORD_PLAINTEXT = 65519  # records.MAX_RECORD_PLAINTEXT (records imports nothing from here)
-
-
-def _head(major: int, value: int) -> bytes:
-    mt = major << 5
-    if value < 24:
-        return bytes((mt | value,))
-    if value < 0x100:
-        return bytes((mt | 24, value))
-    if value < 0x10000:
-        return bytes((mt | 25,)) + value.to_bytes(2, "big")
-    if value < 0x100000000:
-        return bytes((mt | 26,)) + value.to_bytes(4, "big")
-    return bytes((mt | 27,)) + value.to_bytes(8, "big")
-
 
 __all__ = [
     "TRANSITIONS",
@@ -64,6 +59,7 @@ __all__ = [
     "StreamInput",
     "StreamState",
     "StreamTable",
+    "StreamTotals",
 ]
 
 
@@ -114,7 +110,6 @@ TRANSITIONS: dict[tuple[StreamState, StreamInput], StreamState] = {
 del S, In
 
 _LOCAL_INPUTS = frozenset({StreamInput.SEND_DATA, StreamInput.SEND_END, StreamInput.SEND_RESET})
-TERMINAL = frozenset({StreamState.CLOSED, StreamState.RESET})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -241,6 +236,18 @@ class RecvWindow:
         return increment
 
 
+class StreamTotals:
+    """Sums over the streams of one table (read them; only :class:`Stream` changes them)."""
+
+    __slots__ = ("reassembly", "send_buffered")
+
+    def __init__(self) -> None:
+        #: Bytes queued by the application on all streams and not yet framed.
+        self.send_buffered = 0
+        #: Bytes of partial incoming messages held on all streams.
+        self.reassembly = 0
+
+
 @dataclass(eq=False, slots=True)
 class _Pending:
     """One queued outgoing item: stream bytes or one encoded message."""
@@ -261,17 +268,26 @@ class Stream:
     send_credit: SendCredit
     recv_window: RecvWindow
     state: StreamState = StreamState.OPEN
-    grant: object = None
+    #: The grant of the peer's open, then of its latest message (None: no authorizer).
+    grant: Grant | None = None
     #: Bytes queued by the application and not yet framed.
     send_buffered: int = 0
-    #: Partial incoming message (CBOR bytes).
+    #: Partial incoming message (CBOR bytes); change it only through the methods.
     reassembly: bytearray = field(default_factory=bytearray)
+    #: The table's sums this stream contributes to (its own until added to a table).
+    totals: StreamTotals = field(default_factory=StreamTotals)
     #: Final size announced by the peer (end flag or RESET).
     recv_final: int | None = None
     #: An OPEN frame still has to be sent (locally opened streams).
     open_pending: bool = False
     #: Whether an end-of-stream flag has been put on the wire.
     end_sent: bool = False
+    #: Largest size of the message being received: our limit, narrowed by its grant.
+    message_limit: int = 0
+    #: Manual flow control: bytes of the partial message the core credited on receipt.
+    credit_advance: int = 0
+    #: Manual flow control: credit given ahead for delivered messages, not yet acknowledged.
+    credit_owed: int = 0
     _queue: deque[_Pending] = field(default_factory=deque)
 
     # -- state machine -----------------------------------------------------
@@ -307,6 +323,7 @@ class Stream:
         """Queue bytes (or one encoded message) after the state check passed."""
         self._queue.append(_Pending(is_message, bytes(data), end_stream))
         self.send_buffered += len(data)
+        self.totals.send_buffered += len(data)
 
     def has_pending(self) -> bool:
         """Whether a frame is waiting (it may still be blocked on credit)."""
@@ -317,15 +334,37 @@ class Stream:
         dropped = self.send_buffered
         self._queue.clear()
         self.send_buffered = 0
+        self.totals.send_buffered -= dropped
         return dropped
+
+    # -- receiving -----------------------------------------------------------
+
+    def add_fragment(self, fragment: bytes) -> None:
+        """Hold a non-last fragment of an incoming message."""
+        self.reassembly += fragment
+        self.totals.reassembly += len(fragment)
+
+    def take_message(self, last: bytes) -> bytes:
+        """The whole message ending in fragment *last*; the held fragments are released."""
+        if not self.reassembly:
+            return last
+        data = bytes(self.reassembly) + last
+        self.drop_reassembly()
+        return data
+
+    def drop_reassembly(self) -> None:
+        """Discard a partial incoming message (reset, refusal)."""
+        self.totals.reassembly -= len(self.reassembly)
+        self.reassembly = bytearray()
 
     def write_frames(
         self, buf: bytearray, conn_credit: int, *, min_room: int, one: bool
     ) -> tuple[int, int]:
         """Append encoded STREAM/MESSAGE frames for queued items to the record *buf*.
 
-        The hot path of the outbox: the same frames :meth:`next_frame` would
-        produce, encoded in place (no frame objects, payload copied once).
+        The hot path of the outbox: frames are encoded in place (no frame
+        objects, payload copied once) with :func:`~m2mproto.frames.append_data_frame`.
+        Zero-length frames are only produced to carry an end-of-stream flag.
         Frames are written while credit allows and the record keeps at least
         *min_room* bytes free; with *one* (other streams are waiting) at most
         one frame is written, so streams take turns frame by frame. The caller
@@ -334,7 +373,7 @@ class Stream:
         """
         queue = self._queue
         credit = self.send_credit
-        sid_head = _head(0, self.stream_id)
+        sid_head = head(0, self.stream_id)
         overhead = 4 + len(sid_head)  # kind prefix 2, flags <= 2, + the length head
         sent = frames = 0
         while queue:
@@ -352,71 +391,27 @@ class Stream:
             end_off = off + take
             done = end_off == len(data)
             end = done and item.end_stream
-            buf += b"\x85\x03" if item.is_message else b"\x84\x01"
-            buf += sid_head
-            buf += _head(2, take)
-            if off == 0 and done:
-                buf += data
-            else:
-                buf += memoryview(data)[off:end_off]
-            if item.is_message:
-                buf += _FLAGS2[done, end]
-            else:
-                buf += b"\xf5" if end else b"\xf4"
+            append_data_frame(
+                buf,
+                sid_head,
+                data if off == 0 and done else memoryview(data)[off:end_off],
+                item.is_message,
+                done,
+                end,
+            )
             item.offset = end_off
             if done:
                 queue.popleft()
             credit.sent += take
-            self.send_buffered -= take
             sent += take
             frames += 1
             if end:
                 self.end_sent = True
             if one:
                 break
+        self.send_buffered -= sent
+        self.totals.send_buffered -= sent
         return sent, frames
-
-    def next_frame(self, max_payload: int, conn_credit: int) -> StreamFrame | MessageFrame | None:
-        """Pop the next STREAM/MESSAGE frame that credit allows, or None.
-
-        *max_payload* bounds the frame's payload (record space); *conn_credit*
-        is the connection-level credit. Zero-length frames are only produced
-        to carry an end-of-stream flag. The caller consumes the connection
-        credit for ``len(payload)``.
-        """
-        if not self._queue:
-            return None
-        item = self._queue[0]
-        remaining = len(item.data) - item.offset
-        take = min(remaining, max_payload, self.send_credit.available, conn_credit)
-        if take <= 0 and remaining > 0:
-            return None
-        chunk = item.data[item.offset : item.offset + take]
-        item.offset += take
-        done = item.offset == len(item.data)
-        if done:
-            self._queue.popleft()
-        end = done and item.end_stream
-        self.send_credit.consume(take)
-        self.send_buffered -= take
-        if end:
-            self.end_sent = True
-        if item.is_message:
-            return MessageFrame(self.stream_id, chunk, last=done, end_stream=end)
-        return StreamFrame(self.stream_id, chunk, end)
-
-
-_FLAGS2 = {
-    (False, False): b"\xf4\xf4",
-    (True, False): b"\xf5\xf4",
-    (True, True): b"\xf5\xf5",
-}
-
-
-def payload_room(stream_id: int, space: int) -> int:
-    """Largest payload whose STREAM/MESSAGE frame fits in *space* bytes."""
-    room = space - frame_overhead(stream_id, space)
-    return max(room, 0)
 
 
 class StreamTable:
@@ -438,6 +433,10 @@ class StreamTable:
         self.streams: dict[int, Stream] = {}
         self.local_open = 0
         self.remote_open = 0
+        #: Sums over the streams in the table (bytes to send, partial messages).
+        self.totals = StreamTotals()
+        #: Finished streams whose delivered messages were partly credited ahead.
+        self._owed: OrderedDict[int, int] = OrderedDict()
         self._history: OrderedDict[int, bool] = OrderedDict()
 
     def is_local_id(self, stream_id: int) -> bool:
@@ -448,16 +447,19 @@ class StreamTable:
         """Return the next local stream ID.
 
         Raises:
-            LocalProtocolError: ``STREAM_LIMIT_ERROR`` if IDs are exhausted.
+            StreamLimitReached: (``STREAM_LIMIT_ERROR``) if IDs are exhausted.
         """
         sid = self.next_local
         if sid > MAX_VARINT:
-            raise LocalProtocolError("stream IDs exhausted", ErrorCode.STREAM_LIMIT_ERROR)
+            raise StreamLimitReached("stream IDs exhausted")
         self.next_local += 2
         return sid
 
     def add(self, stream: Stream) -> None:
-        """Register a new stream."""
+        """Register a new stream; its counts join the table's :attr:`totals`."""
+        self.totals.send_buffered += stream.send_buffered
+        self.totals.reassembly += len(stream.reassembly)
+        stream.totals = self.totals
         self.streams[stream.stream_id] = stream
         if stream.local:
             self.local_open += 1
@@ -474,6 +476,45 @@ class StreamTable:
         else:
             self.remote_open -= 1
         self._history[stream.stream_id] = stream.state is StreamState.RESET
+        while len(self._history) > self.HISTORY:
+            self._history.popitem(last=False)
+        if stream.credit_owed:
+            self._owed[stream.stream_id] = stream.credit_owed
+            while len(self._owed) > self.HISTORY:
+                self._owed.popitem(last=False)
+
+    def take_owed(self, stream_id: int, n: int) -> int:
+        """Of *n* acknowledged bytes of a finished stream, those already credited.
+
+        Manual flow control: the core credits a message's earlier fragments
+        on receipt; the application acknowledges the whole message later,
+        possibly after the stream finished. Remembered for the last
+        :attr:`HISTORY` finished streams that still owe.
+        """
+        owed = self._owed.get(stream_id, 0)
+        if not owed:
+            return 0
+        ahead = min(n, owed)
+        if ahead == owed:
+            del self._owed[stream_id]
+        else:
+            self._owed[stream_id] = owed - ahead
+        return ahead
+
+    def finish_if_done(self, stream: Stream) -> None:
+        """Forget *stream* once it is reset, or ended both ways with nothing left to send."""
+        if stream.state is StreamState.RESET or (
+            stream.state is StreamState.CLOSED and not stream.has_pending()
+        ):
+            self.finish(stream)
+
+    def refuse_remote(self, stream_id: int) -> None:
+        """Record a peer's stream refused before it was ever added (its ID is used up).
+
+        Late frames for it are then ignored like those of any reset stream.
+        """
+        self.next_remote = max(self.next_remote, stream_id + 2)
+        self._history[stream_id] = True
         while len(self._history) > self.HISTORY:
             self._history.popitem(last=False)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tracemalloc
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pytest
 from helpers import Pair, seeded_entropy
@@ -322,6 +323,18 @@ def test_timers() -> None:
     closed_with(h.drain(h.b), ErrorCode.HANDSHAKE_TIMEOUT)
 
 
+@dataclass(frozen=True)
+class _G:
+    """A minimal config.Grant: no caveats."""
+
+    resource: str
+    ability: str
+    max_message_size: int | None = None
+
+    def check_message(self, size: int) -> None:
+        pass
+
+
 class _Authz:
     def __init__(self, allowed: set[tuple[str, str]], bad_token: bool = False) -> None:
         self.allowed = allowed
@@ -334,10 +347,10 @@ class _Authz:
             raise TokenError("expired", ErrorCode.EXPIRED)
         return ("grant", tokens)
 
-    def authorize(self, peer: AgentId, resource: str, ability: str, now: float) -> object:
+    def authorize(self, peer: AgentId, resource: str, ability: str, now: float) -> _G:
         if (resource, ability) not in self.allowed:
             raise AuthorizationError("no capability")
-        return (resource, ability)
+        return _G(resource, ability)
 
 
 def test_authorization_refusals_and_tokens() -> None:
@@ -351,10 +364,10 @@ def test_authorization_refusals_and_tokens() -> None:
     p.a.send_message(nomsg, 2)
     p.run()
     evs = p.events[p.b][2:]
-    assert StreamOpened(stream_id=ok, resource="ok", grant=("ok", "stream/open")) in evs
+    assert StreamOpened(stream_id=ok, resource="ok", grant=_G("ok", "stream/open")) in evs
     assert StreamReset(stream_id=denied, code=ErrorCode.UNAUTHORIZED, remote=False) in evs
     assert StreamReset(stream_id=nomsg, code=ErrorCode.UNAUTHORIZED, remote=False) in evs
-    assert MessageReceived(stream_id=ok, value=1, grant=("ok", "msg/send")) in evs
+    assert MessageReceived(stream_id=ok, value=1, grant=_G("ok", "msg/send")) in evs
     assert StreamReset(stream_id=denied, code=ErrorCode.UNAUTHORIZED, remote=True) in p.events[p.a]
     assert p.b.state is ConnectionState.ESTABLISHED
     authz.allowed.clear()

@@ -16,6 +16,8 @@ from m2mproto.errors import (
     LocalProtocolError,
     M2MError,
     RemoteProtocolError,
+    SendBufferFull,
+    StreamLimitReached,
     TokenError,
     code_name,
 )
@@ -48,6 +50,8 @@ def test_numbers_unique_and_in_ranges() -> None:
         (AuthorizationError, ErrorCode.UNAUTHORIZED),
         (TokenError, ErrorCode.MALFORMED),
         (LimitExceeded, ErrorCode.ENHANCE_YOUR_CALM),
+        (SendBufferFull, ErrorCode.FLOW_CONTROL_ERROR),
+        (StreamLimitReached, ErrorCode.STREAM_LIMIT_ERROR),
     ],
 )
 def test_default_codes(cls: type[M2MError], code: ErrorCode) -> None:

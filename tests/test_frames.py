@@ -258,3 +258,29 @@ def test_fast_path_rejects_what_strict_rejects(raw: bytes) -> None:
     with pytest.raises(RemoteProtocolError) as strict:
         decode_frames(memoryview(raw))
     assert fast.value.code is strict.value.code
+
+
+def test_frame_table_is_exhaustive() -> None:
+    """Every core kind has one table row, every Frame class an encoder and a decoder path."""
+    from m2mproto.frames import FRAME_CLASSES, FRAME_SPECS, ExtensionFrame, FrameKind
+
+    assert [spec.kind for spec in FRAME_SPECS] == sorted(FrameKind)
+    assert {spec.cls for spec in FRAME_SPECS} | {ExtensionFrame} == FRAME_CLASSES
+    samples = {
+        StreamFrame: StreamFrame(3, b"ab", True),
+        OpenFrame: OpenFrame(2, "r"),
+        MessageFrame: MessageFrame(1, b"\x01", True, False),
+        ResetFrame: ResetFrame(1, 8, 9),
+        WindowUpdateFrame: WindowUpdateFrame(None, 5),
+        PingFrame: PingFrame(b"p"),
+        PongFrame: PongFrame(b"q"),
+        TokenFrame: TokenFrame(b"t"),
+        KeyUpdateFrame: KeyUpdateFrame(True),
+        CloseFrame: CloseFrame(0, "bye"),
+        ExtensionFrame: ExtensionFrame(70, (1, "x")),
+    }
+    assert set(samples) == FRAME_CLASSES
+    for spec in FRAME_SPECS:
+        raw = encode_frame(samples[spec.cls])
+        assert raw[1] == spec.kind and raw[0] == 0x80 + spec.arity
+        assert decode_frames(raw) == [samples[spec.cls]]

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from m2mproto.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from m2mproto.frames import MAX_VARINT, MessageFrame, StreamFrame
+from m2mproto.frames import MAX_VARINT, Frame, MessageFrame, StreamFrame, decode_frames
 from m2mproto.streams import (
     TRANSITIONS,
     RecvWindow,
@@ -21,6 +21,18 @@ from m2mproto.streams import (
 
 def _stream(send: int = 100, recv: int = 100) -> Stream:
     return Stream(4, "r", True, SendCredit(send), RecvWindow(recv))
+
+
+_RECORD = 65519  # records.MAX_RECORD_PLAINTEXT
+
+
+def _write_one(s: Stream, conn_credit: int, space: int = _RECORD) -> tuple[int, list[Frame]]:
+    """One frame of *s* written into a record with *space* bytes free, decoded back."""
+    buf = bytearray(_RECORD - space)
+    sent, n = s.write_frames(buf, conn_credit, min_room=64, one=True)
+    frames = decode_frames(bytes(buf[_RECORD - space :]))
+    assert len(frames) == n <= 1 and len(buf) <= _RECORD
+    return sent, frames
 
 
 def test_graceful_lifecycles() -> None:
@@ -85,7 +97,7 @@ def test_recv_window_boundary_pair_and_updates() -> None:
 @given(
     st.integers(1, 5000),
     st.integers(1, 5000),
-    st.lists(st.tuples(st.booleans(), st.integers(0, 3000), st.integers(1, 2000)), max_size=30),
+    st.lists(st.tuples(st.booleans(), st.integers(0, 3000), st.integers(64, 2000)), max_size=30),
 )
 def test_credit_conservation(window: int, conn: int, ops: list[tuple[bool, int, int]]) -> None:
     """Sender output never exceeds credit; the receiver never sees a violation."""
@@ -94,17 +106,18 @@ def test_credit_conservation(window: int, conn: int, ops: list[tuple[bool, int, 
     conn_credit = conn
     queued = 0
     delivered = 0
-    for is_msg, size, room in ops:
+    for is_msg, size, space in ops:
         if size:
             s.queue(b"q" * size, is_message=is_msg, end_stream=False)
             queued += size
         for _ in range(100):
-            f = s.next_frame(room, conn_credit)
-            if f is None:
+            sent, frames = _write_one(s, conn_credit, space)
+            if not frames:
                 break
-            payload = f.data if isinstance(f, StreamFrame) else f.fragment
+            (f,) = frames
             assert isinstance(f, (StreamFrame, MessageFrame))
-            assert len(payload) <= room
+            payload = f.data if isinstance(f, StreamFrame) else f.fragment
+            assert len(payload) == sent < space
             conn_credit -= len(payload)
             assert conn_credit >= 0
             peer.receive(len(payload))  # never raises
@@ -121,15 +134,35 @@ def test_credit_conservation(window: int, conn: int, ops: list[tuple[bool, int, 
 def test_end_stream_rides_on_last_fragment_and_empty_frame() -> None:
     s = _stream(send=0)
     s.queue(b"", is_message=False, end_stream=True)
-    assert s.next_frame(100, 0) == StreamFrame(4, b"", True)
+    assert _write_one(s, 0) == (0, [StreamFrame(4, b"", True)])
     s = _stream(send=5)
     s.queue(b"abcdefgh", is_message=True, end_stream=True)
-    assert s.next_frame(100, 100) == MessageFrame(4, b"abcde", last=False, end_stream=False)
-    assert s.next_frame(100, 100) is None  # blocked on credit
+    assert _write_one(s, 100) == (5, [MessageFrame(4, b"abcde", last=False, end_stream=False)])
+    assert _write_one(s, 100) == (0, [])  # blocked on credit
     s.send_credit.add(10)
-    assert s.next_frame(2, 100) == MessageFrame(4, b"fg", last=False, end_stream=False)
-    assert s.next_frame(100, 100) == MessageFrame(4, b"h", last=True, end_stream=True)
+    assert _write_one(s, 2) == (2, [MessageFrame(4, b"fg", last=False, end_stream=False)])
+    assert _write_one(s, 100) == (1, [MessageFrame(4, b"h", last=True, end_stream=True)])
     assert s.end_sent and not s.has_pending()
+
+
+def test_table_totals_follow_the_streams() -> None:
+    """The table's sums change only with its streams' own counts (nothing to adjust by hand)."""
+    t = StreamTable(initiator=True)
+    a, b = _stream(send=10), Stream(6, "r", True, SendCredit(100), RecvWindow(100))
+    a.queue(b"x" * 30, is_message=False, end_stream=False)  # before joining the table
+    t.add(a)
+    t.add(b)
+    b.queue(b"y" * 7, is_message=True, end_stream=False)
+    assert t.totals.send_buffered == 37
+    assert _write_one(a, 1000)[0] == 10  # stream credit 10
+    assert t.totals.send_buffered == 27 == a.send_buffered + b.send_buffered
+    assert a.drop_pending() == 20 and t.totals.send_buffered == 7
+    b.add_fragment(b"abc")
+    a.add_fragment(b"de")
+    assert t.totals.reassembly == 5
+    assert b.take_message(b"z") == b"abcz" and t.totals.reassembly == 2
+    a.drop_reassembly()
+    assert t.totals.reassembly == 0 and not a.reassembly
 
 
 def test_stream_table_ids_and_history() -> None:

@@ -529,6 +529,68 @@ def _fragments(ctx: Ctx) -> Actual:
     return ctx.observe(s)
 
 
+def _large_message(cuts: tuple[int, ...]) -> Callable[[Ctx], Actual]:
+    """A 20,000-byte message (about 5 stream windows of 4096) in fragments of *cuts* bytes
+    (cycled), sent as the IUT's credit for them comes back: it must arrive whole."""
+
+    def run(ctx: Ctx) -> Actual:
+        s = ctx.session()
+        data = _message_of(20000)
+        frames: list[Frame] = []
+        pos = i = 0
+        while pos < len(data):
+            n = cuts[i % len(cuts)]
+            i += 1
+            part = data[pos : pos + n]
+            pos += len(part)
+            frames.append(MessageFrame(0, part, pos == len(data), pos == len(data)))
+        s.send(OpenFrame(0, "echo"))
+        echoed = b""
+        for k in range(0, len(frames) + 3, 3):
+            if k < len(frames):
+                s.send(*frames[k : k + 3])
+            got = s.receive()
+            if got.close_code() is not None or s.link.iut_closed:
+                return ctx.observe(s, got)
+            echoed += b"".join(f.fragment for f in got.of(MessageFrame) if f.stream_id == 0)
+        if echoed != data:
+            return Actual("fail", detail=f"echoed {len(echoed)} of {len(data)} bytes")
+        s.next_stream = 2
+        return ctx.observe(s)
+
+    return run
+
+
+_MANUAL_SMALL_WINDOW = IUTProfile(
+    config={"auto_window_update": False, "initial_stream_window": 4096}
+)
+
+case(
+    "5.4/6",
+    "Msg-LargerThanWindow-Manual",
+    "5.4/5.3: with manual flow control, a message of about 5 stream windows in uneven "
+    "fragments arrives: the receiver credits buffered fragments on receipt.",
+    ok(),
+    profile=_MANUAL_SMALL_WINDOW,
+)(_large_message((1000, 3, 2048, 517)))
+
+case(
+    "5.4/7",
+    "Msg-LargerThanWindow-Manual-Tiny",
+    "5.4/5.3: as 5.4/6, in fragments alternating 1 and 2048 bytes.",
+    ok(),
+    profile=_MANUAL_SMALL_WINDOW,
+)(_large_message((1, 2048)))
+
+case(
+    "5.4/8",
+    "Msg-LargerThanWindow-Auto",
+    "5.4/5.3: as 5.4/6 with automatic flow control, fragments of 1999 bytes.",
+    ok(),
+    profile=IUTProfile(config={"initial_stream_window": 4096}),
+)(_large_message((1999,)))
+
+
 # ------------------------------------------------------------------ §5.5 close
 
 
@@ -714,6 +776,147 @@ case(
     "5.6: the churn budget refills at 50/s: 200, one second, 50 more are accepted.",
     ok(),
 )(_rapid_reset(250, refill_after=200))
+
+
+def _made_you_reset(
+    n: int,
+    body: Callable[[int], bytes],
+    *,
+    tokens: list[bytes] | None = None,
+    resource: Callable[[int], str] = lambda i: "log",
+) -> Callable[[Ctx], Actual]:
+    """Streams the IUT must reset itself (MadeYouReset, CVE-2025-8671): each OPEN is
+    followed by a message the IUT refuses (or the OPEN itself is refused)."""
+
+    def run(ctx: Ctx) -> Actual:
+        s = ctx.session(tokens=tokens) if tokens is not None else ctx.session()
+        for i in range(n):
+            sid = 2 * i
+            s.send(OpenFrame(sid, resource(i)), MessageFrame(sid, body(i), True, False))
+            if i % 50 == 49:
+                got = s.receive()
+                if got.close_code() is not None or s.link.iut_closed:
+                    return ctx.observe(s, got)
+        s.next_stream = 2 * n
+        return ctx.observe(s)
+
+    return run
+
+
+def _not_cbor(i: int) -> bytes:
+    return (b"\x82\x01", b"\xff", b"\x5f", b"\x1c")[i % 4]  # truncated, break, indefinite, reserved
+
+
+case(
+    "5.6/18",
+    "DoS-MadeYouReset-Pass",
+    "5.6: 200 streams the IUT resets itself (undecodable messages) are within the churn "
+    "budget (boundary of 5.6/19).",
+    ok(),
+)(_made_you_reset(200, _not_cbor))
+
+case(
+    "5.6/19",
+    "DoS-MadeYouReset-Decode",
+    "5.6: the 201st stream the peer makes the IUT reset (undecodable message, "
+    "CVE-2025-8671) is ENHANCE_YOUR_CALM.",
+    conn("ENHANCE_YOUR_CALM"),
+    needs={"frozen-clock"},
+)(_made_you_reset(201, _not_cbor))
+
+case(
+    "5.6/20",
+    "DoS-MadeYouReset-TooLarge",
+    "5.6: 201 streams reset for a message over max_message_size (2048 configured) are "
+    "ENHANCE_YOUR_CALM.",
+    conn("ENHANCE_YOUR_CALM"),
+    profile=_SMALL_MSG,
+    needs={"frozen-clock"},
+)(_made_you_reset(201, lambda i: _message_of(2049 + i % 7)))
+
+case(
+    "5.6/21",
+    "DoS-MadeYouReset-Unauthorized",
+    "5.6: 201 streams reset because a message lacks msg/send (UNAUTHORIZED) are ENHANCE_YOUR_CALM.",
+    conn("ENHANCE_YOUR_CALM"),
+    needs={"frozen-clock"},
+)(
+    _made_you_reset(
+        201,
+        lambda i: b"\x01",
+        tokens=[restricted_token(("*", "stream/open"), ("echo", "msg/send"))],
+    )
+)
+
+case(
+    "5.6/22",
+    "DoS-MadeYouReset-Mixed",
+    "5.6: refused opens and refused messages share one budget: 101 opens refused and 100 "
+    "messages refused (UNAUTHORIZED) are ENHANCE_YOUR_CALM.",
+    conn("ENHANCE_YOUR_CALM"),
+    needs={"frozen-clock"},
+)(
+    _made_you_reset(
+        201,
+        lambda i: b"\x01",
+        tokens=[restricted_token(("echo", "stream/open"), ("log", "msg/send"))],
+        resource=lambda i: "log" if i % 2 == 0 else "echo",
+    )
+)
+
+# Non-productive frames on dead streams (CVE-2019-9518): the budget sees every frame.
+
+
+def _dead(first: list[object], empty: Callable[[int], Frame]) -> Callable[[int], list[object]]:
+    return lambda i: list(first) if i == 0 else [empty(i)]
+
+
+_RESET_0: list[object] = [OpenFrame(0, "log"), ResetFrame(0, ErrorCode.CANCELLED, 0)]
+_SKIP_TO_4: list[object] = [OpenFrame(4, "log")]
+
+case(
+    "5.6/23",
+    "DoS-DeadStream-Empty-Pass",
+    "5.6: 32 empty STREAM frames on a stream the peer reset are accepted (boundary of 5.6/24).",
+    ok(),
+)(_flood(_dead(_RESET_0, lambda i: StreamFrame(0, b"", False)), 33))
+
+case(
+    "5.6/24",
+    "DoS-DeadStream-EmptyStream",
+    "5.6: 33 empty STREAM frames on a stream the peer reset (CVE-2019-9518) are ENHANCE_YOUR_CALM.",
+    conn("ENHANCE_YOUR_CALM"),
+)(_flood(_dead(_RESET_0, lambda i: StreamFrame(0, b"", i % 2 == 0)), 34))
+
+case(
+    "5.6/25",
+    "DoS-DeadStream-EmptyMessage",
+    "5.6: 33 empty MESSAGE fragments on a stream the peer reset are ENHANCE_YOUR_CALM.",
+    conn("ENHANCE_YOUR_CALM"),
+)(_flood(_dead(_RESET_0, lambda i: MessageFrame(0, b"", i % 3 == 0, False)), 34))
+
+case(
+    "5.6/26",
+    "DoS-SkippedStream-Empty",
+    "5.6: 33 empty STREAM frames on a lower stream ID the peer skipped are ENHANCE_YOUR_CALM.",
+    conn("ENHANCE_YOUR_CALM"),
+)(_flood(_dead(_SKIP_TO_4, lambda i: StreamFrame(2 * (i % 2), b"", False)), 34))
+
+
+@case(
+    "5.6/27",
+    "DoS-RefusedOpen-NotProgress",
+    "5.6: a refused OPEN is not progress: 20 empty frames, refused OPENs, 13 more empty "
+    "frames are ENHANCE_YOUR_CALM.",
+    conn("ENHANCE_YOUR_CALM"),
+)
+def _refused_open_not_progress(ctx: Ctx) -> Actual:
+    s = ctx.session(tokens=[restricted_token(("echo", "stream/open"), ("echo", "msg/send"))])
+    s.send(*[WindowUpdateFrame(None, 4096) for _ in range(20)])
+    s.send(OpenFrame(0, "log"), OpenFrame(2, "log"))  # refused: UNAUTHORIZED
+    s.send(*[WindowUpdateFrame(None, 4096) for _ in range(13)])
+    return ctx.observe(s)
+
 
 # ------------------------------------------------------------------ §5.7 authorization
 

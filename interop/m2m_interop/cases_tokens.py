@@ -10,9 +10,19 @@ from m2mproto.errors import ErrorCode
 from m2mproto.frames import Frame, MessageFrame, OpenFrame, PingFrame, PongFrame, TokenFrame
 
 from . import mint
-from .framework import Actual, Ctx, case, conn, ok
+from .framework import Actual, Ctx, case, conn, gone, ok, stream
 from .inprocess import IUTProfile
 from .peer import Received
+
+
+def _message_of(size: int) -> bytes:
+    """A CBOR byte string whose encoding is exactly *size* bytes (size >= 1)."""
+    for pad in range(size, -1, -1):
+        enc = cbor.encode(b"\x00" * pad)
+        if len(enc) == size:
+            return enc
+    raise ValueError(size)  # pragma: no cover
+
 
 #: Token rule (vector flag) -> spec/tokens.md section.
 _SECTION = {
@@ -190,6 +200,150 @@ def _token_flood(tokens: Callable[[], list[bytes]]) -> Callable[[Ctx], Actual]:
     return run
 
 
+# ------------------------------------------------------------------ §6.4 caveats, enforced
+
+
+def _caveat_token(size: int, cti: bytes) -> bytes:
+    """HOLDER's token under ROOT for everything, with ``max_message_size`` = *size*."""
+    claims = mint.claims_for(
+        mint.ROOT, mint.HOLDER, (("*", "*"),), cti=cti, caveats={"max_message_size": size}
+    )
+    return mint.craft_token(mint.ROOT, claims)
+
+
+def _delegated_caveat_token(parent_size: int, child_size: int) -> bytes:
+    """ROOT -> link1 (caveat *parent_size*) -> HOLDER (caveat *child_size*)."""
+    link = mint.identity("link1")
+    parent = mint.craft_token(
+        mint.ROOT,
+        mint.claims_for(
+            mint.ROOT,
+            link,
+            (("*", "*"),),
+            cti=b"caveat-parent-01",
+            caveats={"max_message_size": parent_size},
+        ),
+    )
+    child = mint.claims_for(
+        link,
+        mint.HOLDER,
+        (("*", "*"),),
+        cti=b"caveat-child-001",
+        parent=parent,
+        caveats={"max_message_size": child_size},
+    )
+    return mint.craft_token(link, child)
+
+
+def _messages(
+    token: Callable[[], bytes], *sizes: int, fragment: int = 0
+) -> Callable[[Ctx], Actual]:
+    """Messages of *sizes* CBOR bytes on one stream (in fragments of *fragment* if set)."""
+
+    def run(ctx: Ctx) -> Actual:
+        s = ctx.session(tokens=[token()])
+        s.send(OpenFrame(0, "log"))
+        for size in sizes:
+            data = _message_of(size)
+            step = fragment or len(data)
+            for pos in range(0, len(data), step):
+                last = pos + step >= len(data)
+                s.send(MessageFrame(0, data[pos : pos + step], last, False))
+        s.next_stream = 2
+        return ctx.observe(s, sid=0)
+
+    return run
+
+
+case(
+    "6.9/1",
+    "Caveat-MaxMessageSize-Pass",
+    "6.4: a message of exactly the grant's max_message_size caveat (16) is accepted.",
+    ok(),
+)(_messages(lambda: _caveat_token(16, b"caveat-token-001"), 16))
+
+case(
+    "6.9/2",
+    "Caveat-MaxMessageSize",
+    "6.4: a message one byte over the grant's max_message_size caveat (16) resets the stream "
+    "with MESSAGE_TOO_LARGE; the connection stays up.",
+    stream("MESSAGE_TOO_LARGE"),
+)(_messages(lambda: _caveat_token(16, b"caveat-token-002"), 17))
+
+case(
+    "6.9/3",
+    "Caveat-MaxMessageSize-Fragmented",
+    "6.4: a 20,000-byte message in 1000-byte fragments under a caveat of 16 is refused with "
+    "MESSAGE_TOO_LARGE (before it is buffered whole).",
+    stream("MESSAGE_TOO_LARGE"),
+)(_messages(lambda: _caveat_token(16, b"caveat-token-003"), 20000, fragment=1000))
+
+case(
+    "6.9/4",
+    "Caveat-MaxMessageSize-Later",
+    "6.4: the caveat applies to every message: 10 bytes then 17 bytes under 16, the second "
+    "resets the stream.",
+    stream("MESSAGE_TOO_LARGE"),
+)(_messages(lambda: _caveat_token(16, b"caveat-token-004"), 10, 17))
+
+case(
+    "6.9/5",
+    "Caveat-MaxMessageSize-Delegated",
+    "6.4: a delegated grant's caveat (32, under a parent's 64) is enforced: 33 bytes is "
+    "MESSAGE_TOO_LARGE.",
+    stream("MESSAGE_TOO_LARGE"),
+)(_messages(lambda: _delegated_caveat_token(64, 32), 33))
+
+case(
+    "6.9/6",
+    "Caveat-MaxMessageSize-Delegated-Pass",
+    "6.4: under the delegated caveat of 32, a 32-byte message is accepted (boundary of 6.9/5).",
+    ok(),
+)(_messages(lambda: _delegated_caveat_token(64, 32), 32))
+
+
+# ------------------------------------------------------------------ IK message 1 replay
+
+
+def _ik_replay(then: str, victims: int = 1) -> Callable[[Ctx], Actual]:
+    """Record a genuine IK flight 1 and replay it to fresh connections: the IUT must not
+    report the session or accept its tokens before the initiator proves liveness
+    (handshake 2.12), then give up (*then*: ``silence`` or ``garbage`` record)."""
+
+    def run(ctx: Ctx) -> Actual:
+        genuine = ctx.peer(pattern="IK")
+        genuine.start()
+        flight = b"".join(genuine.sent)
+        act = Actual("fail", detail="no victim")
+        for _ in range(victims):
+            link = ctx.link()
+            link.write(flight)
+            link.read()  # MAGIC and message 2: useless without the initiator's keys
+            view = link.local()
+            early = view is not None and (
+                view.peer is not None
+                or "HandshakeCompleted" in view.events
+                or "TokenAccepted" in view.events
+            )
+            if early:
+                seen = view.events if view is not None else ()
+                return Actual("fail", detail=f"acted on a replayable message 1: {seen}")
+            if then == "garbage":
+                link.write(b"\x00\x20" + bytes(32))  # a record nobody holding no keys can forge
+            else:
+                link.advance(11.0)  # past the 10 s handshake deadline
+            link.read()
+            view = link.local()
+            if view is not None and "HandshakeCompleted" in view.events:
+                return Actual("fail", detail=f"reported the replayed session: {view.events}")
+            if not link.iut_closed:
+                return Actual("fail", detail="the IUT kept the replayed connection")
+            act = Actual("abort", None, ctx.local_code(link))
+        return act
+
+    return run
+
+
 case(
     "6.12/4",
     "Cost-TokenFramesSameChain",
@@ -230,3 +384,30 @@ case(
     "signatures) close the connection with ENHANCE_YOUR_CALM.",
     conn("ENHANCE_YOUR_CALM"),
 )(_token_flood(lambda: [_cost_chain(n) for n in range(1, 17)]))
+
+
+case(
+    "6.9/7",
+    "Token-IK-Replay-Silent",
+    "handshake 2.12/6.6: a replayed IK message 1 is neither reported nor its tokens accepted; "
+    "without the initiator's first record the IUT gives up at the handshake deadline.",
+    gone("HANDSHAKE_TIMEOUT"),
+    needs={"frozen-clock"},
+)(_ik_replay("silence"))
+
+case(
+    "6.9/8",
+    "Token-IK-Replay-Forged",
+    "handshake 2.12/6.6: after a replayed IK message 1, a record the replayer forges fails "
+    "to decrypt; the session was never reported.",
+    gone("DECRYPT_ERROR"),
+)(_ik_replay("garbage"))
+
+case(
+    "6.9/9",
+    "Token-IK-Replay-Many",
+    "handshake 2.12/6.6: the same IK message 1 replayed to three fresh connections is "
+    "reported by none of them.",
+    gone("HANDSHAKE_TIMEOUT"),
+    needs={"frozen-clock"},
+)(_ik_replay("silence", victims=3))

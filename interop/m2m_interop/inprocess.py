@@ -217,7 +217,7 @@ class InProcessLink:
                 if kind == "fail":
                     c.reset_stream(ev.stream_id, ErrorCode.APPLICATION_ERROR)
                 elif kind is None:
-                    c.reset_stream(ev.stream_id, ErrorCode.REFUSED)
+                    c.refuse_stream(ev.stream_id, ErrorCode.REFUSED)
             elif isinstance(ev, MessageReceived):
                 if _kind(self._resources.get(ev.stream_id, "")) == "echo":
                     c.send_message(ev.stream_id, ev.value)

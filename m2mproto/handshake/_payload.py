@@ -48,15 +48,6 @@ class Payload:
     version: int | None
 
 
-def check_params(params: Mapping[int, Any]) -> dict[int, Any]:
-    """Validate caller-supplied transport parameters (uint keys, encodable values).
-
-    Raises:
-        LocalProtocolError: (``INVALID_ARGUMENT``) otherwise.
-    """
-    return encode_params(params)[0]
-
-
 def encode_params(params: Mapping[int, Any]) -> tuple[dict[int, Any], bytes]:
     """Validate transport parameters and return them with their deterministic CBOR.
 

@@ -46,8 +46,8 @@ from ..errors import (
 )
 from ..identity import AgentId, Identity
 from ..transport import connect
-from ..transport.session import AnyPeer
 from ..transport._pump import Signal
+from ..transport.session import AnyPeer
 from ._store import MemoryOutbox, Outbox
 from ._wire import Ack, Data, Hello, Welcome, parse
 

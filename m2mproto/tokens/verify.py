@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ErrorCode, LocalProtocolError, TokenError
+from ..errors import AuthorizationError, ErrorCode, LocalProtocolError, TokenError
 from ..identity import AgentId
 from .cache import DEFAULT_CACHE_ENTRIES, VerificationCache, digest
 from .capabilities import (
@@ -158,6 +158,24 @@ class Grant:
             return False
         res, abl = resource.split("/"), ability.split("/")
         return any(cap.matches_split(res, abl) for cap in self.capabilities)
+
+    @property
+    def max_message_size(self) -> int | None:
+        """The effective ``max_message_size`` caveat (the connection enforces it, §6.4)."""
+        return self.caveats.max_message_size
+
+    def check_message(self, size: int) -> None:
+        """Refuse a message of *size* bytes above the ``max_message_size`` caveat.
+
+        Raises:
+            AuthorizationError: (``MESSAGE_TOO_LARGE``).
+        """
+        limit = self.caveats.max_message_size
+        if limit is not None and size > limit:
+            raise AuthorizationError(
+                f"message of {size} bytes exceeds the grant's max_message_size {limit}",
+                ErrorCode.MESSAGE_TOO_LARGE,
+            )
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-friendly view."""

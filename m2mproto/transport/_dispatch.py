@@ -160,13 +160,13 @@ class Dispatcher(Generic[R]):
         decision = self._admit(chan)
         if decision is None:
             link.log.info("no handler for %r: refused", event.resource)
-            link.reset(event.stream_id, ErrorCode.REFUSED)  # refuse_stream once available
+            link.reset(event.stream_id, ErrorCode.REFUSED, refuse=True)
             return
         if decision[0] is not Plan.INCOMING and len(self._handlers) >= self._max_handlers:
             # Backstop: reset streams cancel their handlers, but a cancelled handler
             # may still be finishing; never run more than the peer may have open.
             link.log.info("%d handlers running: stream %d refused", self.running, chan.stream_id)
-            link.reset(event.stream_id, ErrorCode.REFUSED)  # refuse_stream once available
+            link.reset(event.stream_id, ErrorCode.REFUSED, refuse=True)
             return
         plan, route = decision
         self.last_activity = anyio.current_time()
@@ -186,7 +186,7 @@ class Dispatcher(Generic[R]):
             return
         if chan.first is not None:  # a message stream carrying bytes
             link.acknowledge(sid, len(event.data))
-            link.reset(chan, ErrorCode.PROTOCOL_ERROR)  # refuse_stream once available
+            link.reset(chan, ErrorCode.PROTOCOL_ERROR, refuse=True)
             return
         chan.push(False, event.data, len(event.data))
 

@@ -215,11 +215,19 @@ class Link:
         if chan.done and self.channels.get(chan.stream_id) is chan:
             del self.channels[chan.stream_id]
 
-    def reset(self, chan: Channel | int, code: int) -> None:
-        """Reset a stream we still know (no error if the core already forgot it)."""
+    def reset(self, chan: Channel | int, code: int, *, refuse: bool = False) -> None:
+        """Reset a stream we still know (no error if the core already forgot it).
+
+        With *refuse*, the reset is the peer's doing (no route, a protocol
+        error in what it sent) and is charged to its churn budget
+        (``Connection.refuse_stream``).
+        """
         sid = chan if isinstance(chan, int) else chan.stream_id
         with contextlib.suppress(M2MError):
-            self.conn.reset_stream(sid, code)
+            if refuse:
+                self.conn.refuse_stream(sid, code)
+            else:
+                self.conn.reset_stream(sid, code)
         known = self.channels.pop(sid, None)
         if known is not None and known.reset is None:
             known.reset = (code, False)
@@ -319,7 +327,7 @@ class Link:
             if chan.inbox:
                 is_message, value, size = chan.inbox.popleft()
                 if is_message != want_message:
-                    self.reset(chan, ErrorCode.PROTOCOL_ERROR)
+                    self.reset(chan, ErrorCode.PROTOCOL_ERROR, refuse=True)
                     raise LocalProtocolError(
                         f"stream {chan.stream_id} carries {'messages' if is_message else 'bytes'}",
                         ErrorCode.PROTOCOL_ERROR,
