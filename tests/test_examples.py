@@ -56,6 +56,12 @@ EXPECTED: dict[str, list[str]] = {
         r"^sender: resumed from its outbox; nothing left to send$",
         r"^delivered exactly once, in order: True$",
     ],
+    "ik_reconnect.py": [
+        r"^first contact: XX, 3 handshake messages$",
+        r"^reconnect: IK, 2 handshake messages, peer is the server: True$",
+        r"^stale key: DECRYPT_ERROR$",
+        r"^fallback: XX authenticated True$",
+    ],
     "sans_io_sockets.py": [
         r"^client: authenticated m2m1\w+ with XX$",
         r"^client: reply \{'echo': \{'hello': 'sans-io'\}\}$",
