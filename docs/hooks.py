@@ -114,7 +114,8 @@ def configuration_reference() -> str:
 
     return f"""# Configuration reference
 
-<!-- Generated from m2mproto/config.py by docs/hooks.py at build time: edit the code, not this page. -->
+<!-- Generated from m2mproto/config.py by docs/hooks.py at build time:
+     edit the code, not this page. -->
 
 `m2mproto.config.Configuration` holds the limits, windows, timers and hooks of one
 connection. Every field has a safe default; pass only what you change:
