@@ -42,8 +42,9 @@ def _rst_to_md(text: str) -> str:
 
 
 def _cell(text: str) -> str:
-    """Text safe inside a Markdown table cell."""
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Text safe inside a Markdown table cell (a pipe inside a code span needs no escape)."""
+    parts = re.split(r"(`[^`]*`)", text.replace("\n", " "))
+    return "".join(p if p.startswith("`") else p.replace("|", "\\|") for p in parts)
 
 
 def _field_comments(cls: type) -> dict[str, tuple[str, str, str]]:
@@ -99,7 +100,7 @@ def dataclass_table(cls: type) -> str:
         if not doc:
             raise ValueError(f"{cls.__name__}.{field.name} has no '#:' doc comment")
         rows.append(
-            f"| <a id=\"{field.name}\"></a>`{field.name}` | `{_cell(annotation)}` "
+            f"| <a id=\"{field.name}\"></a>`{field.name}` | {_cell(f'`{annotation}`')} "
             f"| {_cell(_default_text(field, default_source))} | {_cell(_rst_to_md(doc))} |"
         )
     return "\n".join(rows)
@@ -214,6 +215,33 @@ def _usage(parser: argparse.ArgumentParser) -> str:
     return formatter.format_help().strip()
 
 
+#: What a failure class means (the numbers come from ``m2mproto.cli.EXIT_CODES``).
+_EXIT_MEANING = {
+    "ok": "success",
+    "failure": "a check ran and failed (vectors, verification)",
+    "usage": "bad command line",
+    "local": "user mistake: missing or unreadable file, key file permissions, "
+    "malformed agent ID or JSON",
+    "authentication": "authentication failed (peer not who it should be, bad identity proof)",
+    "authorization": "refused: the peer holds no capability for that resource (`UNAUTHORIZED`)",
+    "token": "the token is invalid (expired, revoked, untrusted root, ...)",
+    "network": "network: unreachable, connection lost",
+    "protocol": "the peer broke the protocol",
+    "timeout": "timeout",
+    "limit": "a limit was exceeded",
+}
+
+#: Extra text for commands whose parser does not say everything.
+_COMMAND_NOTES = {
+    "m2m interop shim": "The shim contract and the meaning of each flag are specified in "
+    "[interop §5](../spec/interop.md#5-the-shim-contract); see also "
+    "[conformance testing](../howto/conformance.md).",
+    "m2m interop run": "See [conformance testing](../howto/conformance.md).",
+    "m2m bench": "Everything after `bench` is passed to `python -m bench`, which lives in the "
+    "source checkout's `bench/` directory; `m2m bench --help` lists its options.",
+}
+
+
 def cli_commands() -> list[tuple[str, str, argparse.ArgumentParser]]:
     """Every command of ``m2m`` as ``(full name, help, parser)``, depth first."""
     from m2mproto.cli import build_parser
@@ -250,7 +278,10 @@ def cli_reference() -> str:
         "",
         "| status | class |",
         "|---|---|",
-        *(f"| {code} | `{name}` |" for name, code in EXIT_CODES.items()),
+        *(
+            f"| {code} | `{name}`: {_EXIT_MEANING.get(name, '')} |"
+            for name, code in EXIT_CODES.items()
+        ),
         "",
     ]
     for full, help_text, parser in cli_commands():
@@ -260,6 +291,8 @@ def cli_reference() -> str:
             parts += [help_text[0].upper() + help_text[1:] + ".", ""]
         if parser.description:
             parts += [parser.description, ""]
+        if full in _COMMAND_NOTES:
+            parts += [_COMMAND_NOTES[full], ""]
         parts += ["```text", _usage(parser), "```", ""]
         rows = _argument_rows(parser)
         if rows:
