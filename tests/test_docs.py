@@ -91,7 +91,9 @@ def test_configuration_reference_documents_every_field() -> None:
         for field in dataclasses.fields(cls):
             rows = [line for line in page.splitlines() if f'id="{field.name}"' in line]
             assert len(rows) >= 1, f"{cls.__name__}.{field.name} missing from the reference"
-            name, type_, default, meaning = rows[0].strip("|").split(" | ")
+            # Split on the pipes outside code spans (a type may be `float | None`).
+            cells = re.split(r" \| (?=(?:[^`]*`[^`]*`)*[^`]*$)", rows[0].strip("| "))
+            name, type_, default, meaning = cells
             assert f"`{field.name}`" in name
             assert type_.strip("` "), field.name
             assert meaning.strip(), f"{field.name} has no description"
