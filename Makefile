@@ -43,5 +43,16 @@ typecheck: $(STAMP)
 
 check: test lint typecheck
 
+# The documentation site, built into site/ with warnings (broken links included) as errors.
+.PHONY: docs
+DOCS_STAMP = $(VENV)/.installed-docs
+
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -63,6 +63,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'm2mproto' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    # dir() and help() list the lazily loaded transport names too.
+    return sorted(set(globals()) | _TRANSPORT_NAMES)
+
+
 __all__ = [
     "ANY_PEER",
     "AgentId",
