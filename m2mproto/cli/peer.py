@@ -21,6 +21,7 @@ import logging
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import anyio
 from ..cbor import to_json
 from ..errors import ErrorCode, LocalProtocolError, M2MError
 from ..identity import AgentId, Identity
-from ..tokens import FileRevocationStore
+from ..tokens import FileRevocationStore, InMemoryRevocationStore
 from .token import read_token
 
 __all__ = ["parse_hostport", "register"]
@@ -85,16 +86,63 @@ def _state_path(args: argparse.Namespace, name: str) -> Path | None:
     return directory / name
 
 
+def _nats_args(p: argparse.ArgumentParser, *, serve: bool) -> None:
+    g = p.add_argument_group("NATS (spec/transports.md)")
+    g.add_argument("--nats", metavar="URL", help="carry sessions over NATS at URL (nats://...)")
+    g.add_argument(
+        "--service",
+        metavar="NAME",
+        help="serve (or reach) this service name; replicas of a name share the load",
+    )
+    g.add_argument("--nats-creds", metavar="FILE", help="NATS credentials file")
+    g.add_argument("--nats-ca", metavar="FILE", help="CA file: connect to NATS over TLS")
+    if serve:
+        g.add_argument(
+            "--feed-max-silence",
+            type=float,
+            default=10.0,
+            metavar="SECONDS",
+            help="warn when the revocation feed is unreachable this long (default 10)",
+        )
+        g.add_argument(
+            "--refuse-when-stale",
+            action="store_true",
+            help="refuse new sessions while the revocation feed is unreachable",
+        )
+
+
+def _nats_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if args.nats_creds:
+        options["user_credentials"] = args.nats_creds
+    if args.nats_ca:
+        import ssl
+
+        options["tls"] = ssl.create_default_context(cafile=args.nats_ca)
+    return options
+
+
+def _check_target(args: argparse.Namespace, flag: str) -> None:
+    """Exactly one of *flag* (``--listen`` / ``--connect``) and ``--nats``."""
+    if bool(getattr(args, flag.strip("-"))) == bool(args.nats):
+        raise LocalProtocolError(f"give {flag} or --nats (one of them)", ErrorCode.INVALID_ARGUMENT)
+    if args.nats and not flag == "--listen" and not args.peer:
+        raise LocalProtocolError("--nats needs --peer AGENT_ID", ErrorCode.INVALID_ARGUMENT)
+    if args.service and not args.nats:
+        raise LocalProtocolError("--service needs --nats", ErrorCode.INVALID_ARGUMENT)
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the reference peer (echo and log resources)")
     p.add_argument("--key", required=True, metavar="FILE", help="the server's private key file")
-    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="port 0 picks a free one")
+    p.add_argument("--listen", metavar="HOST:PORT", help="port 0 picks a free one")
     p.add_argument(
         "--root", action="append", required=True, metavar="AGENT_ID", help="a trust root"
     )
     p.add_argument("--revocations", metavar="FILE", help="revocation file (re-read on change)")
     p.add_argument("--log-file", metavar="FILE", help="append 'log' messages here as JSON lines")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    _nats_args(p, serve=True)
     _reliable_args(p, "serve 'log' with reliable delivery (spec/reliability.md)")
     _backend_arg(p)
     p.set_defaults(handler=cmd_serve)
@@ -106,12 +154,13 @@ def register(sub: Any) -> None:
         q = sub.add_parser(name, help=helptext)
         q.add_argument("--key", required=True, metavar="FILE", help="your private key file")
         q.add_argument("--token", action="append", metavar="FILE", help="token to present")
-        q.add_argument("--connect", required=True, metavar="HOST:PORT", help="the peer's address")
+        q.add_argument("--connect", metavar="HOST:PORT", help="the peer's address")
         q.add_argument("--peer", metavar="AGENT_ID", help="require the peer to be this agent")
         q.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
         q.add_argument("--json", action="store_true", help="print JSON (the default output)")
         q.add_argument("resource", metavar="RESOURCE")
         q.add_argument("message", metavar="JSON")
+        _nats_args(q, serve=False)
         if name == "send":
             _reliable_args(q, "deliver exactly once: resend across reconnects until acknowledged")
         _backend_arg(q)
@@ -148,8 +197,14 @@ class ReferencePeer:
 
         self.identity = Identity.load(args.key)
         self.roots = [AgentId.parse(r) for r in args.root]
-        self.host, self.port = parse_hostport(args.listen)
-        self.revocations = FileRevocationStore(args.revocations) if args.revocations else None
+        _check_target(args, "--listen")
+        self.args = args
+        self.host, self.port = parse_hostport(args.listen) if args.listen else ("", 0)
+        self.revocations: Any = (
+            FileRevocationStore(args.revocations) if args.revocations else None
+        )
+        if args.nats and self.revocations is None:  # the NATS feed fills it
+            self.revocations = InMemoryRevocationStore()
         self.log_file = Path(args.log_file) if args.log_file else None
         self.server = Server(self.identity, trust_roots=self.roots, revocations=self.revocations)
         self.server.request("echo")(self.echo)
@@ -194,9 +249,19 @@ class ReferencePeer:
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
-            host, port = await tg.start(self.server.serve_tcp, self.host, self.port)
-            shown = f"[{host}]" if ":" in host else host
-            print(f"listening on {shown}:{port}", flush=True)
+            if self.args.nats:
+                from ..transport.nats import serve_nats
+
+                listener = await tg.start(partial(
+                    serve_nats, self.server, self.args.nats, service=self.args.service,
+                    revocation_feed=True, max_feed_silence=self.args.feed_max_silence,
+                    refuse_when_stale=self.args.refuse_when_stale,
+                    nats_options=_nats_options(self.args)))  # fmt: skip
+                print(f"listening on nats {' '.join(listener.subjects)}", flush=True)
+            else:
+                host, port = await tg.start(self.server.serve_tcp, self.host, self.port)
+                shown = f"[{host}]" if ":" in host else host
+                print(f"listening on {shown}:{port}", flush=True)
             logger.info("serving as %s, trusting %s", self.identity.agent_id.short,
                         ", ".join(r.short for r in self.roots))  # fmt: skip
             if self.revocations is not None:
@@ -250,12 +315,18 @@ async def _client(args: argparse.Namespace, value: Any) -> Any:
     from ..transport import connect
 
     if getattr(args, "reliable", False):
+        if args.nats:
+            message = "--reliable over --nats is not supported"
+            raise LocalProtocolError(message, ErrorCode.UNSUPPORTED)
         return await _reliable_send(args, value)
     _state_path(args, "outbox.sqlite3")  # refuses --state-dir without --reliable
     identity = Identity.load(args.key)
     tokens = [read_token(t) for t in args.token or ()]
-    host, port = parse_hostport(args.connect)
+    _check_target(args, "--connect")
     expected = AgentId.parse(args.peer) if args.peer else None
+    if args.nats:
+        return await _nats_client(args, value, identity, tokens)
+    host, port = parse_hostport(args.connect)
     with anyio.fail_after(args.timeout):
         async with connect(
             (host, port),
@@ -270,6 +341,22 @@ async def _client(args: argparse.Namespace, value: Any) -> Any:
             return None
 
 
+async def _nats_client(
+    args: argparse.Namespace, value: Any, identity: Identity, tokens: list[bytes]
+) -> Any:
+    from ..transport.nats import connect_nats
+
+    with anyio.fail_after(args.timeout):
+        async with connect_nats(
+            args.nats, identity=identity, peer=args.peer, service=args.service,
+            tokens=tokens, open_timeout=args.timeout, nats_options=_nats_options(args),
+        ) as session:  # fmt: skip
+            if args.client_kind == "request":
+                return await session.request(args.resource, value, timeout=args.timeout)
+            await session.send(args.resource, value, confirm=True)
+            return None
+
+
 def cmd_client(args: argparse.Namespace) -> int:
     value = _parse_json(args.message)
     started = time.monotonic()
@@ -277,7 +364,8 @@ def cmd_client(args: argparse.Namespace) -> int:
         reply = anyio.run(_client, args, value, backend=args.backend)
     except TimeoutError:
         raise M2MError(
-            f"no answer from {args.connect} within {args.timeout} s", ErrorCode.TIMEOUT
+            f"no answer from {args.connect or args.nats} within {args.timeout} s",
+            ErrorCode.TIMEOUT,
         ) from None
     elapsed = time.monotonic() - started
     if args.client_kind == "request":

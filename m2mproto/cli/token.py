@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from ..errors import ErrorCode, LocalProtocolError
 from ..identity import AgentId, Identity
 from ..tokens import (
     FileRevocationStore,
+    InMemoryRevocationStore,
     TokenLimits,
     delegate,
     inspect,
@@ -149,8 +151,11 @@ def register(sub: Any) -> None:
     q = tsub.add_parser("revoke", help="sign a revocation of tokens and add it to a file")
     q.add_argument("--key", required=True, metavar="FILE", help="the revoker's private key file")
     q.add_argument("tokens", nargs="+", metavar="TOKEN_FILE", help="tokens to revoke")
-    q.add_argument("--out", required=True, metavar="FILE", help="revocation file (appended)")
+    q.add_argument("--out", metavar="FILE", help="revocation file (appended)")
     q.add_argument("--json", action="store_true", help="print the revoked IDs as JSON")
+    q.add_argument(
+        "--publish", metavar="URL", help="also publish it to every replica over NATS at URL"
+    )
     q.set_defaults(handler=cmd_revoke)
 
 
@@ -221,12 +226,31 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish(url: str, statement: bytes, ids: list[str], as_json: bool) -> None:
+    """Publish *statement* over NATS (spec/transports.md, "Revocations")."""
+    import anyio
+
+    from ..transport.nats import publish_revocation
+
+    how = anyio.run(partial(publish_revocation, url, statement))  # OSError: exit status 7
+    if as_json:
+        print(json.dumps({"published": url, "via": how, "revoked": ids}))
+    else:
+        print(f"revoked {', '.join(ids)} -> {url} ({how})")
+
+
 def cmd_revoke(args: argparse.Namespace) -> int:
     revoker = Identity.load(args.key)
     statement = revoke(revoker, [read_token(t) for t in args.tokens], now=time.time())
-    store = FileRevocationStore(args.out)
+    if not args.out and not args.publish:
+        raise LocalProtocolError("give --out FILE and/or --publish URL", ErrorCode.INVALID_ARGUMENT)
+    store = FileRevocationStore(args.out) if args.out else InMemoryRevocationStore()
     parsed = store.add(statement)
     ids = [cti.hex() for cti in parsed.token_ids]
+    if args.publish:
+        _publish(args.publish, statement, ids, args.json)
+    if not args.out:
+        return 0
     if args.json:
         print(json.dumps({"file": args.out, "revoked": ids, "revoker": revoker.agent_id.text}))
     else:

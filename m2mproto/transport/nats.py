@@ -399,6 +399,22 @@ class NatsLink:
         """Whether the NATS connection is up now."""
         return bool(self._nc is not None and self._nc.is_connected)
 
+    async def abort(self) -> None:
+        """Drop the NATS connection at once: no CLOSE or EOF for any stream (like a crash)."""
+        self._closed = True
+
+        async def stop() -> None:
+            for task in (self._publisher, self._keepalive_task):
+                if task is not None:
+                    task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._nc.close(), 5)
+
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(Exception):
+                await self._call(stop)
+            await self._stop_thread()
+
     async def aclose(self) -> None:
         """Flush queued messages and close the NATS connection."""
         if self._closed:
