@@ -95,6 +95,7 @@ def _nats_args(p: argparse.ArgumentParser, *, serve: bool) -> None:
         help="serve (or reach) this service name; replicas of a name share the load",
     )
     g.add_argument("--nats-creds", metavar="FILE", help="NATS credentials file")
+    g.add_argument("--nats-prefix", default="m2m", metavar="TOKEN", help="subject prefix")
     g.add_argument("--nats-ca", metavar="FILE", help="CA file: connect to NATS over TLS")
     if serve:
         g.add_argument(
@@ -254,6 +255,7 @@ class ReferencePeer:
 
                 listener = await tg.start(partial(
                     serve_nats, self.server, self.args.nats, service=self.args.service,
+                    prefix=self.args.nats_prefix,
                     revocation_feed=True, max_feed_silence=self.args.feed_max_silence,
                     refuse_when_stale=self.args.refuse_when_stale,
                     nats_options=_nats_options(self.args)))  # fmt: skip
@@ -264,7 +266,7 @@ class ReferencePeer:
                 print(f"listening on {shown}:{port}", flush=True)
             logger.info("serving as %s, trusting %s", self.identity.agent_id.short,
                         ", ".join(r.short for r in self.roots))  # fmt: skip
-            if self.revocations is not None:
+            if isinstance(self.revocations, FileRevocationStore):
                 tg.start_soon(self.watch_revocations)
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
@@ -350,6 +352,7 @@ async def _nats_client(
         async with connect_nats(
             args.nats, identity=identity, peer=args.peer, service=args.service,
             tokens=tokens, open_timeout=args.timeout, nats_options=_nats_options(args),
+            prefix=args.nats_prefix,
         ) as session:  # fmt: skip
             if args.client_kind == "request":
                 return await session.request(args.resource, value, timeout=args.timeout)

@@ -156,6 +156,7 @@ def register(sub: Any) -> None:
     q.add_argument(
         "--publish", metavar="URL", help="also publish it to every replica over NATS at URL"
     )
+    q.add_argument("--nats-prefix", default="m2m", metavar="TOKEN", help="NATS subject prefix")
     q.set_defaults(handler=cmd_revoke)
 
 
@@ -226,13 +227,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _publish(url: str, statement: bytes, ids: list[str], as_json: bool) -> None:
+def _publish(url: str, statement: bytes, ids: list[str], as_json: bool, prefix: str) -> None:
     """Publish *statement* over NATS (spec/transports.md, "Revocations")."""
     import anyio
 
     from ..transport.nats import publish_revocation
 
-    how = anyio.run(partial(publish_revocation, url, statement))  # OSError: exit status 7
+    how = anyio.run(partial(publish_revocation, url, statement, prefix=prefix))  # OSError: 7
     if as_json:
         print(json.dumps({"published": url, "via": how, "revoked": ids}))
     else:
@@ -248,7 +249,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     parsed = store.add(statement)
     ids = [cti.hex() for cti in parsed.token_ids]
     if args.publish:
-        _publish(args.publish, statement, ids, args.json)
+        _publish(args.publish, statement, ids, args.json, args.nats_prefix)
     if not args.out:
         return 0
     if args.json:
