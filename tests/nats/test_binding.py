@@ -14,11 +14,11 @@ from m2mproto.errors import ErrorCode
 from m2mproto.tokens import InMemoryRevocationStore, issue, revoke
 from m2mproto.transport import ConnectionClosedError, Server, connect
 from m2mproto.transport.nats import (
-    HEADER,
     DATA,
+    HEADER,
     NatsLink,
-    NatsSequenceError,
     NatsLivenessError,
+    NatsSequenceError,
     connect_nats,
     open_nats_stream,
     publish_revocation,
@@ -231,7 +231,7 @@ async def test_revocation_published_reaches_server_and_resets(nats_url: str) -> 
                     await anyio.sleep(0.01)
             assert listener.feed.last_applied is not None
             assert listener.feed.last_applied - sent < 1.0
-            with pytest.raises(Exception, match="UNAUTHORIZED|REVOKED|refused"):
+            with pytest.raises(Exception, match=r"UNAUTHORIZED|REVOKED|refused"):
                 await s.request("echo", "again", timeout=10)
         tg.cancel_scope.cancel()
 

@@ -16,8 +16,8 @@ import pytest
 
 from m2mproto import Identity
 from m2mproto.errors import AuthorizationError, ErrorCode
-from m2mproto.transport import ConnectionClosedError
 from m2mproto.tokens import issue, revoke
+from m2mproto.transport import ConnectionClosedError
 from m2mproto.transport.nats import NatsLink, connect_nats, publish_revocation
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -74,7 +74,8 @@ async def test_three_replicas_kill_and_revoke(nats_url: str, tmp_path: Path) -> 
     prefix = "r" + os.urandom(4).hex()
     root = authority.agent_id.text
     replicas = [Replica(tmp_path, n, nats_url, root, prefix) for n in range(3)]
-    stats: dict[str, Any] = {"lost": 0, "reestablished": 0, "requests": 0, "refused_at": {}, "why": []}
+    stats: dict[str, Any] = {"lost": 0, "reestablished": 0, "requests": 0}
+    stats.update(refused_at={}, why=[])
     try:
         for r in replicas:
             r.wait_ready()
