@@ -45,7 +45,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from typing import Any, TypeVar
 
 import anyio
-import sniffio
 from anyio.abc import ByteStream, Listener, SocketAttribute, TaskGroup
 
 from ..errors import ErrorCode, LocalProtocolError, M2MError, TokenError
@@ -193,10 +192,12 @@ class NatsLink:
         import nats  # optional dependency: pip install 'm2mproto[nats]'
 
         link = cls()
-        backend = sniffio.current_async_library()
-        link._threaded = backend != "asyncio" if thread is None else thread
-        if backend == "asyncio":
-            host_loop = asyncio.get_running_loop()
+        try:
+            host_loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # trio
+            host_loop = None
+        link._threaded = host_loop is None if thread is None else thread
+        if host_loop is not None:
             host_soon: Callable[..., Any] = host_loop.call_soon_threadsafe
         else:
             import trio
