@@ -33,7 +33,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_nats_server(*, jetstream: bool = True) -> tuple[subprocess.Popen[bytes], str, str]:
+def start_nats_server(
+    *, jetstream: bool = True, port: int = 0, store: str = ""
+) -> tuple[subprocess.Popen[bytes], str, str]:
     """Start nats-server; return (process, url, store dir). Fails or skips without it."""
     binary = shutil.which("nats-server")
     if binary is None:
@@ -41,8 +43,8 @@ def start_nats_server(*, jetstream: bool = True) -> tuple[subprocess.Popen[bytes
         if os.environ.get("M2M_REQUIRE_NATS") == "1":
             pytest.fail(message + " and M2M_REQUIRE_NATS=1", pytrace=False)
         pytest.skip(message)
-    store = tempfile.mkdtemp(prefix="m2m-nats-")
-    port = _free_port()
+    store = store or tempfile.mkdtemp(prefix="m2m-nats-")
+    port = port or _free_port()
     args = [binary, "-a", "127.0.0.1", "-p", str(port)]
     if jetstream:
         args += ["-js", "-sd", store]

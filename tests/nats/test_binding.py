@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from typing import Any
 
@@ -240,3 +241,111 @@ def partial_serve(server: Server, url: str, prefix: str) -> Any:
     from functools import partial
 
     return partial(serve_nats, server, url, prefix=prefix, revocation_feed=True)
+
+
+async def test_unreachable_feed_warns_and_refuses_by_policy(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """NATS goes away: after max_feed_silence the feed logs a WARNING and is stale;
+    with refuse_when_stale new sessions get REFUSE; when NATS is back it recovers."""
+    import logging
+    from functools import partial
+
+    from conftest import start_nats_server
+
+    caplog.set_level(logging.WARNING, logger="m2mproto.nats")
+    proc, url, store = start_nats_server()
+    port = int(url.rsplit(":", 1)[1])
+    server = _server(trust_roots=[Identity.generate().agent_id],
+                     revocations=InMemoryRevocationStore())  # fmt: skip
+    try:
+        async with anyio.create_task_group() as tg:
+            listener = await tg.start(partial(
+                serve_nats, server, url, revocation_feed=True, max_feed_silence=1.0,
+                refuse_when_stale=True))  # fmt: skip
+            feed = listener.feed
+            assert feed is not None and not feed.stale and feed.jetstream
+            proc.kill()
+            proc.wait()
+            with anyio.fail_after(10):
+                while not feed.stale:
+                    await anyio.sleep(0.05)
+            assert any("revocation feed unreachable" in r.getMessage()
+                       and r.levelno == logging.WARNING for r in caplog.records)  # fmt: skip
+            proc, url, store = start_nats_server(port=port, store=store)
+            with anyio.fail_after(15):
+                while feed.stale:
+                    await anyio.sleep(0.05)
+            # the policy: while stale, an OPEN is answered with REFUSE and the reason
+            feed._check_interval = 3600  # after the check in progress, no more recovery
+            await anyio.sleep(1.5)
+            feed.stale = True
+            async with NatsLink.connect(url) as link:
+                with pytest.raises(ConnectionRefusedError, match="revocation feed unreachable"):
+                    await open_nats_stream(link, server.identity.agent_id.text, timeout=10)
+            assert listener.refused == 1
+            tg.cancel_scope.cancel()
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(store, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",  # empty
+        b"\x04\x00\x00",  # shorter than the header
+        bytes([9]) + (99).to_bytes(8, "big"),  # unknown type
+        bytes([2]) + bytes(8) + b"m2m.s.other",  # a second ACCEPT
+        bytes([3]) + bytes(8) + b"go away",  # REFUSE after ACCEPT
+        bytes([1]) + bytes(8) + b"\x01",  # an OPEN on a session subject
+    ],
+    ids=["empty", "short", "unknown-type", "second-accept", "late-refuse", "open"],
+)
+async def test_malformed_message_on_session_subject_fails_closed(
+    nats_url: str, payload: bytes
+) -> None:
+    server = _server(authorizer_factory=lambda: None)
+    async with NatsLink.connect(nats_url) as link, anyio.create_task_group() as tg:
+        await tg.start(serve_nats, server, link)
+        stream = await open_nats_stream(link, server.identity.agent_id.text)
+        async with connect(stream, identity=Identity.generate(), peer=server.identity.agent_id,
+                           connect_timeout=None) as s:  # fmt: skip
+            assert await s.request("echo", 1, timeout=10) == 1
+            link.publish_nowait(stream._receive_subject, payload)
+            with anyio.fail_after(10):
+                await s.wait_closed()
+        assert isinstance(stream._error, NatsSequenceError)
+        tg.cancel_scope.cancel()
+
+
+async def test_listener_ignores_or_refuses_bad_opens(nats_url: str) -> None:
+    """Garbage on the connect subject never stops the listener; an unknown binding
+    version is refused with a reason."""
+    from m2mproto.transport.nats import HEADER, OPEN, NatsListener, connect_subject
+
+    async with NatsLink.connect(nats_url) as link:
+        listener = NatsListener(link, ["opens"])
+        await listener.start()
+        subject = connect_subject("m2m", "opens")
+        replies: list[bytes] = []
+        await link.subscribe("m2m.s.probe", lambda m: replies.append(bytes(m.data)))
+        for junk in (b"", b"\x01", HEADER.pack(OPEN, 5) + b"\x01", HEADER.pack(7, 0) + b"\x01"):
+            link.publish_nowait(subject, junk, reply="m2m.s.probe")
+        link.publish_nowait(subject, HEADER.pack(OPEN, 0) + b"\x01")  # no reply subject
+        link.publish_nowait(subject, HEADER.pack(OPEN, 0) + b"\x02", reply="m2m.s.probe")
+        await link.flush()
+        with anyio.fail_after(10):
+            while not replies:
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.2)
+        assert len(replies) == 1 and replies[0].startswith(bytes([3]) + bytes(8))
+        assert b"unsupported NATS binding version 2" in replies[0]
+        assert listener.accepted == 0 and listener.refused == 1
+        client, server = await _pair(link, listener, "opens")  # still serving
+        await client.send(b"ping")
+        assert await server.receive() == b"ping"
+        for end in (client, server):
+            await end.aclose()
+        await listener.aclose()
