@@ -87,6 +87,7 @@ OPEN, ACCEPT, REFUSE, DATA, EOF, CLOSE, PING = 1, 2, 3, 4, 5, 6, 7
 _NAMES = {OPEN: "OPEN", ACCEPT: "ACCEPT", REFUSE: "REFUSE", DATA: "DATA", EOF: "EOF",
           CLOSE: "CLOSE", PING: "PING"}  # fmt: skip
 
+_HEX32 = re.compile(r"[0-9a-f]{32}")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,3}")
 
@@ -141,6 +142,16 @@ def revocation_stream_name(prefix: str) -> str:
 
 def _session_subject(prefix: str) -> str:
     return f"{prefix}.s.{secrets.token_hex(16)}"
+
+
+def is_session_subject(prefix: str, subject: str) -> bool:
+    """Whether *subject* has the form of a session subject (``PREFIX.s.<32 hex>``).
+
+    A server replies, and a client sends, only to such subjects: a hostile OPEN
+    or ACCEPT cannot aim them at another subject (e.g. a JetStream API subject).
+    """
+    head, sep, tail = subject.rpartition(".s.")
+    return bool(sep) and head == prefix and _HEX32.fullmatch(tail) is not None
 
 
 # ---------------------------------------------------------------------------- link
@@ -205,7 +216,7 @@ class NatsLink:
             host_soon = trio.lowlevel.current_trio_token().run_sync_soon
 
         def safe_soon(fn: Callable[..., None], *args: Any) -> None:
-            with contextlib.suppress(RuntimeError, Exception):
+            with contextlib.suppress(Exception):  # the host loop has ended
                 host_soon(fn, *args)
 
         if link._threaded:
@@ -454,12 +465,14 @@ class NatsByteStream(ByteStream):
         send_subject: str = "",
         keepalive: float = DEFAULT_KEEPALIVE,
         liveness: float = DEFAULT_LIVENESS,
+        prefix: str = DEFAULT_PREFIX,
     ) -> None:
         if not 0 < keepalive < liveness:
             raise LocalProtocolError(
                 "need 0 < keepalive < liveness", ErrorCode.INVALID_ARGUMENT
             )
         self._link = link
+        self._prefix = prefix
         self._receive_subject = receive_subject
         self._send_subject = send_subject
         self._keepalive = keepalive
@@ -523,8 +536,8 @@ class NatsByteStream(ByteStream):
             body = data[HEADER.size :].decode("utf-8", "replace")
             if kind == REFUSE:
                 self._refused = body[:200] or "refused"
-            elif not re.fullmatch(r"[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){1,8}", body):
-                self._fail(NatsSequenceError("ACCEPT names a bad subject"))
+            elif not is_session_subject(self._prefix, body):
+                self._fail(NatsSequenceError("ACCEPT names a subject that is not a session's"))
             else:
                 self._send_subject = body
             self._accepted.set()
@@ -678,7 +691,7 @@ async def open_nats_stream(
     """
     subject = connect_subject(prefix, service)
     stream = NatsByteStream(
-        link, _session_subject(prefix), keepalive=keepalive, liveness=liveness
+        link, _session_subject(prefix), keepalive=keepalive, liveness=liveness, prefix=prefix
     )
     try:
         await stream._start()
@@ -752,8 +765,10 @@ class NatsListener(Listener[NatsByteStream]):
     def _on_open(self, msg: Any) -> None:
         data: bytes = msg.data
         reply: str = msg.reply or ""
-        if len(data) < HEADER.size + 1 or HEADER.unpack_from(data) != (OPEN, 0) or not reply:
-            return  # not an OPEN: ignore (nobody to answer)
+        if len(data) < HEADER.size + 1 or HEADER.unpack_from(data) != (OPEN, 0):
+            return  # not an OPEN: ignore
+        if not is_session_subject(self._prefix, reply):
+            return  # nobody to answer, or a reply aimed at another subject: ignore
         if data[HEADER.size] != BINDING_VERSION:
             self._refuse(reply, f"unsupported NATS binding version {data[HEADER.size]}")
             return
@@ -780,7 +795,7 @@ class NatsListener(Listener[NatsByteStream]):
     async def _accept(self, reply: str) -> NatsByteStream:
         stream = NatsByteStream(
             self._link, _session_subject(self._prefix), send_subject=reply,
-            keepalive=self._keepalive, liveness=self._liveness,
+            keepalive=self._keepalive, liveness=self._liveness, prefix=self._prefix,
         )  # fmt: skip
         stream._accepted.set()
         await stream._start()  # subscribed before ACCEPT goes out on the same connection
@@ -806,7 +821,11 @@ class NatsListener(Listener[NatsByteStream]):
         await self.start()
 
         async def run(reply: str) -> None:
-            stream = await self._accept(reply)
+            try:
+                stream = await self._accept(reply)
+            except Exception as exc:  # e.g. the NATS connection closed meanwhile
+                logger.warning("NATS session not accepted: %r", exc)
+                return
             await handler(stream)
 
         async with contextlib.AsyncExitStack() as stack:

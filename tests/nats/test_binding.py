@@ -297,7 +297,7 @@ async def test_unreachable_feed_warns_and_refuses_by_policy(
         b"",  # empty
         b"\x04\x00\x00",  # shorter than the header
         bytes([9]) + (99).to_bytes(8, "big"),  # unknown type
-        bytes([2]) + bytes(8) + b"m2m.s.other",  # a second ACCEPT
+        bytes([2]) + bytes(8) + b"m2m.s." + b"a" * 32,  # a second ACCEPT
         bytes([3]) + bytes(8) + b"go away",  # REFUSE after ACCEPT
         bytes([1]) + bytes(8) + b"\x01",  # an OPEN on a session subject
     ],
@@ -330,17 +330,23 @@ async def test_listener_ignores_or_refuses_bad_opens(nats_url: str) -> None:
         await listener.start()
         subject = connect_subject("m2m", "opens")
         replies: list[bytes] = []
-        await link.subscribe("m2m.s.probe", lambda m: replies.append(bytes(m.data)))
+        probe = "m2m.s." + "0" * 32
+        evil: list[bytes] = []
+        await link.subscribe(probe, lambda m: replies.append(bytes(m.data)))
+        await link.subscribe("evil.>", lambda m: evil.append(bytes(m.data)))
         for junk in (b"", b"\x01", HEADER.pack(OPEN, 5) + b"\x01", HEADER.pack(7, 0) + b"\x01"):
-            link.publish_nowait(subject, junk, reply="m2m.s.probe")
+            link.publish_nowait(subject, junk, reply=probe)
         link.publish_nowait(subject, HEADER.pack(OPEN, 0) + b"\x01")  # no reply subject
-        link.publish_nowait(subject, HEADER.pack(OPEN, 0) + b"\x02", reply="m2m.s.probe")
+        for aimed in ("evil.subject", "evil.s." + "0" * 32, probe + ".x"):  # not a session's
+            link.publish_nowait(subject, HEADER.pack(OPEN, 0) + b"\x01", reply=aimed)
+        link.publish_nowait(subject, HEADER.pack(OPEN, 0) + b"\x02", reply=probe)
         await link.flush()
         with anyio.fail_after(10):
             while not replies:
                 await anyio.sleep(0.01)
         await anyio.sleep(0.2)
         assert len(replies) == 1 and replies[0].startswith(bytes([3]) + bytes(8))
+        assert evil == []
         assert b"unsupported NATS binding version 2" in replies[0]
         assert listener.accepted == 0 and listener.refused == 1
         client, server = await _pair(link, listener, "opens")  # still serving
@@ -349,3 +355,20 @@ async def test_listener_ignores_or_refuses_bad_opens(nats_url: str) -> None:
         for end in (client, server):
             await end.aclose()
         await listener.aclose()
+
+
+@pytest.mark.parametrize("named", ["$JS.API.STREAM.DELETE.M2M_REVOCATIONS", "m2m.revocations",
+                                   "m2m.s.short", "other.s." + "0" * 32])  # fmt: skip
+async def test_accept_naming_another_subject_fails_closed(nats_url: str, named: str) -> None:
+    """A hostile responder cannot aim the client's bytes at a non-session subject."""
+    from m2mproto.transport.nats import ACCEPT, connect_subject
+
+    async with NatsLink.connect(nats_url) as link:
+
+        def answer(msg: Any) -> None:
+            link.publish_nowait(msg.reply, HEADER.pack(ACCEPT, 0) + named.encode())
+
+        await link.subscribe(connect_subject("m2m", "hostile"), answer)
+        await link.flush()
+        with pytest.raises(NatsSequenceError, match="not a session"):
+            await open_nats_stream(link, "hostile", timeout=10)
