@@ -30,7 +30,7 @@ import anyio
 from ..cbor import to_json
 from ..errors import ErrorCode, LocalProtocolError, M2MError
 from ..identity import AgentId, Identity
-from ..tokens import FileRevocationStore, InMemoryRevocationStore
+from ..tokens import FileRevocationStore
 from .token import read_token
 
 __all__ = ["parse_hostport", "register"]
@@ -201,13 +201,14 @@ class ReferencePeer:
         _check_target(args, "--listen")
         self.args = args
         self.host, self.port = parse_hostport(args.listen) if args.listen else ("", 0)
-        self.revocations: Any = (
-            FileRevocationStore(args.revocations) if args.revocations else None
-        )
-        if args.nats and self.revocations is None:  # the NATS feed fills it
-            self.revocations = InMemoryRevocationStore()
+        self.revocations = FileRevocationStore(args.revocations) if args.revocations else None
         self.log_file = Path(args.log_file) if args.log_file else None
-        self.server = Server(self.identity, trust_roots=self.roots, revocations=self.revocations)
+        store: Any = self.revocations
+        if args.nats:  # statements pushed over NATS, kept beside the file's (never written to it)
+            from ..transport.nats import FeedRevocationStore
+
+            store = FeedRevocationStore(self.revocations)
+        self.server = Server(self.identity, trust_roots=self.roots, revocations=store)
         self.server.request("echo")(self.echo)
         self.dedup = None
         if getattr(args, "reliable", False):
@@ -266,7 +267,7 @@ class ReferencePeer:
                 print(f"listening on {shown}:{port}", flush=True)
             logger.info("serving as %s, trusting %s", self.identity.agent_id.short,
                         ", ".join(r.short for r in self.roots))  # fmt: skip
-            if isinstance(self.revocations, FileRevocationStore):
+            if self.revocations is not None:
                 tg.start_soon(self.watch_revocations)
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:

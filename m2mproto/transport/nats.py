@@ -52,6 +52,7 @@ from ..identity import AgentId
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "FeedRevocationStore",
     "NatsByteStream",
     "NatsLink",
     "NatsListener",
@@ -913,6 +914,35 @@ async def publish_revocation(
 
     await link.run(core)
     return "core"
+
+
+class FeedRevocationStore:
+    """Statements received from the feed, in memory, consulted beside an optional *base*
+    store (e.g. a ``FileRevocationStore`` that is reloaded from its file): what the
+    feed adds is never written to, nor lost by a reload of, the base."""
+
+    def __init__(self, base: Any = None) -> None:
+        from ..tokens import InMemoryRevocationStore
+
+        self.base = base
+        self._memory = InMemoryRevocationStore()
+
+    def is_revoked(self, token_id: bytes, authorities: Any) -> bool:
+        """True if the feed or the base store revokes *token_id*."""
+        if self._memory.is_revoked(token_id, authorities):
+            return True
+        return self.base is not None and bool(self.base.is_revoked(token_id, authorities))
+
+    def add(self, statement: bytes) -> Any:
+        """Verify and record *statement* (in memory).
+
+        Raises:
+            TokenError: the statement is malformed or its signature fails.
+        """
+        return self._memory.add(statement)
+
+    def __len__(self) -> int:
+        return len(self._memory) + (len(self.base) if self.base is not None else 0)
 
 
 class RevocationFeed:
