@@ -251,7 +251,7 @@ async def test_unreachable_feed_warns_and_refuses_by_policy(
     import logging
     from functools import partial
 
-    from conftest import start_nats_server
+    from m2m_nats_server import start_nats_server
 
     caplog.set_level(logging.WARNING, logger="m2mproto.nats")
     proc, url, store = start_nats_server()

@@ -23,14 +23,9 @@ from m2mproto.transport.nats import NatsLink, connect_nats, publish_revocation
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 M2M = [sys.executable, "-m", "m2mproto"]
-WORKERS = 12
+WORKERS = 18
 RUN_SECONDS = 7.0
 KILL_AT, REVOKE_AT = 1.5, 4.0  # the killed replica's sessions are back before the revocation
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # the replicas are processes; the client side runs on both in test_binding
 
 
 def _log_time(line: str) -> float:
@@ -39,11 +34,13 @@ def _log_time(line: str) -> float:
 
 
 class Replica:
-    def __init__(self, workdir: Path, n: int, url: str, root: str, prefix: str) -> None:
+    def __init__(
+        self, workdir: Path, n: int, url: str, root: str, prefix: str, backend: str
+    ) -> None:
         self.err = workdir / f"replica{n}.err"
         self.proc = subprocess.Popen(
             [*M2M, "serve", "--key", str(workdir / "server.key"), "--root", root,
-             "--nats", url, "--service", "svc", "--nats-prefix", prefix],
+             "--nats", url, "--service", "svc", "--nats-prefix", prefix, "--backend", backend],
             stdout=subprocess.PIPE, stderr=self.err.open("w"), text=True,
         )  # fmt: skip
 
@@ -65,7 +62,9 @@ class Replica:
                 self.proc.wait()
 
 
-async def test_three_replicas_kill_and_revoke(nats_url: str, tmp_path: Path) -> None:
+async def test_three_replicas_kill_and_revoke(
+    nats_url: str, tmp_path: Path, anyio_backend: str
+) -> None:
     authority, server, good, bad = (Identity.generate() for _ in range(4))
     server.save(tmp_path / "server.key", overwrite=True)
     now = time.time()
@@ -73,7 +72,7 @@ async def test_three_replicas_kill_and_revoke(nats_url: str, tmp_path: Path) -> 
     bad_token = issue(authority, bad.agent_id, ["echo=*"], now=now, ttl=600)
     prefix = "r" + os.urandom(4).hex()
     root = authority.agent_id.text
-    replicas = [Replica(tmp_path, n, nats_url, root, prefix) for n in range(3)]
+    replicas = [Replica(tmp_path, n, nats_url, root, prefix, anyio_backend) for n in range(3)]
     stats: dict[str, Any] = {"lost": 0, "reestablished": 0, "requests": 0}
     stats.update(refused_at={}, why=[])
     try:
@@ -121,7 +120,10 @@ async def test_three_replicas_kill_and_revoke(nats_url: str, tmp_path: Path) -> 
             for i in range(WORKERS):
                 tg.start_soon(worker, i, link)
             await anyio.sleep(KILL_AT)
-            replicas[0].proc.kill()  # SIGKILL: no goodbye to anyone
+            # SIGKILL the busiest replica: no goodbye to anyone
+            counts = [len(r.lines("handshake complete (server)")) for r in replicas]
+            killed = counts.index(max(counts))
+            replicas[killed].proc.kill()
             await anyio.sleep(REVOKE_AT - KILL_AT)
             statement = revoke(authority, [bad_token], now=time.time())
             revoked_at.append(time.time())
@@ -129,10 +131,10 @@ async def test_three_replicas_kill_and_revoke(nats_url: str, tmp_path: Path) -> 
             await anyio.sleep(RUN_SECONDS - REVOKE_AT)
             stop.set()
         # a replica started after the revocation replays it from JetStream
-        late = Replica(tmp_path, 3, nats_url, root, prefix)
+        late = Replica(tmp_path, 3, nats_url, root, prefix, anyio_backend)
         replicas.append(late)
         late.wait_ready()
-        for r in replicas[1:]:
+        for r in replicas:
             r.stop()
     finally:
         for r in replicas:
@@ -142,16 +144,18 @@ async def test_three_replicas_kill_and_revoke(nats_url: str, tmp_path: Path) -> 
 
     served = [len(r.lines("handshake complete (server)")) for r in replicas[:3]]
     applied = [r.lines("revocation from") for r in replicas]
-    delays = [_log_time(a[0]) - revoked_at[0] for a in applied[1:3]]
-    print(f"\nsessions per replica {served}; lost {stats['lost']}, re-established "
+    survivors = [n for n in range(3) if n != killed]
+    delays = [_log_time(applied[n][0]) - revoked_at[0] for n in survivors]
+    print(f"\nsessions per replica at the kill {counts}, killed #{killed}, at the end {served}; "
+          f"lost {stats['lost']}, re-established "
           f"{stats['reestablished']}; requests {stats['requests']}; "
           f"revocation reached replicas in {[round(d, 3) for d in delays]} s")  # fmt: skip
     print("sessions lost:", stats["why"])
-    assert all(n >= 1 for n in served), served  # the queue group spread the sessions
+    assert sum(n >= 1 for n in served) >= 2, served  # the queue group spread the sessions
     assert stats["requests"] > WORKERS * 10
     assert stats["lost"] >= 1  # the killed replica's sessions...
     assert stats["reestablished"] == stats["lost"]  # ...were all re-established elsewhere
-    assert not applied[0]  # killed before the revocation
+    assert not applied[killed]  # killed before the revocation
     assert all(0 <= d < 1.0 for d in delays), delays
     assert applied[3], "the late replica did not replay the revocation"
     refused = stats["refused_at"]
