@@ -8,6 +8,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 
 import pytest
 
@@ -19,7 +20,7 @@ def _free_port() -> int:
 
 
 def start_nats_server(
-    *, jetstream: bool = True, port: int = 0, store: str = ""
+    *, jetstream: bool = True, port: int = 0, store: str = "", extra: Sequence[str] = ()
 ) -> tuple[subprocess.Popen[bytes], str, str]:
     """Start nats-server; return (process, url, store dir). Fails or skips without it."""
     binary = shutil.which("nats-server")
@@ -33,6 +34,7 @@ def start_nats_server(
     args = [binary, "-a", "127.0.0.1", "-p", str(port)]
     if jetstream:
         args += ["-js", "-sd", store]
+    args += list(extra)
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
