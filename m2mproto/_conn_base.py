@@ -70,6 +70,7 @@ class ConnectionCore:
     state: ConnectionState
     peer: AgentId | None
     handshake_hash: bytes | None
+    suite: str | None
     peer_parameters: TransportParameters | None
     _authorizer: Authorizer | None
     _late_tokens: tuple[bytes, ...]

@@ -71,6 +71,7 @@ class HandshakeDriver(ConnectionCore):
         self.state = ConnectionState.ESTABLISHED
         self.peer = res.peer
         self.handshake_hash = res.handshake_hash
+        self.suite = res.suite
         try:
             params = TransportParameters.from_params(res.peer_params)
         except RemoteProtocolError as exc:

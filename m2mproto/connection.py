@@ -124,7 +124,12 @@ class Connection(HandshakeDriver, FrameHandlers, Outbox):
             remote_static=remote_static,
             authenticate_peer=authenticate_peer,
             max_message_size=cfg.max_handshake_message,
+            post_quantum=cfg.post_quantum,
+            require_post_quantum=cfg.require_post_quantum,
+            classical_fallback=cfg.post_quantum_fallback and initiator,
         )
+        #: The negotiated Noise protocol name (spec/handshake.md 2.11), once established.
+        self.suite: str | None = None
         self.state = ConnectionState.HANDSHAKING
         self.peer: AgentId | None = None
         self.handshake_hash: bytes | None = None

@@ -124,7 +124,7 @@ def test_ik_responder_reports_initiator_abort() -> None:
     b.start(clock.now)
     b.receive_data(a.data_to_send(), clock.now)  # IK message 1: b completes
     got = _events(b)
-    assert isinstance(got[0], HandshakeCompleted) and got[0].pattern == "IK"
+    assert isinstance(got[0], HandshakeCompleted) and got[0].pattern == "IKhfs"  # hybrid by default
     a.receive_data(b.data_to_send(), clock.now)  # message 2: a refuses b
     assert isinstance(_events(a)[-1], ConnectionClosed)
     abort = a.data_to_send()

@@ -14,6 +14,7 @@ the handshake with ``Configuration.handshake_timeout`` and the transport with
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
@@ -22,7 +23,7 @@ import anyio
 from anyio.abc import ByteStream
 
 from ..config import Configuration
-from ..errors import ErrorCode, LocalProtocolError
+from ..errors import ErrorCode, LocalProtocolError, M2MError
 from ..identity import AgentId, Identity
 from ..tokens import RevocationStore, TokenAuthorizer
 from .server import Router
@@ -66,9 +67,28 @@ class SessionOpener:
 
     async def _open(self) -> Session:
         connect_timeout = self._kwargs.pop("connect_timeout")
+        try:
+            return await self._attempt(self._kwargs, connect_timeout)
+        except M2MError as exc:
+            cfg = self._kwargs["config"] or Configuration()
+            code = getattr(exc, "close_code", exc.code)  # the peer's ABORT code
+            if (
+                code != ErrorCode.VERSION_MISMATCH
+                or not cfg.post_quantum
+                or cfg.require_post_quantum
+                or cfg.post_quantum_fallback
+                or isinstance(self._address, ByteStream)
+            ):
+                raise
+        # The peer refused the hybrid offer (a classical-only peer): one classical
+        # retry whose offer still prefers the hybrid suite (spec/handshake.md 2.11).
+        retry = dict(self._kwargs, config=dataclasses.replace(cfg, post_quantum_fallback=True))
+        return await self._attempt(retry, connect_timeout)
+
+    async def _attempt(self, kwargs: dict[str, Any], connect_timeout: float | None) -> Session:
         transport = await open_transport(self._address, connect_timeout=connect_timeout)
         try:
-            return await Session.wrap(transport, **self._kwargs)
+            return await Session.wrap(transport, **kwargs)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.aclose_forcefully(transport)

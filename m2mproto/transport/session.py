@@ -245,6 +245,13 @@ class Session(_Dispatcher):
         return self._handshake_hash
 
     @property
+    def suite(self) -> str | None:
+        """The negotiated Noise protocol name, e.g.
+        ``Noise_XXhfs_25519+ML-KEM-768_ChaChaPoly_SHA256`` (hybrid post-quantum) or
+        ``Noise_XX_25519_ChaChaPoly_SHA256`` (classical); None before the handshake."""
+        return self._conn.suite
+
+    @property
     def capabilities(self) -> object:
         """The peer's verified grants (a tuple of :class:`~m2mproto.tokens.Grant`
         with a ``TokenAuthorizer``; the last accepted summary otherwise)."""
