@@ -110,6 +110,10 @@ def register(sub: Any) -> None:
         q.add_argument("--peer", metavar="AGENT_ID", help="require the peer to be this agent")
         q.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
         q.add_argument("--json", action="store_true", help="print JSON (the default output)")
+        q.add_argument(
+            "-v", "--verbose", action="store_true",
+            help="print the peer and the negotiated handshake suite to stderr",
+        )  # fmt: skip
         q.add_argument("resource", metavar="RESOURCE")
         q.add_argument("message", metavar="JSON")
         if name == "send":
@@ -165,11 +169,13 @@ class ReferencePeer:
             self.server.message("log")(self.log)
 
     async def echo(self, message: Any, ctx: Any) -> Any:
-        logger.info("echo request from %s", ctx.peer.short_id)
+        logger.info("echo request from %s (%s)", ctx.peer.short_id, ctx.session.suite)
         return message
 
     async def log(self, message: Any, ctx: Any) -> None:
-        logger.info("log from %s: %s", ctx.peer.short_id, json.dumps(to_json(message)))
+        suite = getattr(getattr(ctx, "session", None), "suite", None)  # None: reliable delivery
+        logger.info("log from %s%s: %s", ctx.peer.short_id, f" ({suite})" if suite else "",
+                    json.dumps(to_json(message)))  # fmt: skip
         if self.log_file is not None:
             line = json.dumps({"peer": ctx.peer.agent_id.text, "message": to_json(message)})
             with self.log_file.open("a") as fh:
@@ -264,6 +270,9 @@ async def _client(args: argparse.Namespace, value: Any) -> Any:
             peer=expected,
             connect_timeout=args.timeout,
         ) as session:
+            if getattr(args, "verbose", False):
+                print(f"connected to {session.peer.agent_id.text} ({session.suite})",
+                      file=sys.stderr, flush=True)  # fmt: skip
             if args.client_kind == "request":
                 return await session.request(args.resource, value, timeout=args.timeout)
             await session.send(args.resource, value, confirm=True)
