@@ -139,6 +139,11 @@ def connect(
         router: handlers for streams the server opens to us; messages with no
             route are delivered by ``async for incoming in session``.
 
+    The handshake offers the hybrid post-quantum suite first (``config.post_quantum``);
+    if the server refuses it as a classical-only peer does (``VERSION_MISMATCH``), the
+    connection is retried once with the classical suite, except for a ``ByteStream``
+    address (which cannot be reopened) or under ``config.require_post_quantum``.
+
     Raises (when awaited or entered):
         AuthenticationError: the server is not *peer*, or its identity proof failed.
         TokenError: the server rejected our tokens (``code`` says why).
