@@ -275,3 +275,32 @@ def test_invalid_ml_kem_public_key_is_a_decode_error() -> None:
     i, r = _pump(_init(post_quantum=True), _resp(post_quantum=True), tamper=tamper)
     assert r.error is not None and r.error.code is ErrorCode.DECODE_ERROR
     assert r.sent == [MAGIC + encode_abort(ErrorCode.DECODE_ERROR)]
+
+
+def test_preference_naming_only_the_hybrid_pattern_is_a_downgrade() -> None:
+    # A classical offer whose key 512 names the hybrid variant but not the pattern it runs.
+    def tamper(index: int, data: bytes) -> bytes:
+        if index != 0:
+            return data
+        n = int.from_bytes(data[8:10], "big")
+        body = cbor.encode({1: [1], 2: "XX", 512: ["XXhfs"]})
+        return MAGIC + len(body).to_bytes(2, "big") + body + data[10 + n :]
+
+    i, r = _pump(_init(post_quantum=False), _resp(post_quantum=True), tamper=tamper)
+    assert r.error is not None and r.error.code is ErrorCode.DOWNGRADE_DETECTED
+
+
+def test_malformed_preference_is_ignored_like_an_unknown_extension() -> None:
+    def tamper(index: int, data: bytes) -> bytes:
+        if index != 0:
+            return data
+        n = int.from_bytes(data[8:10], "big")
+        body = cbor.encode({1: [1], 2: "XX", 512: b"XXhfs"})
+        return MAGIC + len(body).to_bytes(2, "big") + body + data[10 + n :]
+
+    # The responder ignores the malformed key and answers with message 2; the initiator
+    # bound its real offer, so the rewrite is caught by the prologue instead.
+    i, r = _pump(_init(post_quantum=False), _resp(post_quantum=True), tamper=tamper)
+    assert r.sent and r.sent[0].startswith(MAGIC) and len(r.sent[0]) > 100  # message 2
+    assert i.error is not None and i.error.code is ErrorCode.DECRYPT_ERROR
+    assert r.error is not None and r.error.code is ErrorCode.DECRYPT_ERROR  # the ABORT

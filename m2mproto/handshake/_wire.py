@@ -236,8 +236,7 @@ def check_pattern(
     if (
         post_quantum
         and hybrid in preference
-        and pattern in preference
-        and preference.index(hybrid) < preference.index(pattern)
+        and (pattern not in preference or preference.index(hybrid) < preference.index(pattern))
     ):
         raise RemoteProtocolError(
             f"offer prefers {hybrid} but runs {pattern}: the hybrid offer was suppressed",
