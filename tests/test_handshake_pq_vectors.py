@@ -251,3 +251,29 @@ def test_key_schedule_rederived_independently(pattern: str) -> None:
         payload = st.decrypt_and_hash(message[pos:])
         assert (payload == b"") == (pattern == "XXhfs" and index == 0)
     assert st.h.hex() == t["handshake_hash"]
+
+
+def _offer_schema() -> Any:
+    import re
+    from pathlib import Path
+
+    import pycddl
+
+    text = (Path(__file__).resolve().parent.parent / "spec" / "handshake.md").read_text()
+    cddl = "\n".join(re.findall(r"```cddl\n(.*?)```", text, re.S))
+    # pycddl 0.6.4 mis-validates `* ext-key => any` (see tests/interop/test_vectors.py).
+    cddl = re.sub(r",(\s*(;[^\n]*)?\n)?\s*\*\s*ext-key\s*=>\s*any", "", cddl)
+    return pycddl.Schema(f"m2m-vector-root = offer\n{cddl}")
+
+
+def test_offers_conform_to_the_spec_cddl() -> None:
+    from m2mproto import cbor
+
+    schema = _offer_schema()
+    for t in DATA["transcripts"]:
+        schema.validate_cbor(bytes.fromhex(t["offer_cbor"]))
+    schema.validate_cbor(cbor.encode({1: [1], 2: "XX", 512: ["XXhfs", "XX"]}))  # fallback
+    schema.validate_cbor(cbor.encode({1: [1], 2: "XX"}))  # classical, unchanged
+    for bad in ({1: [1], 2: "NNhfs"}, {1: [1], 2: "XXhfs", 512: "XXhfs"}, {1: [1], 2: "XX", 512: []}):
+        with pytest.raises(Exception):  # noqa: B017 - pycddl's ValidationError
+            schema.validate_cbor(cbor.encode(bad))
