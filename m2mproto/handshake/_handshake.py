@@ -20,8 +20,11 @@ the side to ``FAILED`` before the error propagates; ``abort`` then yields the
 cleartext ABORT to send. Bytes after the final handshake message are handed to
 the record layer untouched in ``HandshakeResult.trailing_data``.
 
-All randomness (a default static key, ephemeral keys) comes from the injected
-``entropy`` callable; nothing here reads a clock.
+All randomness (a default static key, ephemeral keys, the ML-KEM key pair's
+seed) comes from the injected ``entropy`` callable, with one exception: the
+32 random bytes of an ML-KEM-768 encapsulation (hybrid responder) come from
+OpenSSL, because ``cryptography`` has no deterministic encapsulation. Nothing
+here reads a clock.
 """
 
 from __future__ import annotations
