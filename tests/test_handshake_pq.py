@@ -152,13 +152,13 @@ def test_require_post_quantum_responder_refuses_classical() -> None:
 
 
 def test_require_post_quantum_initiator_reports_the_refusal() -> None:
-    i, r = _pump(_init(require_post_quantum=True), _resp(post_quantum=False))
+    i, _r = _pump(_init(require_post_quantum=True), _resp(post_quantum=False))
     assert _offer(i.sent[0]) == {1: [1], 2: "XXhfs"}  # no classical alternative offered
     assert i.error is not None and i.error.code is ErrorCode.POST_QUANTUM_REQUIRED
 
 
 def test_require_post_quantum_both_sides() -> None:
-    i, r = _pump(_init(require_post_quantum=True), _resp(require_post_quantum=True))
+    i, _r = _pump(_init(require_post_quantum=True), _resp(require_post_quantum=True))
     assert i.result is not None and i.result.pattern == "XXhfs"
 
 
@@ -261,7 +261,7 @@ def test_xxhfs_message_1_of_the_wrong_length() -> None:
         msg1 = data[12 + n :] + b"\x00"
         return data[: 10 + n] + len(msg1).to_bytes(2, "big") + msg1
 
-    i, r = _pump(_init(post_quantum=True), _resp(post_quantum=True), tamper=tamper)
+    _i, r = _pump(_init(post_quantum=True), _resp(post_quantum=True), tamper=tamper)
     assert r.error is not None and r.error.code is ErrorCode.DECODE_ERROR
 
 
@@ -272,7 +272,7 @@ def test_invalid_ml_kem_public_key_is_a_decode_error() -> None:
             return data
         return data[: len(data) - 1184] + b"\xff" * 1184
 
-    i, r = _pump(_init(post_quantum=True), _resp(post_quantum=True), tamper=tamper)
+    _i, r = _pump(_init(post_quantum=True), _resp(post_quantum=True), tamper=tamper)
     assert r.error is not None and r.error.code is ErrorCode.DECODE_ERROR
     assert r.sent == [MAGIC + encode_abort(ErrorCode.DECODE_ERROR)]
 
@@ -286,7 +286,7 @@ def test_preference_naming_only_the_hybrid_pattern_is_a_downgrade() -> None:
         body = cbor.encode({1: [1], 2: "XX", 512: ["XXhfs"]})
         return MAGIC + len(body).to_bytes(2, "big") + body + data[10 + n :]
 
-    i, r = _pump(_init(post_quantum=False), _resp(post_quantum=True), tamper=tamper)
+    _i, r = _pump(_init(post_quantum=False), _resp(post_quantum=True), tamper=tamper)
     assert r.error is not None and r.error.code is ErrorCode.DOWNGRADE_DETECTED
 
 

@@ -274,6 +274,11 @@ def test_offers_conform_to_the_spec_cddl() -> None:
         schema.validate_cbor(bytes.fromhex(t["offer_cbor"]))
     schema.validate_cbor(cbor.encode({1: [1], 2: "XX", 512: ["XXhfs", "XX"]}))  # fallback
     schema.validate_cbor(cbor.encode({1: [1], 2: "XX"}))  # classical, unchanged
-    for bad in ({1: [1], 2: "NNhfs"}, {1: [1], 2: "XXhfs", 512: "XXhfs"}, {1: [1], 2: "XX", 512: []}):
+    bad_offers = (
+        {1: [1], 2: "NNhfs"},
+        {1: [1], 2: "XXhfs", 512: "XXhfs"},
+        {1: [1], 2: "XX", 512: []},
+    )
+    for bad in bad_offers:
         with pytest.raises(Exception):  # noqa: B017 - pycddl's ValidationError
             schema.validate_cbor(cbor.encode(bad))

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from transport_util import CLIENT_ID, SERVER_ID, make_server, running_tcp
 
 from m2mproto.config import Configuration
 from m2mproto.errors import ErrorCode, M2MError
 from m2mproto.handshake import PATTERNS
 from m2mproto.transport import connect
-
-from transport_util import CLIENT_ID, SERVER_ID, make_server, running_tcp
 
 pytestmark = pytest.mark.anyio
 
