@@ -6,6 +6,9 @@
   same work as :mod:`bench.noise_anchor`. Each side's static X25519 key and
   its binding signature are made once per process and passed in (as a
   server would); entropy is ``os.urandom`` (the edge of the system).
+  ``handshakes_s`` is the classical suite (XX); ``handshakes_s_hybrid`` the
+  hybrid post-quantum one (XXhfs: X25519 + ML-KEM-768, spec/handshake.md
+  2.13), measured right after it in the same round.
 * Transport: one message of 64 KiB or 256 B from one side to the other
   through m2mproto's sans-IO connection (frames, records, AEAD), once that
   exists in this checkout; until then :class:`Unavailable`. The record layer
@@ -27,7 +30,7 @@ from .primitives import SIZES
 __all__ = ["measure"]
 
 
-def _handshake_pair() -> Any:
+def _handshake_pair(post_quantum: bool = False) -> Any:
     try:
         from m2mproto.handshake import Handshake, StaticKey
         from m2mproto.identity import Identity
@@ -41,8 +44,12 @@ def _handshake_pair() -> Any:
     res_static = StaticKey.generate(res_id, entropy)
 
     def once() -> Any:
-        ini = Handshake(True, ini_id, entropy=entropy, static_key=ini_static)
-        res = Handshake(False, res_id, entropy=entropy, static_key=res_static)
+        ini = Handshake(
+            True, ini_id, entropy=entropy, static_key=ini_static, post_quantum=post_quantum
+        )
+        res = Handshake(
+            False, res_id, entropy=entropy, static_key=res_static, post_quantum=post_quantum
+        )
         results: list[Any] = [None, None]
         # XX is three flights; 8 turns is a generous bound.
         for _ in range(8):
@@ -171,8 +178,9 @@ def measure(settings: Settings) -> dict[str, Any]:
     try:
         once = _handshake_pair()
         out["handshakes_s"] = rate(once, d, max_iters=it)
+        out["handshakes_s_hybrid"] = rate(_handshake_pair(True), d, max_iters=it)
     except Unavailable as exc:
-        out["handshakes_s"] = None
+        out["handshakes_s"] = out["handshakes_s_hybrid"] = None
         out["unavailable"]["handshakes_s"] = str(exc)
     for name, size in SIZES.items():
         for key, fn in (("transport", _connection_transport), ("records", _records)):

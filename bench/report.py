@@ -230,6 +230,17 @@ def render_table(results: dict[str, Any]) -> str:
     for label, a, b, rkey in rows2:
         cell, target = _ratio_cell(rkey, any_ratios[rkey])
         lines.append(w.format(label, _num(a), _num(b), cell, target))
+    hybrid = inm.get("handshakes_s_hybrid")
+    r = _div(hybrid, inm.get("handshakes_s"))
+    lines.append(
+        w.format(
+            "  (XXhfs hybrid PQ handshakes/s vs XX)",
+            _num(hybrid),
+            _num(inm.get("handshakes_s")),
+            "-" if r is None else f"{r:.2f}x",
+            "info",
+        )
+    )
     for name in ("64k", "256"):
         rec = inm.get(f"records{name}_msgs_s")
         aead = _get(prim, "aead", name, "seal_open_msgs_s")

@@ -182,10 +182,14 @@ def new_handshake(
     ik: bool = False,
     tokens: tuple[bytes, ...] = (),
     params: dict[int, Any] | None = None,
+    post_quantum: bool = False,
 ) -> Any:
     """A sans-IO Handshake with fixed identity, static and ephemeral keys.
 
     The initiator is alice, the responder bob; each accepts only the other.
+    With *post_quantum* the hybrid suite is offered / accepted; the initiator's
+    ML-KEM seed comes from the fixed entropy, so its flights stay deterministic
+    (the responder's encapsulation does not: OpenSSL draws it).
     """
     from m2mproto.errors import AuthenticationError, ErrorCode
     from m2mproto.handshake import Handshake
@@ -208,17 +212,19 @@ def new_handshake(
         remote_static=x25519_public_key(static_key(peer)) if ik and initiator else None,
         authenticate_peer=authenticate,
         fixed_ephemeral_key_for_testing_only=ephemeral_key(me),
+        post_quantum=post_quantum,
     )
 
 
-def run_handshake(ik: bool = False) -> dict[str, bytes]:
+def run_handshake(ik: bool = False, post_quantum: bool = False) -> dict[str, bytes]:
     """A complete deterministic handshake; returns each flight's bytes.
 
     Keys: ``init1`` (preface + message 1), ``resp2`` (magic + message 2),
-    ``init3`` (message 3, XX only).
+    ``init3`` (message 3, XX only). With *post_quantum* (XXhfs / IKhfs) only
+    ``init1`` is deterministic.
     """
-    a = new_handshake(True, ik=ik)
-    b = new_handshake(False)
+    a = new_handshake(True, ik=ik, post_quantum=post_quantum)
+    b = new_handshake(False, post_quantum=post_quantum)
     flights = {"init1": a.data_to_send()}
     b.receive_data(flights["init1"])
     done_b = b.next_event()

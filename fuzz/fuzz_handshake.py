@@ -8,6 +8,12 @@ The first input byte picks the scenario, the rest is what the peer sends:
 * 2: XX responder, after the real preface and message 1, fed message 3;
 * 3: IK initiator, after its real message 1, fed the responder's flight.
 
+Bit 0x40 of the first byte makes the initiator scenarios (1, 3) hybrid post-quantum
+(XXhfs / IKhfs: the responder's flight carries the encrypted ML-KEM ciphertext, so
+``ekem1`` parsing and decapsulation are reached); the responder scenarios ignore
+it (their encapsulation draws OpenSSL randomness, which would break the
+split-input equivalence).
+
 Identities, static and ephemeral keys are fixed, so a seed recorded from a
 real run completes the handshake. Bit 0x80 of the first byte also signals
 end of stream after the input. Invariant: ``next_event`` returns None, a
@@ -27,16 +33,21 @@ with instrumented(__name__):
     from m2mproto.errors import ErrorCode, LocalProtocolError, M2MError
     from m2mproto.handshake import ABORT_LENGTH, HandshakeAborted
 
-_FLIGHTS: dict[bool, dict[str, bytes]] = {}
+_FLIGHTS: dict[tuple[bool, bool], dict[str, bytes]] = {}
 
 
-def _flights(ik: bool) -> dict[str, bytes]:
-    if ik not in _FLIGHTS:
-        _FLIGHTS[ik] = run_handshake(ik)
-    return _FLIGHTS[ik]
+def _flights(ik: bool, hybrid: bool = False) -> dict[str, bytes]:
+    if (ik, hybrid) not in _FLIGHTS:
+        _FLIGHTS[(ik, hybrid)] = run_handshake(ik, post_quantum=hybrid)
+    return _FLIGHTS[(ik, hybrid)]
 
 
-def _setup(scenario: int) -> Any:
+def _setup(scenario: int, hybrid: bool = False) -> Any:
+    if hybrid and scenario in (1, 3):
+        ik = scenario == 3
+        hs = new_handshake(True, ik=ik, post_quantum=True)
+        assert hs.data_to_send() == _flights(ik, True)["init1"], "initiator is not deterministic"
+        return hs
     if scenario == 0:
         return new_handshake(False)
     if scenario == 1:
@@ -54,9 +65,9 @@ def _setup(scenario: int) -> Any:
     return hs
 
 
-def _run(scenario: int, pieces: list[bytes], eof: bool) -> tuple[Any, ...]:
+def _run(scenario: int, pieces: list[bytes], eof: bool, hybrid: bool = False) -> tuple[Any, ...]:
     """Feed *pieces*; return the outcome ``("done", hash, trailing)`` / ``("error", code)``."""
-    hs = _setup(scenario)
+    hs = _setup(scenario, hybrid)
     trailing = b""
     result = None
     try:
@@ -97,14 +108,15 @@ def check_handshake(data: bytes) -> None:
     if not data:
         return
     scenario, eof, body = data[0] % 4, bool(data[0] & 0x80), data[1:]
-    whole = _run(scenario, [body] if body else [], eof)
+    hybrid = bool(data[0] & 0x40)
+    whole = _run(scenario, [body] if body else [], eof, hybrid)
     sizes = [1, 2, 3, 5, 7, 11, 64]
     pieces, pos, i = [], 0, 0
     while pos < len(body):
         pieces.append(body[pos : pos + sizes[i % len(sizes)]])
         pos += sizes[i % len(sizes)]
         i += 1
-    split = _run(scenario, pieces, eof)
+    split = _run(scenario, pieces, eof, hybrid)
     assert whole == split, f"whole {whole!r} != split {split!r}"
 
 

@@ -181,6 +181,11 @@ def main() -> None:
         if not ik:
             save("handshake", b"\x02" + flights["init3"])
             save("handshake", b"\x82" + flights["init3"][:40])
+    # hybrid (XXhfs / IKhfs): the responder's flight, for the initiator scenarios with 0x40
+    for ik in (False, True):
+        flights = run_handshake(ik, post_quantum=True)
+        save("handshake", (b"\x43" if ik else b"\x41") + flights["resp2"])
+        save("handshake", b"\x00" + flights["init1"])  # refused by the classical responder
     # tokens: every entry point on every token, plus a revocation statement
     tokens = token_set("alice", "bob")
     statement = revoke(identity("authority"), [tokens["valid"]], now=NOW)

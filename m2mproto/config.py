@@ -174,8 +174,20 @@ class Configuration:
     #: and signed per connection). Default: fresh per connection from ``entropy`` (a
     #: transport ``Server`` or a ``StaticKeys`` passed to ``connect`` shares one instead).
     static_key: StaticKey | bytes | None = field(default=None, repr=False)  # a secret
-    #: Largest handshake message accepted.
+    #: Largest handshake message accepted (hybrid messages may exceed it by the
+    #: 1200 bytes of their ML-KEM token, spec/handshake.md 2.13).
     max_handshake_message: int = 65535
+    #: Offer the hybrid post-quantum suite (X25519 + ML-KEM-768, ``XXhfs`` / ``IKhfs``)
+    #: first and accept it as a responder. A classical-only responder refuses the
+    #: hybrid offer and ``connect()`` retries once with the classical suite.
+    post_quantum: bool = True
+    #: Refuse classical peers (``POST_QUANTUM_REQUIRED``): a responder refuses
+    #: classical offers, an initiator offers only the hybrid suite and never falls back.
+    require_post_quantum: bool = False
+    #: Set by ``connect()`` on its classical retry after a peer refused the hybrid
+    #: offer: the offer still says the hybrid suite is preferred, so a hybrid-capable
+    #: responder detects that the first offer was suppressed (``DOWNGRADE_DETECTED``).
+    post_quantum_fallback: bool = False
 
     def __post_init__(self) -> None:
         if not callable(self.entropy):
@@ -207,6 +219,11 @@ class Configuration:
         ):
             raise LocalProtocolError(
                 "static_key must be a StaticKey or 32 bytes", ErrorCode.INVALID_ARGUMENT
+            )
+        if self.post_quantum_fallback and (not self.post_quantum or self.require_post_quantum):
+            raise LocalProtocolError(
+                "post_quantum_fallback needs post_quantum and not require_post_quantum",
+                ErrorCode.INVALID_ARGUMENT,
             )
         if self.key_update_after_records >= self.max_records_per_key:
             raise LocalProtocolError(

@@ -81,6 +81,7 @@ from .errors import (
 from .events import ConnectionClosed, Event, HandshakeCompleted, StreamReset, TokenAccepted
 from .frames import MAX_CODE, MAX_PING_PAYLOAD, MAX_VARINT, PingFrame, TokenFrame
 from .handshake import Handshake, HandshakeResult, StaticKey
+from .handshake._wire import BASE as _BASE_PATTERN
 from .identity import AgentId, Identity
 from .records import RecordReader, RecordWriter
 from .streams import (
@@ -146,7 +147,12 @@ class Connection:
             remote_static=remote_static,
             authenticate_peer=authenticate_peer,
             max_message_size=cfg.max_handshake_message,
+            post_quantum=cfg.post_quantum,
+            require_post_quantum=cfg.require_post_quantum,
+            classical_fallback=cfg.post_quantum_fallback and initiator,
         )
+        #: The negotiated Noise protocol name (spec/handshake.md 2.13), once established.
+        self.suite: str | None = None
         #: The peer's agent ID (once the handshake completes).
         self.peer: AgentId | None = None
         #: The handshake hash (channel binding), once the handshake completes.
@@ -372,9 +378,10 @@ class Connection:
         An IK responder completes the Noise handshake on message 1, which a
         third party may have recorded and replayed: it waits in CONFIRMING
         until the initiator's first transport record decrypts (spec/handshake.md
-        §2.11), and only then reports the session and accepts its tokens.
+        §2.12), and only then reports the session and accepts its tokens.
         """
-        confirm = self.role is Role.RESPONDER and res.pattern == "IK"
+        ik = _BASE_PATTERN.get(res.pattern, res.pattern) == "IK"  # IK or IKhfs
+        confirm = self.role is Role.RESPONDER and ik
         cfg = self.config
         self._transport = tr = handshaking.into_transport(res, cfg, self._outbox)
         self._handshake = None
@@ -402,7 +409,7 @@ class Connection:
         if confirm:
             self._unconfirmed = (res, params, handshaking.late_tokens)
             return None
-        if res.pattern == "IK":  # the initiator: our first record proves liveness
+        if ik:  # the initiator: our first record proves liveness
             self._outbox.liveness_due = True
         return self._report(res, params, handshaking.late_tokens)
 
@@ -419,6 +426,7 @@ class Connection:
     ) -> Event:
         """Publish the handshake's results, accept the peer's tokens, send ours."""
         self.peer = self._auth.peer = res.peer
+        self.suite = res.suite
         self.handshake_hash = res.handshake_hash
         self.peer_parameters = params
         for token in late_tokens:

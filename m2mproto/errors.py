@@ -124,6 +124,11 @@ class ErrorCode(IntEnum):
     AUTH_UNTRUSTED = 0x104
     #: The peer's identity is not the one the initiator expected.
     AUTH_UNEXPECTED_PEER = 0x105
+    #: A classical handshake refused: ``require_post_quantum`` is set (wire VERSION_MISMATCH).
+    POST_QUANTUM_REQUIRED = 0x106
+    #: A classical offer that prefers the hybrid suite reached a hybrid responder
+    #: (the hybrid offer was suppressed on the way; wire VERSION_MISMATCH).
+    DOWNGRADE_DETECTED = 0x107
 
     # --- token reasons (local; wire TOKEN_INVALID) ---------------------------
     EXPIRED = 0x200

@@ -64,7 +64,7 @@ class HandshakeCompleted(Event):
     handshake_hash: bytes
     #: The peer's raw transport parameters (validated).
     peer_params: dict[int, Any]
-    #: ``"XX"`` or ``"IK"``.
+    #: ``"XX"``, ``"IK"``, or the hybrid post-quantum ``"XXhfs"`` / ``"IKhfs"``.
     pattern: str
     #: Negotiated protocol version.
     version: int

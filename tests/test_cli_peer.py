@@ -233,3 +233,22 @@ def test_make_demo(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "All steps behaved as expected" in result.stdout
+
+
+def test_request_verbose_shows_the_hybrid_suite(world: tuple[Path, dict[str, str]]) -> None:
+    d, ids = world
+    peer = start_serve(d, "--root", ids["root"])
+    try:
+        result = m2m("request", "-v", "--key", "a.key", "--token", "a.tok", "--connect",
+                     peer.address, "--peer", ids["srv"], "echo", "1", cwd=d)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == 1
+        suite = "Noise_XXhfs_25519+ML-KEM-768_ChaChaPoly_SHA256"
+        assert result.stderr.strip() == f"connected to {ids['srv']} ({suite})"
+        quiet = ok("request", "--key", "a.key", "--token", "a.tok", "--connect", peer.address,
+                   "--peer", ids["srv"], "echo", "2", cwd=d)  # fmt: skip
+        assert json.loads(quiet) == 2
+    finally:
+        assert stop(peer) == 0
+    echo_lines = [line for line in peer.log().splitlines() if "echo message from" in line]
+    assert len(echo_lines) == 2 and all(f"({suite})" in line for line in echo_lines)

@@ -78,7 +78,7 @@ def test_ik_completes_after_the_initiators_first_record() -> None:
     assert authz.accepted == []
     a.receive_data(b.data_to_send(), clock.now)  # message 2
     got_a = _events(a)
-    assert isinstance(got_a[0], HandshakeCompleted) and got_a[0].pattern == "IK"
+    assert isinstance(got_a[0], HandshakeCompleted) and got_a[0].pattern in ("IK", "IKhfs")
     first = a.data_to_send()  # the initiator's first record: proof of liveness
     assert len(first) >= 18
     b.receive_data(first, clock.now)
@@ -160,5 +160,5 @@ def test_xx_is_unchanged() -> None:
     p = Pair().handshake()
     for c in (p.a, p.b):
         assert isinstance(p.events[c][0], HandshakeCompleted)
-        assert p.events[c][0].pattern == "XX"
+        assert p.events[c][0].pattern in ("XX", "XXhfs")
     assert p.wire[p.a][-1] == b""  # nothing sent after message 3

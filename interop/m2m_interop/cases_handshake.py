@@ -692,3 +692,184 @@ def _hs_timeout(ctx: Ctx) -> Actual:
         wire = code_name(int.from_bytes(out[10:], "big"))
         return Actual("conn_error" if link.iut_closed else "fail", wire, local)
     return Actual("abort" if link.iut_closed else "none", None, local, out.hex())
+
+
+# ------------------------------------------------------------------ §2.13 hybrid post-quantum
+
+_PQ_ONLY = IUTProfile(config={"require_post_quantum": True})
+_CLASSICAL_ONLY = IUTProfile(config={"post_quantum": False})
+_PQ_IUT_INIT = IUTProfile(initiator=True, tokens=iut_tokens())
+
+
+def _suite_session(expected: str, **bugs: Any) -> Any:
+    """Complete a handshake and check the Noise protocol both sides ran."""
+
+    def run(ctx: Ctx) -> Actual:
+        s = ctx.session(**bugs)
+        noise = s.peer.noise
+        name = noise.protocol.name if noise is not None else None
+        if name != expected:
+            return Actual("fail", detail=f"handshake ran {name}, expected {expected}")
+        return ctx.observe(s)
+
+    return run
+
+
+_XXHFS = "Noise_XXhfs_25519+ML-KEM-768_ChaChaPoly_SHA256"
+_IKHFS = "Noise_IKhfs_25519+ML-KEM-768_ChaChaPoly_SHA256"
+
+case(
+    "2.13/1",
+    "PQ-XXhfs-Negotiated",
+    "2.13: a responder accepts the hybrid XXhfs offer (X25519 + ML-KEM-768) and completes it.",
+    ok(),
+)(_suite_session(_XXHFS, pattern="XXhfs", offer=cbor.encode(
+    {1: [1], 2: "XXhfs", 512: ["XXhfs", "XX"]})))  # fmt: skip
+
+case(
+    "2.13/2",
+    "PQ-IKhfs-Negotiated",
+    "2.13: a responder accepts the hybrid IKhfs offer (ML-KEM key encrypted in message 1).",
+    ok(),
+    needs={"iut-keys"},
+)(_suite_session(_IKHFS, pattern="IKhfs"))
+
+case(
+    "2.13/3",
+    "PQ-IUT-Initiator-OffersHybrid",
+    "2.13: an initiator offers the hybrid suite first by default and completes it.",
+    ok(),
+    profile=_PQ_IUT_INIT,
+)(_suite_session(_XXHFS))
+
+case(
+    "2.13/4",
+    "PQ-ClassicalPeer-Interoperates",
+    '2.13: a classical-only initiator (offer {1: [1], 2: "XX"}, exactly as before the '
+    "hybrid suite) still completes against the hybrid-by-default responder.",
+    ok(),
+)(_suite_session("Noise_XX_25519_ChaChaPoly_SHA256", offer=cbor.encode({1: [1], 2: "XX"})))
+
+case(
+    "2.13/5",
+    "PQ-ClassicalFallback-ClassicalOnlyResponder",
+    "2.13: the initiator's classical retry (offer preferring XXhfs, running XX) completes "
+    "against a responder that does not support the hybrid suite.",
+    ok(),
+    profile=_CLASSICAL_ONLY,
+)(_suite_session("Noise_XX_25519_ChaChaPoly_SHA256", offer=cbor.encode(
+    {1: [1], 2: "XX", 512: ["XXhfs", "XX"]})))  # fmt: skip
+
+case(
+    "2.13/6",
+    "PQ-ClassicalOnly-RefusesHybridLikeAnOldPeer",
+    "2.2, 2.13: a responder without the hybrid suite refuses the hybrid offer as an unknown "
+    "pattern: MAGIC || ABORT(VERSION_MISMATCH), which is what triggers the classical retry.",
+    conn("VERSION_MISMATCH"),
+    profile=_CLASSICAL_ONLY,
+)(_hs(pattern="XXhfs"))
+
+case(
+    "2.13/7",
+    "PQ-MITM-StripsHybrid-KeepsPreference",
+    "2.13: a classical offer whose preference (key 512) puts XXhfs first reaches a hybrid "
+    "responder only if the hybrid offer was suppressed: DOWNGRADE_DETECTED, wire "
+    "VERSION_MISMATCH.",
+    conn("VERSION_MISMATCH", "DOWNGRADE_DETECTED"),
+)(_hs(offer=cbor.encode({1: [1], 2: "XX", 512: ["XXhfs", "XX"]})))
+
+case(
+    "2.13/8",
+    "PQ-MITM-StripsHybrid-IK-KeepsPreference",
+    "2.13: the same for IK: a classical IK offer preferring IKhfs is DOWNGRADE_DETECTED.",
+    conn("VERSION_MISMATCH", "DOWNGRADE_DETECTED"),
+    needs={"iut-keys"},
+)(_hs(pattern="IK", offer=cbor.encode({1: [1], 2: "IK", 512: ["IKhfs", "IK"]})))
+
+
+@case(
+    "2.13/9",
+    "PQ-MITM-StripsHybrid-Responder",
+    "2.2, 2.13: an attacker rewrites the hybrid offer to a plain classical one (and message 1 "
+    "to a bare e): the responder runs XX over the rewritten prologue, so the initiator, whose "
+    "prologue is its real hybrid offer, cannot read message 2 and aborts; the responder "
+    "reports the ABORT's code without answering it.",
+    gone("DECRYPT_ERROR"),
+)
+def _pq_strip_responder(ctx: Ctx) -> Actual:
+    from m2mproto.errors import M2MError
+
+    # We are the initiator after the rewrite: classical offer and message 1 on the wire,
+    # the real hybrid offer in our prologue.
+    p = ctx.peer(prologue_offer=cbor.encode({1: [1], 2: "XXhfs", 512: ["XXhfs", "XX"]}))
+    try:
+        p.handshake()
+    except M2MError as exc:
+        if exc.code.name != "DECRYPT_ERROR":
+            return Actual("fail", detail=f"message 2 failed with {exc.code.name}")
+        p.link.write(b"\x00\x02\x00\x06")
+        out = p.link.read()
+        local = ctx.local_code(p.link)
+        if out:
+            return Actual("fail", None, local, f"IUT answered the ABORT with {len(out)} bytes")
+        return Actual("abort" if p.link.iut_closed else "none", None, local)
+    return Actual("fail", detail="message 2 decrypted although the hybrid offer was stripped")
+
+
+case(
+    "2.13/10",
+    "PQ-MITM-StripsHybrid-Initiator",
+    "2.2, 2.13: the initiator's hybrid offer is rewritten to classical XX on the way; the "
+    "responder's classical message 2 cannot be read by the hybrid initiator (too short for "
+    "its ekem1 token): it fails closed and never sends message 3.",
+    conn("DECODE_ERROR"),
+    profile=_PQ_IUT_INIT,
+)(_hs(prologue_offer=cbor.encode({1: [1], 2: "XX"}), responder_pattern="XX"))
+
+case(
+    "2.13/11",
+    "PQ-Required-RefusesClassical",
+    "2.13: with require_post_quantum a responder refuses a classical offer: "
+    "POST_QUANTUM_REQUIRED, wire VERSION_MISMATCH.",
+    conn("VERSION_MISMATCH", "POST_QUANTUM_REQUIRED"),
+    profile=_PQ_ONLY,
+)(_hs())
+
+case(
+    "2.13/12",
+    "PQ-Required-AcceptsHybrid",
+    "2.13: with require_post_quantum the hybrid offer completes.",
+    ok(),
+    profile=_PQ_ONLY,
+)(_suite_session(_XXHFS, pattern="XXhfs"))
+
+case(
+    "2.13/13",
+    "PQ-XXhfs-Msg1-TrailingBytes",
+    "2.13: XXhfs message 1 is exactly e || ML-KEM-768 public key (1216 bytes); more is "
+    "DECODE_ERROR.",
+    conn("DECODE_ERROR"),
+)(_hs(pattern="XXhfs", msg1_extra=b"\x00"))
+
+case(
+    "2.13/14",
+    "PQ-XXhfs-BadEncapsulationKey",
+    "2.13: an ML-KEM-768 encapsulation key with coefficients not reduced modulo q (the "
+    "FIPS 203 input check) is DECODE_ERROR.",
+    conn("DECODE_ERROR"),
+)(_hs(pattern="XXhfs", msg1=bytes(range(32)) + b"\xff" * 1184))
+
+case(
+    "2.13/15",
+    "PQ-XXhfs-Msg3-BitFlip",
+    "2.13: a flipped bit in XXhfs message 3 is DECRYPT_ERROR.",
+    conn("DECRYPT_ERROR"),
+)(_hs(pattern="XXhfs", flip=(40, 0x01)))
+
+case(
+    "2.13/16",
+    "PQ-IKhfs-Msg1-BitFlip",
+    "2.13: a flipped bit inside the encrypted ML-KEM key of IKhfs message 1 is DECRYPT_ERROR.",
+    conn("DECRYPT_ERROR"),
+    needs={"iut-keys"},
+)(_hs(pattern="IKhfs", flip=(100, 0x01)))

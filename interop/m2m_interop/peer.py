@@ -57,7 +57,10 @@ __all__ = [
 _PROTOCOLS = {
     "XX": "Noise_XX_25519_ChaChaPoly_SHA256",
     "IK": "Noise_IK_25519_ChaChaPoly_SHA256",
+    "XXhfs": "Noise_XXhfs_25519+ML-KEM-768_ChaChaPoly_SHA256",
+    "IKhfs": "Noise_IKhfs_25519+ML-KEM-768_ChaChaPoly_SHA256",
 }
+_IK = frozenset({"IK", "IKhfs"})
 DEFAULT_PARAMS: dict[int, Any] = {1: 100, 2: 262144, 3: 1048576, 4: 1048576}
 
 
@@ -146,6 +149,8 @@ class Bugs:
     ik_remote_static: bytes | None = None
     #: Version the hostile responder announces in message 2.
     version: int = 1
+    #: Pattern the hostile responder runs (default: the one the IUT offered).
+    responder_pattern: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +283,7 @@ class HostilePeer:
         bound = b.prologue_offer if b.prologue_offer is not None else offer
         prologue = MAGIC + _frame(bound)
         rs = None
-        if b.pattern == "IK":
+        if b.pattern in _IK:
             rs = b.ik_remote_static or self.iut_static
         if b.msg1 is not None:
             msg1 = b.msg1
@@ -291,10 +296,10 @@ class HostilePeer:
                 rs=rs,
                 entropy=self.entropy,
             )
-            payload = self._payload(responder=False) if b.pattern == "IK" else b""
+            payload = self._payload(responder=False) if b.pattern in _IK else b""
             msg1 = self.noise.write_message(payload)
         msg1 += b.msg1_extra
-        if b.pattern == "IK":
+        if b.pattern in _IK:
             msg1 = self._last(msg1)
         self.send(b.magic + _frame(offer) + _frame(msg1))
 
@@ -323,7 +328,7 @@ class HostilePeer:
         assert self.noise is not None
         payload = self.noise.read_message(body)
         self.peer_payload = cbor.decode(payload)
-        if b.pattern == "XX":
+        if b.pattern not in _IK:
             msg3 = self._last(self.noise.write_message(self._payload(responder=False)))
             self.send(_frame(msg3))
         send, recv = self.noise.split()
@@ -346,7 +351,7 @@ class HostilePeer:
         if offer is None or msg1 is None:
             raise PeerError("IUT initiator sent an incomplete flight 1")
         decoded = cbor.decode(offer)
-        pattern = decoded[2]
+        pattern = b.responder_pattern or decoded[2]
         bound = b.prologue_offer if b.prologue_offer is not None else offer
         self.noise = HandshakeState(
             NoiseProtocol.from_name(_PROTOCOLS[pattern]),
@@ -359,11 +364,11 @@ class HostilePeer:
             p1 = self.noise.read_message(msg1)
         except M2MError as exc:
             raise PeerError(f"cannot read the IUT's message 1 ({exc.code.name})") from None
-        if pattern == "IK":
+        if pattern in _IK:
             self.peer_payload = cbor.decode(p1)
         msg2 = self._last(self.noise.write_message(self._payload(responder=True)))
         self.send(b.magic + _frame(msg2))
-        if pattern == "IK":
+        if pattern in _IK:
             send, recv = self.noise.split()
             return Session(self, recv, send, self.noise.handshake_hash)
         body, abort = self._pull_frame(expect_magic=False)

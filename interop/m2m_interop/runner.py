@@ -89,8 +89,10 @@ class Result:
 def benign(make: Callable[[IUTProfile], Link], profile: IUTProfile) -> str:
     """A full benign session; returns ``"ok"`` or what went wrong."""
     ctx = Ctx(make, profile)
+    # An IUT that requires the hybrid suite refuses a classical benign session.
+    bugs = {"pattern": "XXhfs"} if profile.config.get("require_post_quantum") else {}
     try:
-        s = ctx.session()
+        s = ctx.session(**bugs)
         echoed, _ = s.echo({"sanity": True})
         pinged, _ = s.ping(b"sanity")
         got = s.close()

@@ -187,6 +187,10 @@ def register(sub: Any) -> None:
         )
         q.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
         q.add_argument("--json", action="store_true", help="print JSON (the default output)")
+        q.add_argument(
+            "-v", "--verbose", action="store_true",
+            help="print the peer and the negotiated handshake suite to stderr",
+        )  # fmt: skip
         q.add_argument("resource", metavar="RESOURCE")
         q.add_argument("message", metavar="JSON")
         _nats_args(q, serve=False)
@@ -253,7 +257,7 @@ class ReferencePeer:
         """``echo`` (spec/interop.md §3): each message back on the stream, each
         byte back XOR 0xff; our end follows the peer's (the router ends it)."""
         kind = await stream.next_kind()
-        logger.info("echo %s from %s", kind or "(empty)", ctx.peer.short_id)
+        logger.info("echo %s from %s (%s)", kind or "(empty)", ctx.peer.short_id, ctx.session.suite)
         try:
             if kind == "message":
                 messages = stream.as_message_stream()
@@ -269,7 +273,9 @@ class ReferencePeer:
             logger.info("echo from %s reset: %s", ctx.peer.short_id, exc)
 
     async def log(self, message: Any, ctx: Any) -> None:
-        logger.info("log from %s: %s", ctx.peer.short_id, json.dumps(to_json(message)))
+        suite = getattr(getattr(ctx, "session", None), "suite", None)  # None: reliable delivery
+        logger.info("log from %s%s: %s", ctx.peer.short_id, f" ({suite})" if suite else "",
+                    json.dumps(to_json(message)))  # fmt: skip
         if self.log_file is not None:
             line = json.dumps({"peer": ctx.peer.agent_id.text, "message": to_json(message)})
             with self.log_file.open("a") as fh:
@@ -420,6 +426,9 @@ async def _client(args: argparse.Namespace, value: Any) -> Any:
             peer=expected,
             connect_timeout=args.timeout,
         ) as session:
+            if getattr(args, "verbose", False):
+                print(f"connected to {session.peer.agent_id.text} ({session.suite})",
+                      file=sys.stderr, flush=True)  # fmt: skip
             if args.client_kind == "request":
                 return await session.request(args.resource, value, timeout=args.timeout)
             await session.send(args.resource, value, confirm=True)

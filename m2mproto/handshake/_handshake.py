@@ -1,5 +1,9 @@
 """The m2mproto handshake driver: a sans-IO Noise XX / IK handshake with identity binding.
 
+The hybrid post-quantum suites (``XXhfs``, ``IKhfs``: the same flows with the
+ML-KEM-768 tokens of the Noise HFS extension) are offered with
+``post_quantum=True``; spec/handshake.md 2.13 has the negotiation.
+
 Theory of operation
 -------------------
 :class:`Handshake` is bytes in, bytes and one event out (spec/handshake.md).
@@ -16,8 +20,11 @@ the side to ``FAILED`` before the error propagates; ``abort`` then yields the
 cleartext ABORT to send. Bytes after the final handshake message are handed to
 the record layer untouched in ``HandshakeResult.trailing_data``.
 
-All randomness (a default static key, ephemeral keys) comes from the injected
-``entropy`` callable; nothing here reads a clock.
+All randomness (a default static key, ephemeral keys, the ML-KEM key pair's
+seed) comes from the injected ``entropy`` callable, with one exception: the
+32 random bytes of an ML-KEM-768 encapsulation (hybrid responder) come from
+OpenSSL, because ``cryptography`` has no deterministic encapsulation. Nothing
+here reads a clock.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from ..errors import (
 )
 from ..identity import AgentId, Identity
 from ..noise import CipherState, HandshakeState, NoiseProtocol
+from ..noise._crypto import Encapsulate
 from . import _payload, _wire
 from ._state import Role, State, next_state
 from ._static import StaticKey
@@ -49,10 +57,12 @@ _MIN_MAX_MESSAGE = 1024
 _NOISE_OVERHEAD = 96
 
 
-@functools.lru_cache(maxsize=8)
-def _preface(versions: tuple[int, ...], pattern: str) -> bytes:
+@functools.lru_cache(maxsize=16)
+def _preface(versions: tuple[int, ...], pattern: str, preference: tuple[str, ...] = ()) -> bytes:
     """MAGIC and the offer frame: the same bytes for every connection (spec 2.1-2.2)."""
-    offer = _wire.encode_offer(_wire.Offer(versions=versions, pattern=pattern))
+    offer = _wire.encode_offer(
+        _wire.Offer(versions=versions, pattern=pattern, preference=preference)
+    )
     return _wire.MAGIC + _wire.frame(offer)
 
 
@@ -66,7 +76,7 @@ class HandshakeResult:
 
     #: Negotiated protocol version.
     version: int
-    #: ``"XX"`` or ``"IK"``.
+    #: ``"XX"``, ``"IK"``, or the hybrid post-quantum ``"XXhfs"`` / ``"IKhfs"``.
     pattern: str
     #: True on the side that sent the preface.
     initiator: bool
@@ -99,6 +109,16 @@ class HandshakeResult:
         if len(self.handshake_hash) != 32:
             raise LocalProtocolError("handshake hash is 32 bytes", ErrorCode.INVALID_ARGUMENT)
 
+    @property
+    def suite(self) -> str:
+        """The Noise protocol name, e.g. ``Noise_XXhfs_25519+ML-KEM-768_ChaChaPoly_SHA256``."""
+        return _wire.PATTERNS[self.pattern]
+
+    @property
+    def post_quantum(self) -> bool:
+        """True if the hybrid (X25519 + ML-KEM-768) suite was negotiated."""
+        return self.pattern not in _wire.HYBRID
+
 
 class Handshake:
     """One side of an m2mproto handshake (spec/handshake.md). Sans-IO.
@@ -118,8 +138,21 @@ class Handshake:
             proven, before we reveal anything more; raise an ``M2MError``
             (e.g. ``AuthenticationError(..., AUTH_UNTRUSTED)``) to refuse.
         max_message_size: largest Noise handshake message accepted (1024..65535).
+        post_quantum: initiator: offer the hybrid suite (``XXhfs`` / ``IKhfs``) on this
+            connection, preferring it to the classical one (offer key 512);
+            responder: accept hybrid offers (off: refuse them like a classical-only peer).
+        require_post_quantum: initiator: offer only the hybrid suite; a refusal
+            fails with ``POST_QUANTUM_REQUIRED``. Responder: refuse classical offers
+            (``POST_QUANTUM_REQUIRED``, wire ``VERSION_MISMATCH``).
+        classical_fallback: initiator with *post_quantum*: this connection retries
+            after a peer refused the hybrid offer; run the classical pattern and say
+            in the offer that the hybrid one is preferred (a hybrid-capable responder
+            then fails with ``DOWNGRADE_DETECTED``: someone suppressed the first offer).
         fixed_ephemeral_key_for_testing_only: hazmat; a fixed ephemeral private key for
             test vectors. Never set it in production: it destroys forward secrecy.
+        fixed_kem_seed_for_testing_only: hazmat; a fixed 64-byte ML-KEM seed (test vectors).
+        dangerous_kem_encapsulate_for_testing_only: hazmat; replaces ML-KEM
+            encapsulation (test vectors with fixed encapsulation randomness).
 
     Raises:
         LocalProtocolError: (``INVALID_ARGUMENT``) for bad arguments,
@@ -139,8 +172,25 @@ class Handshake:
         authenticate_peer: Callable[[AgentId], None] | None = None,
         max_message_size: int = 65535,
         fixed_ephemeral_key_for_testing_only: bytes | None = None,
+        post_quantum: bool = False,
+        require_post_quantum: bool = False,
+        classical_fallback: bool = False,
+        fixed_kem_seed_for_testing_only: bytes | None = None,
+        dangerous_kem_encapsulate_for_testing_only: Encapsulate | None = None,
     ) -> None:
         self._role = Role.INITIATOR if initiator else Role.RESPONDER
+        if require_post_quantum:
+            post_quantum = True
+        if classical_fallback and (not initiator or not post_quantum or require_post_quantum):
+            raise LocalProtocolError(
+                "classical_fallback is for a post-quantum initiator without require_post_quantum",
+                ErrorCode.INVALID_ARGUMENT,
+            )
+        self._post_quantum = bool(post_quantum)
+        self._require_pq = bool(require_post_quantum)
+        self._classical_fallback = bool(classical_fallback)
+        self._fixed_kem_seed = fixed_kem_seed_for_testing_only
+        self._encapsulate = dangerous_kem_encapsulate_for_testing_only
         self._identity = identity
         self._entropy = entropy
         self._params, self._params_cbor = _payload.encode_params(params or {})
@@ -194,7 +244,8 @@ class Handshake:
             probe_len = len(
                 _payload.assemble_payload(static_key.binding_cbor, self._params_cbor, None, 0xFFFF)
             )
-        if probe_len + _NOISE_OVERHEAD > 0xFFFF:
+        overhead = _NOISE_OVERHEAD + (_wire.KEM_MESSAGE_OVERHEAD if self._post_quantum else 0)
+        if probe_len + overhead > 0xFFFF:
             raise LocalProtocolError(
                 f"handshake payload of {probe_len} bytes does not fit one Noise message",
                 ErrorCode.MESSAGE_TOO_LONG,
@@ -324,13 +375,21 @@ class Handshake:
     # ----------------------------------------------------------------- private
 
     def _start_initiator(self, remote_static: bytes | None) -> None:
-        pattern = "IK" if remote_static is not None else "XX"
+        classical = "IK" if remote_static is not None else "XX"
+        hybrid = _wire.HYBRID[classical]
+        preference: tuple[str, ...] = ()
+        pattern = classical
+        if self._require_pq:
+            pattern = hybrid
+        elif self._post_quantum:
+            preference = (hybrid, classical)
+            pattern = classical if self._classical_fallback else hybrid
         self._pattern = pattern
         self._offered = _wire.SUPPORTED_VERSIONS
-        preface = _preface(self._offered, pattern)
+        preface = _preface(self._offered, pattern, preference)
         self._noise = self._new_noise(pattern, preface, remote_static)
         payload = b""
-        if pattern == "IK":
+        if _wire.BASE[pattern] == "IK":
             payload = self._initiator_payload
         try:
             msg1 = self._noise.write_message(payload)
@@ -343,6 +402,7 @@ class Handshake:
 
     def _new_noise(self, pattern: str, prologue: bytes, rs: bytes | None) -> HandshakeState:
         proto = NoiseProtocol.from_name(_wire.PATTERNS[pattern])
+        hybrid = proto.kem is not None
         return HandshakeState(
             proto,
             initiator=self._role is Role.INITIATOR,
@@ -352,6 +412,8 @@ class Handshake:
             psks=(),
             entropy=self._entropy,
             fixed_ephemeral_key_for_testing_only=self._fixed_e,
+            fixed_kem_seed_for_testing_only=self._fixed_kem_seed if hybrid else None,
+            dangerous_kem_encapsulate_for_testing_only=self._encapsulate if hybrid else None,
         )
 
     def _check_eof(self) -> None:
@@ -367,7 +429,7 @@ class Handshake:
                 if not self._read_magic():
                     self._check_eof()
                     return None
-                self._transition(None if self._role is Role.RESPONDER else self._pattern)
+                self._transition(None if self._role is Role.RESPONDER else self._base)
             elif state is State.OFFER:
                 body = self._read_frame(offer=True)
                 if body is None:
@@ -381,9 +443,13 @@ class Handshake:
                     self._check_eof()
                     return None
                 result = self._on_message(state, body)
-                self._transition(self._pattern)
+                self._transition(self._base)
                 if result is not None:
                     return result
+
+    @property
+    def _base(self) -> str | None:
+        return None if self._pattern is None else _wire.BASE[self._pattern]
 
     def _transition(self, pattern: str | None) -> None:
         self._state = next_state(self._role, pattern, self._state)
@@ -407,7 +473,9 @@ class Handshake:
         if offer:
             if not 1 <= length <= _wire.MAX_OFFER_SIZE:
                 raise DecodeError(f"offer frame length {length} outside 1..{_wire.MAX_OFFER_SIZE}")
-        elif length > self._max_message:
+        elif length > self._max_message + (
+            0 if self._pattern in _wire.HYBRID else _wire.KEM_MESSAGE_OVERHEAD
+        ):
             raise LimitExceeded(
                 f"handshake frame of {length} bytes exceeds max_message_size {self._max_message}",
                 ErrorCode.FRAME_SIZE_ERROR,
@@ -421,12 +489,27 @@ class Handshake:
         if not offer and length == _wire.ABORT_LENGTH:
             self._peer_aborted = True
             code = _wire.decode_abort_code(body)
+            if (
+                self._require_pq
+                and code is ErrorCode.VERSION_MISMATCH
+                and self._role is Role.INITIATOR
+            ):
+                raise HandshakeAborted(
+                    "peer refused the hybrid post-quantum suite (require_post_quantum)",
+                    ErrorCode.POST_QUANTUM_REQUIRED,
+                )
             raise HandshakeAborted(f"peer aborted the handshake ({code.name})", code)
         return body
 
     def _on_offer(self, body: bytes) -> None:
-        versions, pattern = _wire.decode_offer(body)
+        versions, pattern, preference = _wire.decode_offer(body)
         self._version = _wire.choose(versions, pattern, _wire.SUPPORTED_VERSIONS)
+        _wire.check_pattern(
+            pattern,
+            preference,
+            post_quantum=self._post_quantum,
+            require_post_quantum=self._require_pq,
+        )
         self._pattern = pattern
         self._noise = self._new_noise(pattern, _wire.MAGIC + _wire.frame(body), None)
 
@@ -442,10 +525,12 @@ class Handshake:
     def _on_message(self, state: State, body: bytes) -> HandshakeResult | None:
         assert self._noise is not None
         if state is State.MESSAGE_1:
-            if self._pattern == "XX":
-                if len(body) != _wire.MIN_NOISE_MESSAGE:
+            if self._base == "XX":
+                want = _wire.MIN_NOISE_MESSAGE if self._pattern == "XX" else _wire.XXHFS_MESSAGE_1
+                if len(body) != want:
                     raise DecodeError(
-                        f"XX message 1 must be 32 bytes (empty payload), got {len(body)}"
+                        f"{self._pattern} message 1 must be {want} bytes (empty payload),"
+                        f" got {len(body)}"
                     )
                 self._read_noise(body)
                 self._write_responder_message_2()
@@ -456,7 +541,7 @@ class Handshake:
         if state is State.MESSAGE_2:
             peer = self._accept_peer(self._read_noise(body), from_initiator=False)
             self._version = peer.version
-            if self._pattern == "XX":
+            if self._base == "XX":
                 self._out += _wire.frame(self._noise.write_message(self._initiator_payload))
             return self._finish()
         # MESSAGE_3

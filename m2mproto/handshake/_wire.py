@@ -17,6 +17,7 @@ from ..errors import DecodeError, ErrorCode, LocalProtocolError, RemoteProtocolE
 
 __all__ = [
     "ABORT_LENGTH",
+    "HYBRID",
     "MAGIC",
     "MAX_OFFER_SIZE",
     "MIN_NOISE_MESSAGE",
@@ -41,14 +42,28 @@ MIN_NOISE_MESSAGE = 32
 ABORT_LENGTH = 2
 #: Protocol versions this implementation speaks, highest first.
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
-#: Noise patterns by their offer name.
+#: Noise patterns by their offer name (spec 2.2, 2.13).
 PATTERNS: dict[str, str] = {
     "XX": "Noise_XX_25519_ChaChaPoly_SHA256",
     "IK": "Noise_IK_25519_ChaChaPoly_SHA256",
+    "XXhfs": "Noise_XXhfs_25519+ML-KEM-768_ChaChaPoly_SHA256",
+    "IKhfs": "Noise_IKhfs_25519+ML-KEM-768_ChaChaPoly_SHA256",
 }
+#: Classical pattern -> its hybrid post-quantum variant (spec 2.13).
+HYBRID: dict[str, str] = {"XX": "XXhfs", "IK": "IKhfs"}
+#: Any offer name -> the classical pattern it extends (the message flow it follows).
+BASE: dict[str, str] = {"XX": "XX", "IK": "IK", "XXhfs": "XX", "IKhfs": "IK"}
+#: The KEM tokens' bytes in the hybrid messages that carry them: ML-KEM-768
+#: encapsulation key (1184) or ciphertext (1088), plus the AEAD tag when encrypted.
+KEM_MESSAGE_OVERHEAD = 1184 + 16
+#: XXhfs message 1: ``e`` (32) and the cleartext ML-KEM-768 encapsulation key (1184).
+XXHFS_MESSAGE_1 = 32 + 1184
 _MAX_VERSIONS = 16
+_MAX_PREFERENCE = 8
 _EXT_MIN, _EXT_MAX = 256, 65535
 _OFFER_VERSIONS, _OFFER_PATTERN = 1, 2
+#: Extension key: the initiator's patterns, most preferred first (spec 2.13).
+OFFER_PREFERENCE = 512
 
 #: The only codes a handshake ABORT carries (spec 2.6).
 _WIRE_PASS = frozenset(
@@ -60,6 +75,7 @@ _WIRE_PASS = frozenset(
         ErrorCode.UNAUTHORIZED,
     }
 )
+_WIRE_VERSION = frozenset({ErrorCode.POST_QUANTUM_REQUIRED, ErrorCode.DOWNGRADE_DETECTED})
 _WIRE_UNAUTHORIZED = frozenset(
     {ErrorCode.AUTH_UNTRUSTED, ErrorCode.AUTH_UNEXPECTED_PEER, ErrorCode.UNAUTHORIZED}
 )
@@ -82,6 +98,8 @@ def wire_code(code: ErrorCode) -> ErrorCode:
         return ErrorCode.UNAUTHORIZED
     if code in _WIRE_PASS:
         return code
+    if code in _WIRE_VERSION:
+        return ErrorCode.VERSION_MISMATCH
     return ErrorCode.HANDSHAKE_FAILURE
 
 
@@ -111,6 +129,8 @@ class Offer:
 
     versions: tuple[int, ...]
     pattern: str
+    #: Key 512: the initiator's patterns, most preferred first (omitted when empty).
+    preference: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         v = self.versions
@@ -126,11 +146,23 @@ class Offer:
             raise LocalProtocolError(
                 f"unsupported pattern {self.pattern!r}", ErrorCode.INVALID_ARGUMENT
             )
+        if self.preference and (
+            self.pattern not in self.preference
+            or len(self.preference) > _MAX_PREFERENCE
+            or len(set(self.preference)) != len(self.preference)
+        ):
+            raise LocalProtocolError(
+                "offer preference must list the offered pattern, at most 8, no repeats",
+                ErrorCode.INVALID_ARGUMENT,
+            )
 
 
 def encode_offer(offer: Offer) -> bytes:
     """Deterministic CBOR of *offer*."""
-    return cbor.encode({_OFFER_VERSIONS: list(offer.versions), _OFFER_PATTERN: offer.pattern})
+    obj: dict[int, Any] = {_OFFER_VERSIONS: list(offer.versions), _OFFER_PATTERN: offer.pattern}
+    if offer.preference:
+        obj[OFFER_PREFERENCE] = list(offer.preference)
+    return cbor.encode(obj)
 
 
 def _check_ext_keys(obj: dict[Any, Any], known: frozenset[int], what: str) -> None:
@@ -142,8 +174,8 @@ def _check_ext_keys(obj: dict[Any, Any], known: frozenset[int], what: str) -> No
         raise DecodeError(f"{what}: key {key} is reserved or out of range")
 
 
-def decode_offer(body: bytes) -> tuple[tuple[int, ...], str]:
-    """Parse an offer frame body; return ``(versions, pattern)`` without choosing.
+def decode_offer(body: bytes) -> tuple[tuple[int, ...], str, tuple[str, ...]]:
+    """Parse an offer frame body; return ``(versions, pattern, preference)`` without choosing.
 
     Raises:
         DecodeError: if *body* is not the offer CDDL in deterministic CBOR.
@@ -165,7 +197,51 @@ def decode_offer(body: bytes) -> tuple[tuple[int, ...], str]:
         raise DecodeError("offer versions must be strictly descending")
     if not isinstance(pattern, str):
         raise DecodeError("offer pattern must be a text string")
-    return tuple(versions), pattern
+    preference = obj.get(OFFER_PREFERENCE, [])
+    if (
+        not isinstance(preference, list)
+        or len(preference) > _MAX_PREFERENCE
+        or not all(isinstance(p, str) for p in preference)
+    ):
+        preference = []  # not the form this version defines: an extension ignored
+    return tuple(versions), pattern, tuple(preference)
+
+
+def check_pattern(
+    pattern: str,
+    preference: Sequence[str],
+    *,
+    post_quantum: bool,
+    require_post_quantum: bool,
+) -> None:
+    """The responder's pattern rules (spec 2.2, 2.13).
+
+    Raises:
+        RemoteProtocolError: ``VERSION_MISMATCH`` for an unknown pattern (or a hybrid
+            one with *post_quantum* off); ``POST_QUANTUM_REQUIRED`` for a classical
+            pattern under *require_post_quantum*; ``DOWNGRADE_DETECTED`` for a
+            classical pattern whose hybrid variant the initiator prefers (key 512)
+            and we support: the initiator only does that after a refusal we never sent.
+    """
+    if pattern not in PATTERNS or (not post_quantum and pattern not in HYBRID):
+        raise RemoteProtocolError("offer names an unsupported pattern", ErrorCode.VERSION_MISMATCH)
+    hybrid = HYBRID.get(pattern)
+    if hybrid is None:
+        return
+    if require_post_quantum:
+        raise RemoteProtocolError(
+            f"classical pattern {pattern} refused: post-quantum handshake required",
+            ErrorCode.POST_QUANTUM_REQUIRED,
+        )
+    if (
+        post_quantum
+        and hybrid in preference
+        and (pattern not in preference or preference.index(hybrid) < preference.index(pattern))
+    ):
+        raise RemoteProtocolError(
+            f"offer prefers {hybrid} but runs {pattern}: the hybrid offer was suppressed",
+            ErrorCode.DOWNGRADE_DETECTED,
+        )
 
 
 def choose(versions: Sequence[int], pattern: str, supported: Sequence[int]) -> int:

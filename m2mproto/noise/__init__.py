@@ -4,8 +4,10 @@ Hazmat level: these are raw Noise objects. The m2mproto handshake
 (``m2mproto.handshake``) builds the protocol on top of them.
 
 Patterns are data (:mod:`m2mproto.noise.patterns`): all fundamental one-way and
-interactive patterns, the deferred patterns, and ``pskN`` modifiers at every
-position. DH: 25519 (and 448); ciphers: ChaChaPoly, AESGCM; hashes: SHA256,
+interactive patterns, the deferred patterns, ``pskN`` modifiers at every
+position, and the ``hfs`` modifier of the Noise HFS extension (KEM tokens
+``e1`` / ``ekem1``) on every interactive pattern. DH: 25519 (and 448), with
+``25519+ML-KEM-768`` for ``hfs``; ciphers: ChaChaPoly, AESGCM; hashes: SHA256,
 SHA512, BLAKE2s, BLAKE2b.
 """
 

@@ -1,11 +1,16 @@
 """Noise DH, cipher and hash functions (Noise rev 34, sections 4 and 12) on ``cryptography``.
 
 Hazmat level: these are the raw building blocks of the Noise engine. Nothing
-here is home-made cryptography: X25519/X448, ChaCha20-Poly1305, AES-GCM, the
+here is home-made cryptography: X25519/X448, ML-KEM-768 (FIPS 203, for the
+``hfs`` modifier of the Noise HFS extension), ChaCha20-Poly1305, AES-GCM, the
 hash functions and HMAC all come from ``cryptography``; ``hkdf`` is the
 HMAC-based construction that the Noise specification itself defines (§4.3).
 
-No randomness is drawn here: key generation takes an ``entropy`` callable.
+No randomness is drawn here for keys: key generation takes an ``entropy``
+callable (an ML-KEM key pair is derived from a 64-byte seed ``d || z`` drawn
+from it). The one exception is ML-KEM encapsulation, whose 32-byte message
+``m`` comes from OpenSSL's generator: ``cryptography`` has no deterministic
+encapsulation.
 """
 
 from __future__ import annotations
@@ -15,20 +20,23 @@ from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
 from cryptography.hazmat.primitives.asymmetric.x448 import X448PrivateKey, X448PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ..errors import AuthenticationError, ErrorCode, LocalProtocolError
+from ..errors import AuthenticationError, DecodeError, ErrorCode, LocalProtocolError
 
 __all__ = [
     "CIPHERS",
     "DH_FUNCTIONS",
     "HASHES",
+    "KEM_FUNCTIONS",
     "CipherFunctions",
     "DHFunctions",
     "HashFunctions",
+    "KEMFunctions",
     "KeyPair",
     "generate_x25519_private",
     "x25519_keypair",
@@ -136,6 +144,78 @@ class DHFunctions:
         return f"DHFunctions({self.name})"
 
 
+#: ``encapsulate(public_key) -> (ciphertext, shared_secret)``.
+Encapsulate = Callable[[bytes], tuple[bytes, bytes]]
+
+
+class KEMFunctions:
+    """A KEM for the Noise HFS tokens ``e1`` / ``ekem1`` (``ML-KEM-768``, FIPS 203).
+
+    Key pairs are single-use: the HandshakeState drops the private key once
+    it has decapsulated.
+    """
+
+    __slots__ = ("ciphertext_len", "name", "public_len", "seed_len", "shared_len")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        #: Encapsulation key, ciphertext, shared secret and seed (d || z) sizes.
+        self.public_len = 1184
+        self.ciphertext_len = 1088
+        self.shared_len = 32
+        self.seed_len = 64
+
+    def keypair_from_seed(self, seed: bytes) -> tuple[MLKEM768PrivateKey, bytes]:
+        """ML-KEM.KeyGen_internal(d, z) for the 64-byte seed ``d || z``.
+
+        Raises:
+            LocalProtocolError: (INVALID_ARGUMENT) the seed is not 64 bytes.
+        """
+        if not isinstance(seed, bytes | bytearray) or len(seed) != self.seed_len:
+            raise LocalProtocolError(
+                f"a {self.name} seed must be {self.seed_len} bytes", ErrorCode.INVALID_ARGUMENT
+            )
+        key = MLKEM768PrivateKey.from_seed_bytes(bytes(seed))
+        return key, key.public_key().public_bytes_raw()
+
+    def generate_keypair(self, entropy: Entropy) -> tuple[MLKEM768PrivateKey, bytes]:
+        """A fresh key pair from a seed drawn from *entropy*."""
+        return self.keypair_from_seed(entropy(self.seed_len))
+
+    def parse_public(self, public: bytes) -> MLKEM768PublicKey:
+        """Parse an encapsulation key (FIPS 203 §7.2 input check).
+
+        Raises:
+            DecodeError: wrong length, or a coefficient not reduced modulo q.
+        """
+        try:
+            return MLKEM768PublicKey.from_public_bytes(public)
+        except ValueError:
+            raise DecodeError(f"invalid {self.name} encapsulation key") from None
+
+    def encapsulate(
+        self, public: bytes, parsed: MLKEM768PublicKey | None = None
+    ) -> tuple[bytes, bytes]:
+        """ML-KEM.Encaps(ek) -> ``(ciphertext, shared_secret)``; *parsed*: ek already parsed.
+
+        Raises:
+            DecodeError: *public* is not an encapsulation key.
+        """
+        key = parsed if parsed is not None else self.parse_public(public)
+        shared, ciphertext = key.encapsulate()
+        return ciphertext, shared
+
+    def decapsulate(self, private: MLKEM768PrivateKey, ciphertext: bytes) -> bytes:
+        """ML-KEM.Decaps(dk, c): the shared secret (implicit rejection: never fails on c)."""
+        try:
+            return private.decapsulate(ciphertext)
+        except ValueError:  # pragma: no cover - only a wrong length, excluded by the reader
+            raise DecodeError(f"invalid {self.name} ciphertext") from None
+
+    def __repr__(self) -> str:
+        return f"KEMFunctions({self.name})"
+
+
 AeadFactory = Callable[[bytes], ChaCha20Poly1305 | AESGCM]
 
 
@@ -214,6 +294,9 @@ DH_FUNCTIONS: dict[str, DHFunctions] = {
     "25519": DHFunctions("25519", 32, X25519PrivateKey, X25519PublicKey),
     "448": DHFunctions("448", 56, X448PrivateKey, X448PublicKey),
 }
+
+#: KEM names (after ``+`` in the DH part of a protocol name) -> functions.
+KEM_FUNCTIONS: dict[str, KEMFunctions] = {"ML-KEM-768": KEMFunctions("ML-KEM-768")}
 
 #: Noise cipher names -> functions (ChaChaPoly: little-endian counter; AESGCM: big-endian).
 CIPHERS: dict[str, CipherFunctions] = {

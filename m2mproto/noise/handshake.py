@@ -21,6 +21,16 @@ which refuses every further call (fail closed).
 Randomness: ephemeral keys come from the injected ``entropy`` callable (the
 default, ``os.urandom``, is only a default argument) or, for test vectors,
 from ``fixed_ephemeral_key_for_testing_only``.
+
+KEM tokens (``hfs`` modifier, Noise HFS extension): ``e1`` makes a single-use
+KEM key pair (its 64-byte seed from ``entropy``, or
+``fixed_kem_seed_for_testing_only``) and sends ``EncryptAndHash(pk)``;
+``ekem1`` encapsulates to the peer's ``e1`` key, sends
+``EncryptAndHash(ciphertext)`` and then ``MixKey(shared secret)``. The reader
+mirrors both. The KEM private key is dropped once decapsulated, the peer's KEM
+key once encapsulated to. Encapsulation randomness comes from OpenSSL (no
+deterministic encapsulation in ``cryptography``); test vectors replace the
+whole encapsulation with ``dangerous_kem_encapsulate_for_testing_only``.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ from enum import Enum
 from typing import Any, NamedTuple
 
 from ..errors import DecodeError, ErrorCode, LocalProtocolError, M2MError, RemoteProtocolError
-from ._crypto import KeyPair
+from ._crypto import Encapsulate, KeyPair
 from .cipherstate import MAX_MESSAGE_LEN, TAG_LEN, CipherState, SymmetricState
 from .patterns import HandshakePattern
 from .protocol import NoiseProtocol
@@ -66,7 +76,13 @@ _TRANSITIONS: dict[tuple[Phase, str], Phase] = {
 }
 
 _Checkpoint = tuple[
-    tuple[bytes, bytes, bytes | None, int], KeyPair | None, bytes | None, bytes | None, int
+    tuple[bytes, bytes, bytes | None, int],
+    KeyPair | None,
+    bytes | None,
+    bytes | None,
+    int,
+    Any,
+    bytes | None,
 ]
 
 
@@ -85,6 +101,12 @@ class HandshakeState:
         fixed_ephemeral_key_for_testing_only: a fixed ephemeral private key.
             DANGEROUS: reusing an ephemeral key destroys forward secrecy and,
             with psk patterns, confidentiality. Test vectors only.
+        fixed_kem_seed_for_testing_only: a fixed 64-byte ML-KEM seed (``d || z``) for
+            the ``e1`` key pair. DANGEROUS, test vectors only.
+        dangerous_kem_encapsulate_for_testing_only: replaces ML-KEM encapsulation
+            (``pk -> (ciphertext, shared_secret)``), so a vector can fix the
+            encapsulation randomness through an independent implementation.
+            DANGEROUS: whatever it returns becomes the session key. Test vectors only.
 
     Raises:
         LocalProtocolError: (UNSUPPORTED) unknown protocol name; (INVALID_ARGUMENT)
@@ -95,10 +117,14 @@ class HandshakeState:
     __slots__ = (
         "_dh",
         "_e",
+        "_e1",
+        "_encapsulate",
         "_entropy",
         "_fixed_e",
+        "_fixed_kem_seed",
         "_index",
         "_initiator",
+        "_kem",
         "_peer_keys",
         "_phase",
         "_plan",
@@ -106,6 +132,7 @@ class HandshakeState:
         "_psk_index",
         "_psks",
         "_re",
+        "_re1",
         "_rs",
         "_s",
         "_ss",
@@ -121,6 +148,8 @@ class HandshakeState:
         psks: Sequence[bytes] = (),
         entropy: Callable[[int], bytes] = os.urandom,
         fixed_ephemeral_key_for_testing_only: bytes | None = None,
+        fixed_kem_seed_for_testing_only: bytes | None = None,
+        dangerous_kem_encapsulate_for_testing_only: Encapsulate | None = None,
     ) -> None:
         if isinstance(protocol, str):
             protocol = NoiseProtocol.from_name(protocol)
@@ -175,6 +204,18 @@ class HandshakeState:
             if fixed_ephemeral_key_for_testing_only is not None
             else None
         )
+        self._kem = protocol.kem
+        if self._kem is None and (
+            fixed_kem_seed_for_testing_only is not None
+            or dangerous_kem_encapsulate_for_testing_only is not None
+        ):
+            raise _bad_arg(f"{protocol.name} has no KEM; do not pass KEM test hooks")
+        if fixed_kem_seed_for_testing_only is not None and self._kem is not None:
+            self._kem.keypair_from_seed(fixed_kem_seed_for_testing_only)  # validates
+        self._fixed_kem_seed = fixed_kem_seed_for_testing_only
+        self._encapsulate = dangerous_kem_encapsulate_for_testing_only
+        self._e1: Any = None
+        self._re1: bytes | None = None
         self._e: KeyPair | None = None
         self._re: bytes | None = None
         self._peer_keys: dict[bytes, Any] = {}
@@ -377,10 +418,18 @@ class HandshakeState:
         return nxt
 
     def _checkpoint(self) -> _Checkpoint:
-        return self._ss.checkpoint(), self._e, self._re, self._rs, self._psk_index
+        return (
+            self._ss.checkpoint(),
+            self._e,
+            self._re,
+            self._rs,
+            self._psk_index,
+            self._e1,
+            self._re1,
+        )
 
     def _fail(self, saved: _Checkpoint) -> None:
-        ss_saved, self._e, self._re, self._rs, self._psk_index = saved
+        ss_saved, self._e, self._re, self._rs, self._psk_index, self._e1, self._re1 = saved
         self._ss.restore(ss_saved)
         self._phase = Phase.FAILED
 
@@ -414,6 +463,30 @@ class HandshakeState:
             elif token == "psk":
                 ss.mix_key_and_hash(self._psks[self._psk_index])
                 self._psk_index += 1
+            elif token == "e1":
+                kem = self._kem
+                assert kem is not None
+                seed = self._fixed_kem_seed
+                self._e1, pub = (
+                    kem.keypair_from_seed(seed)
+                    if seed is not None
+                    else kem.generate_keypair(self._entropy)
+                )
+                out.append(ss.encrypt_and_hash(pub))
+            elif token == "ekem1":
+                kem, re1 = self._kem, self._re1
+                assert kem is not None and re1 is not None
+                if self._encapsulate is not None:
+                    ciphertext, shared = self._encapsulate(re1)
+                else:
+                    ciphertext, shared = kem.encapsulate(re1, self._peer_keys.get(re1))
+                if len(ciphertext) != kem.ciphertext_len or len(shared) != kem.shared_len:
+                    raise LocalProtocolError(
+                        "KEM encapsulation returned the wrong sizes", ErrorCode.INTERNAL_ERROR
+                    )
+                self._re1 = None  # single use
+                out.append(ss.encrypt_and_hash(ciphertext))
+                ss.mix_key(shared)
             else:
                 self._mix_dh(token)
         out.append(ss.encrypt_and_hash(payload))
@@ -444,6 +517,23 @@ class HandshakeState:
             elif token == "psk":
                 ss.mix_key_and_hash(self._psks[self._psk_index])
                 self._psk_index += 1
+            elif token == "e1" or token == "ekem1":
+                kem = self._kem
+                assert kem is not None
+                n = kem.public_len if token == "e1" else kem.ciphertext_len
+                n += TAG_LEN if ss.cipher_state.has_key() else 0
+                if len(message) - pos < n:
+                    raise DecodeError(f"handshake message {self._index} too short for {token}")
+                value = ss.decrypt_and_hash(message[pos : pos + n])
+                pos += n
+                if token == "e1":
+                    self._peer_keys[value] = kem.parse_public(value)
+                    self._re1 = value
+                else:
+                    assert self._e1 is not None
+                    shared = kem.decapsulate(self._e1, value)
+                    self._e1 = None  # single use
+                    ss.mix_key(shared)
             else:
                 self._mix_dh(token)
         rest = message[pos:]
@@ -471,7 +561,7 @@ class _RolePlan(NamedTuple):
 @functools.lru_cache(maxsize=512)
 def _role_plan(pattern: HandshakePattern, initiator: bool) -> _RolePlan:
     def ours_first(token: str) -> str:
-        if len(token) == 2 and not initiator:  # ee, es, se, ss
+        if token in ("es", "se") and not initiator:
             return token[1] + token[0]
         return token
 

@@ -5,8 +5,10 @@ of message patterns; message ``i`` is sent by the initiator when ``i`` is even
 and by the responder when it is odd (one-way patterns have one message). The
 table below is the notation of the specification transcribed verbatim: the
 fundamental one-way (§7.4) and interactive (§7.5) patterns and the deferred
-patterns (§7.6). Modifiers (§9.2: ``psk0``, ``psk1``, ... combined with ``+``)
-are applied to the data, so every psk position works without special code.
+patterns (§7.6). Modifiers (§9.2: ``psk0``, ``psk1``, ... combined with ``+``,
+and ``hfs`` of the Noise HFS extension, which adds the KEM tokens ``e1`` and
+``ekem1``) are applied to the data, so every psk position and every
+interactive pattern with ``hfs`` works without special code.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ __all__ = [
     "get_pattern",
 ]
 
-#: The tokens of Noise §7.1 plus ``psk`` (§9.1).
-TOKENS = frozenset({"e", "s", "ee", "es", "se", "ss", "psk"})
+#: The tokens of Noise §7.1, ``psk`` (§9.1) and the HFS KEM tokens ``e1`` / ``ekem1``.
+TOKENS = frozenset({"e", "s", "ee", "es", "se", "ss", "psk", "e1", "ekem1"})
+_DH_TOKENS = frozenset({"ee", "es", "se", "ss"})
 
 # Notation: "<pre-messages> ... <messages>", messages separated by ";", the
 # arrow giving the direction (checked against the alternation rule at import).
@@ -92,6 +95,11 @@ class HandshakePattern:
     one_way: bool
 
     @property
+    def hfs(self) -> bool:
+        """True if the pattern carries the KEM tokens (``hfs`` modifier)."""
+        return any("e1" in m for m in self.messages)
+
+    @property
     def psk_count(self) -> int:
         """Number of ``psk`` tokens (the number of PSKs each side must supply)."""
         return sum(m.count("psk") for m in self.messages)
@@ -146,19 +154,47 @@ def _unsupported(reason: str) -> LocalProtocolError:
     return LocalProtocolError(reason, ErrorCode.UNSUPPORTED)
 
 
+def _apply_hfs(name: str, messages: list[list[str]]) -> None:
+    """The ``hfs`` modifier (Noise HFS extension): add ``e1`` and ``ekem1``.
+
+    ``e1`` goes into the first message with an ``e``: directly after that
+    message's first DH token if it has one (so the KEM public key is
+    encrypted), else directly after ``e``. ``ekem1`` goes directly after the
+    first ``ee``. A pattern without ``ee`` (one-way) cannot take ``hfs``.
+    """
+    for msg in messages:
+        if "e" in msg:
+            dh = [i for i, t in enumerate(msg) if t in _DH_TOKENS]
+            msg.insert((dh[0] if dh else msg.index("e")) + 1, "e1")
+            break
+    for msg in messages:
+        if "ee" in msg:
+            msg.insert(msg.index("ee") + 1, "ekem1")
+            return
+    raise _unsupported(f"hfs: pattern {name} has no ee token")
+
+
 def apply_modifiers(base: HandshakePattern, modifiers: tuple[str, ...]) -> HandshakePattern:
-    """Return *base* with the §9.2 psk modifiers applied.
+    """Return *base* with the §9.2 psk modifiers and the HFS ``hfs`` modifier applied.
 
     ``psk0`` puts a ``psk`` token at the start of the first message, ``pskN``
-    (N >= 1) at the end of message N. Modifiers apply in the order given.
+    (N >= 1) at the end of message N; ``hfs`` adds the KEM tokens (see
+    :func:`_apply_hfs`). Modifiers apply in the order given.
 
     Raises:
-        LocalProtocolError: (UNSUPPORTED) an unknown modifier (``fallback``,
-            ``hfs``, ...), a psk position past the last message, or a repeat.
+        LocalProtocolError: (UNSUPPORTED) an unknown modifier (``fallback``, ...),
+            a psk position past the last message, ``hfs`` on a pattern without
+            ``ee``, or a repeat.
     """
     messages = [list(m) for m in base.messages]
     seen: set[str] = set()
     for mod in modifiers:
+        if mod == "hfs":
+            if mod in seen:
+                raise _unsupported("pattern modifier 'hfs' is repeated")
+            seen.add(mod)
+            _apply_hfs(base.name, messages)
+            continue
         match = _PSK_RE.fullmatch(mod)
         if match is None:
             raise _unsupported(f"pattern modifier {mod!r} is not supported")

@@ -1,4 +1,9 @@
-"""Noise protocol names (Noise rev 34, §8): ``Noise_<pattern>_<DH>_<cipher>_<hash>``."""
+"""Noise protocol names (Noise rev 34, §8): ``Noise_<pattern>_<DH>_<cipher>_<hash>``.
+
+With the ``hfs`` modifier (Noise HFS extension) the DH part names the KEM too:
+``Noise_XXhfs_25519+ML-KEM-768_ChaChaPoly_SHA256``. ``hfs`` without a KEM, or a
+KEM without ``hfs``, is unsupported.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,16 @@ import re
 from functools import lru_cache
 
 from ..errors import ErrorCode, LocalProtocolError
-from ._crypto import CIPHERS, DH_FUNCTIONS, HASHES, CipherFunctions, DHFunctions, HashFunctions
+from ._crypto import (
+    CIPHERS,
+    DH_FUNCTIONS,
+    HASHES,
+    KEM_FUNCTIONS,
+    CipherFunctions,
+    DHFunctions,
+    HashFunctions,
+    KEMFunctions,
+)
 from .patterns import HandshakePattern, apply_modifiers, get_pattern
 
 __all__ = ["NoiseProtocol"]
@@ -26,6 +40,7 @@ class NoiseProtocol:
         "handshake_pattern",
         "hash",
         "initial_h",
+        "kem",
         "modifiers",
         "name",
         "pattern",
@@ -38,6 +53,8 @@ class NoiseProtocol:
     dh: DHFunctions
     cipher: CipherFunctions
     hash: HashFunctions
+    #: The KEM of the ``hfs`` modifier, else None.
+    kem: KEMFunctions | None
     initial_h: bytes
 
     def __init__(
@@ -47,15 +64,20 @@ class NoiseProtocol:
         dh: DHFunctions,
         cipher: CipherFunctions,
         hash: HashFunctions,
+        kem: KEMFunctions | None = None,
     ) -> None:
         base = get_pattern(pattern)
+        if ("hfs" in modifiers) != (kem is not None):
+            raise _unsupported("the hfs modifier and a KEM (25519+ML-KEM-768) go together")
         self.pattern = pattern
         self.modifiers = modifiers
         self.handshake_pattern = apply_modifiers(base, modifiers) if modifiers else base
         self.dh = dh
         self.cipher = cipher
         self.hash = hash
-        self.name = f"Noise_{pattern}{'+'.join(modifiers)}_{dh.name}_{cipher.name}_{hash.name}"
+        self.kem = kem
+        dh_part = dh.name if kem is None else f"{dh.name}+{kem.name}"
+        self.name = f"Noise_{pattern}{'+'.join(modifiers)}_{dh_part}_{cipher.name}_{hash.name}"
         raw = self.name.encode("ascii")
         # InitializeSymmetric: h = name padded with zeros, or HASH(name) if longer than HASHLEN.
         if len(raw) <= hash.hashlen:
@@ -112,6 +134,10 @@ def _from_name(name: str) -> NoiseProtocol:
         raise _unsupported(f"malformed handshake pattern {pattern_part[:40]!r}")
     pattern, mods = match.group(1), match.group(2)
     modifiers = tuple(mods.split("+")) if mods else ()
+    dh_name, plus, kem_name = dh_name.partition("+")
+    kem = KEM_FUNCTIONS.get(kem_name) if plus else None
+    if plus and kem is None:
+        raise _unsupported(f"KEM {kem_name[:40]!r} is not supported")
     dh = DH_FUNCTIONS.get(dh_name)
     if dh is None:
         raise _unsupported(f"DH function {dh_name[:40]!r} is not supported")
@@ -121,4 +147,4 @@ def _from_name(name: str) -> NoiseProtocol:
     hash_fn = HASHES.get(hash_name)
     if hash_fn is None:
         raise _unsupported(f"hash function {hash_name[:40]!r} is not supported")
-    return NoiseProtocol(pattern, modifiers, dh, cipher, hash_fn)
+    return NoiseProtocol(pattern, modifiers, dh, cipher, hash_fn, kem)

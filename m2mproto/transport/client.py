@@ -12,6 +12,7 @@ from any task (``async with session`` or ``aclose()`` ends it).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterable, Sequence
 
@@ -19,7 +20,7 @@ import anyio
 from anyio.abc import ByteStream
 
 from ..config import Configuration
-from ..errors import ErrorCode, LocalProtocolError
+from ..errors import ErrorCode, LocalProtocolError, M2MError
 from ..identity import AgentId, Identity
 from ..tokens import RevocationStore, TokenAuthorizer
 from ._keys import StaticKeys
@@ -116,6 +117,11 @@ def connect(
         LocalProtocolError: (``INVALID_ARGUMENT``, at once) no *peer* and no
             *authenticate_peer*.
 
+    The handshake offers the hybrid post-quantum suite first (``config.post_quantum``);
+    if the server refuses it as a classical-only peer does (``VERSION_MISMATCH``), the
+    connection is retried once with the classical suite, except for a ``ByteStream``
+    address (which cannot be reopened) or under ``config.require_post_quantum``.
+
     Raises (when awaited or entered):
         AuthenticationError: the server is not *peer*, or its identity proof failed.
         TokenError: the server rejected our tokens (``code`` says why).
@@ -131,8 +137,9 @@ def connect(
             revocations=revocations,
         )
     held = tuple(tokens)
+    cfg = config if config is not None else Configuration()
 
-    async def prepare() -> Session:
+    async def prepare(config: Configuration | None = config) -> Session:
         transport = await open_transport(address, connect_timeout=connect_timeout)
         try:
             return Session.create(
@@ -154,4 +161,19 @@ def connect(
                 await anyio.aclose_forcefully(transport)
             raise
 
-    return SessionOpener(prepare, None)
+    def hybrid_refused(exc: M2MError) -> bool:
+        """The server refused the hybrid offer as a classical-only peer does."""
+        code = getattr(exc, "close_code", exc.code)  # the peer's ABORT code
+        return (
+            code == ErrorCode.VERSION_MISMATCH
+            and cfg.post_quantum
+            and not cfg.require_post_quantum
+            and not cfg.post_quantum_fallback
+            and not isinstance(address, ByteStream)
+        )
+
+    async def classical() -> Session:
+        """One classical retry whose offer still prefers the hybrid suite (spec 2.13)."""
+        return await prepare(dataclasses.replace(cfg, post_quantum_fallback=True))
+
+    return SessionOpener(prepare, None, fallback=(hybrid_refused, classical))

@@ -450,6 +450,13 @@ class Session:
         return self._conn.handshake_hash or b""
 
     @property
+    def suite(self) -> str | None:
+        """The negotiated Noise protocol name, e.g.
+        ``Noise_XXhfs_25519+ML-KEM-768_ChaChaPoly_SHA256`` (hybrid post-quantum) or
+        ``Noise_XX_25519_ChaChaPoly_SHA256`` (classical); None before the handshake."""
+        return self._conn.suite
+
+    @property
     def capabilities(self) -> object:
         """The peer's verified grants (a tuple of :class:`~m2mproto.tokens.Grant`
         with a ``TokenAuthorizer``; the last accepted summary otherwise)."""
@@ -830,10 +837,17 @@ class SessionOpener:
     """
 
     def __init__(
-        self, prepare: Callable[[], Awaitable[Session]], transport: ByteStream | None
+        self,
+        prepare: Callable[[], Awaitable[Session]],
+        transport: ByteStream | None,
+        *,
+        fallback: tuple[Callable[[M2MError], bool], Callable[[], Awaitable[Session]]]
+        | None = None,
     ) -> None:
         self._prepare = prepare
         self._transport = transport
+        #: (when, how): a second session to try once if the first handshake fails so.
+        self._fallback = fallback
         self._cm: contextlib.AbstractAsyncContextManager[Session] | None = None
 
     async def _made(self) -> Session:
@@ -845,11 +859,22 @@ class SessionOpener:
                     await anyio.aclose_forcefully(self._transport)
             raise
 
+    async def _ready(self, session: Session, launch: Callable[[Session], None]) -> Session:
+        """Launch *session* and wait for its handshake; retry once where the fallback says."""
+        launch(session)
+        try:
+            await session._wait_ready()
+            return session
+        except M2MError as exc:
+            if self._fallback is None or not self._fallback[0](exc):
+                raise
+        retry = await self._fallback[1]()  # closes its own transport if it fails
+        launch(retry)
+        await retry._wait_ready()
+        return retry
+
     async def _detached(self) -> Session:
-        session = await self._made()
-        session._launch(None)
-        await session._wait_ready()
-        return session
+        return await self._ready(await self._made(), lambda s: s._launch(None))
 
     def __await__(self) -> Generator[Any, None, Session]:
         return self._detached().__await__()
@@ -861,10 +886,9 @@ class SessionOpener:
         # in an exception group (the lifetime never raises; only we could).
         error: BaseException | None = None
         async with anyio.create_task_group() as tg:
-            session._launch(tg)
             try:
-                await session._wait_ready()
-            except M2MError as exc:  # the lifetime is over already
+                session = await self._ready(session, lambda s: s._launch(tg))
+            except (M2MError, OSError) as exc:  # the lifetime is over already
                 error = exc
             else:
                 try:

@@ -6,7 +6,6 @@ the peer's; both on asyncio and trio.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import anyio
 import pytest
 from transport_util import AUTHORITY, CLIENT_ID, SERVER_ID
 
+from m2mproto.cli import build_parser
 from m2mproto.cli.peer import ReferencePeer
 from m2mproto.errors import ErrorCode
 from m2mproto.tokens import issue
@@ -25,14 +25,8 @@ pytestmark = pytest.mark.anyio
 def _peer(tmp_path: Path) -> ReferencePeer:
     key = tmp_path / "srv.key"
     SERVER_ID.save(key)
-    args = argparse.Namespace(
-        key=str(key),
-        root=[AUTHORITY.agent_id.text],
-        listen="127.0.0.1:0",
-        revocations=None,
-        log_file=None,
-        reliable=False,
-        state_dir=None,
+    args = build_parser().parse_args(
+        ["serve", "--key", str(key), "--listen", "127.0.0.1:0", "--root", AUTHORITY.agent_id.text]
     )
     return ReferencePeer(args)
 
