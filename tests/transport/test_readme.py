@@ -73,5 +73,6 @@ def test_readme_example_runs(tmp_path: Path) -> None:
     lines = client.stdout.splitlines()
     assert lines[0].startswith("connected to m2m1")
     assert "'echo': {'hello': 'world'}" in lines[1]
-    assert lines[2] == "server received 100000 bytes"
+    assert lines[2] == "echoed 1000000 bytes"  # a message four times the stream window
+    assert lines[3] == "server received 100000 bytes"
     assert "order {'id': 1} on orders/eu from m2m1" in out
