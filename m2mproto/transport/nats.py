@@ -415,31 +415,26 @@ class NatsLink:
     async def abort(self) -> None:
         """Drop the NATS connection at once: no CLOSE or EOF for any stream (like a crash)."""
         self._closed = True
-
-        async def stop() -> None:
-            for task in (self._publisher, self._keepalive_task):
-                if task is not None:
-                    task.cancel()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._nc.close(), 5)
-
-        with anyio.CancelScope(shield=True):
-            with contextlib.suppress(Exception):
-                await self._call(stop)
-            await self._stop_thread()
+        await self._shutdown(drain=False)
 
     async def aclose(self) -> None:
         """Flush queued messages and close the NATS connection."""
         if self._closed:
             return
         self._closed = True
+        await self._shutdown(drain=True)
+
+    async def _shutdown(self, *, drain: bool) -> None:
+        """Stop the publisher and keepalive (after draining the queue, with *drain*) and
+        close the NATS connection, shielded from cancellation."""
 
         async def stop() -> None:
-            assert self._queue is not None
-            for _ in range(200):
-                if self._queue.empty():
-                    break
-                await asyncio.sleep(0.005)
+            if drain:
+                assert self._queue is not None
+                for _ in range(200):  # at most about 1 s for the publisher to drain
+                    if self._queue.empty():
+                        break
+                    await asyncio.sleep(0.005)
             for task in (self._publisher, self._keepalive_task):
                 if task is not None:
                     task.cancel()
