@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-from ._conn_outbox import Outbox
+from ._conn_outbox import FrameOutbox
 from ._conn_state import NEED_DATA, NeedData
 from .config import Configuration
 from .errors import ErrorCode, M2MError
@@ -68,7 +68,7 @@ class Handshaking:
         #: A responder's own tokens: sent in TOKEN frames once the session is reported.
         self.late_tokens = tuple(late_tokens)
 
-    def step(self, outbox: Outbox) -> HandshakeResult | Ended | Literal[NeedData.NEED_DATA]:
+    def step(self, outbox: FrameOutbox) -> HandshakeResult | Ended | Literal[NeedData.NEED_DATA]:
         """Advance the handshake: its result, how it ended, or :data:`NEED_DATA`."""
         hs = self.hs
         try:
@@ -90,11 +90,13 @@ class Handshaking:
             return NEED_DATA
         return result
 
-    def abort(self, outbox: Outbox, code: ErrorCode) -> None:
+    def abort(self, outbox: FrameOutbox, code: ErrorCode) -> None:
         """Queue the handshake's ABORT with *code* (and any unsent output before it)."""
         outbox.raw += self.hs.abort(code)
 
-    def into_transport(self, res: HandshakeResult, cfg: Configuration, outbox: Outbox) -> Transport:
+    def into_transport(
+        self, res: HandshakeResult, cfg: Configuration, outbox: FrameOutbox
+    ) -> Transport:
         """The transport phase for *res*; the handshake's last output is queued first."""
         outbox.raw += self.hs.data_to_send()
         writer = RecordWriter(

@@ -1,8 +1,8 @@
-"""Outbox of a Connection: what we send, and how frames become sealed records.
+"""FrameOutbox of a Connection: what we send, and how frames become sealed records.
 
 Theory of operation
 -------------------
-:class:`Outbox` owns everything queued for the peer: bytes produced before
+:class:`FrameOutbox` owns everything queued for the peer: bytes produced before
 the record layer existed (handshake messages, ABORT), control frames (PONG,
 window updates, RESET, TOKEN, KEY_UPDATE, CLOSE), the round-robin order of
 streams with something to send, our graceful-close reason, and our
@@ -10,7 +10,7 @@ outstanding PINGs (:class:`Pings`). Stream bytes themselves wait in each
 :class:`~m2mproto.streams.Stream`; the connection-wide count of them is the
 table's :class:`~m2mproto.streams.StreamTotals`, never a copy kept here.
 
-:meth:`Outbox.drain` turns the queue into records, in order: control frames
+:meth:`FrameOutbox.drain` turns the queue into records, in order: control frames
 (a CLOSE is held back to go last), then stream frames round-robin over the
 streams with something to send, each within the stream's and the
 connection's credit. Frames are coalesced into records of up to 65519 bytes
@@ -42,7 +42,7 @@ from .frames import (
 from .records import MAX_RECORD_PLAINTEXT, RecordWriter
 from .streams import SendCredit, Stream, StreamInput, StreamTable
 
-__all__ = ["Outbox", "Pings"]
+__all__ = ["FrameOutbox", "Pings"]
 
 _MIN_ROOM = 64  # start a new record rather than a frame with less payload room
 _AUTO_KEY_UPDATE: Final = encode_frame(KeyUpdateFrame(False))
@@ -88,7 +88,7 @@ class _Records:
     __slots__ = ("box", "buf", "life", "parts", "writer")
 
     def __init__(
-        self, box: Outbox, writer: RecordWriter, life: Lifecycle, parts: list[bytes]
+        self, box: FrameOutbox, writer: RecordWriter, life: Lifecycle, parts: list[bytes]
     ) -> None:
         self.box = box
         self.writer = writer
@@ -126,7 +126,7 @@ class _Records:
             self.ratchet(_AUTO_KEY_UPDATE)  # automatic, by volume
 
 
-class Outbox:
+class FrameOutbox:
     """Everything queued for the peer, and the framing of it into records."""
 
     __slots__ = (

@@ -14,7 +14,7 @@ code); a fault confined to one stream resets that stream and returns
 ``StreamReset``. While ``CLOSING`` only CLOSE and KEY_UPDATE are processed.
 
 The receiver owns the connection-level receive window and the decoded
-frames of the current record. It sends through the :class:`Outbox` (window
+frames of the current record. It sends through the :class:`FrameOutbox` (window
 updates, PONG, RESET, KEY_UPDATE) and ends the connection through the two
 callables it is handed (``send_close`` and ``terminate``).
 """
@@ -27,7 +27,7 @@ from typing import Any, Literal
 from . import cbor
 from ._conn_auth import Authorization
 from ._conn_budgets import Budgets
-from ._conn_outbox import Outbox
+from ._conn_outbox import FrameOutbox
 from ._conn_state import NEED_DATA, OPEN_STATES, Lifecycle, NeedData, State, _Fail
 from ._conn_timers import Timers
 from .config import Configuration, Grant, TransportParameters
@@ -108,7 +108,7 @@ class Receiver:
         params: TransportParameters,
         conn_send: SendCredit,
         table: StreamTable,
-        outbox: Outbox,
+        outbox: FrameOutbox,
         budgets: Budgets,
         events: list[Any],
         life: Lifecycle,

@@ -36,6 +36,7 @@ from enum import Enum, auto
 from typing import Final
 
 from .errors import ErrorCode, LocalProtocolError
+from .handshake import Role
 
 __all__ = [
     "NEED_DATA",
@@ -48,15 +49,6 @@ __all__ = [
     "Role",
     "State",
 ]
-
-
-class Role(Enum):
-    """Which side of the handshake this connection plays."""
-
-    #: Dials, sends the preface; uses even stream IDs.
-    INITIATOR = auto()
-    #: Accepts; uses odd stream IDs.
-    RESPONDER = auto()
 
 
 class ConnectionState(Enum):

@@ -53,7 +53,7 @@ from . import cbor
 from ._conn_auth import Authorization
 from ._conn_budgets import Budgets
 from ._conn_handshake import Ended, Handshaking, Transport
-from ._conn_outbox import Outbox
+from ._conn_outbox import FrameOutbox
 from ._conn_receiver import Receiver
 from ._conn_state import (
     NEED_DATA,
@@ -167,7 +167,7 @@ class Connection:
         # waits its turn among them (a token refused at the handshake closes
         # the connection right after HandshakeCompleted is reported).
         self._events: list[Event | _Fail] = []
-        self._outbox = Outbox(cfg, self._table, self._budgets, self._events)
+        self._outbox = FrameOutbox(cfg, self._table, self._budgets, self._events)
         self._auth = Authorization(authorizer, self._timers)
         # Exactly one phase object: _handshake while it runs, then _transport.
         self._handshake: Handshaking | None = Handshaking(hs, () if initiator else tokens)

@@ -7,7 +7,7 @@ from helpers import cipher_pair
 
 from m2mproto._conn_auth import Authorization
 from m2mproto._conn_budgets import Budgets
-from m2mproto._conn_outbox import MAX_PINGS_OUT, Outbox, Pings
+from m2mproto._conn_outbox import MAX_PINGS_OUT, FrameOutbox, Pings
 from m2mproto._conn_state import (
     PUBLIC_STATE,
     TRANSITIONS,
@@ -203,11 +203,11 @@ def test_authorization_without_authorizer_allows_everything() -> None:
 # -- outbox -----------------------------------------------------------------------
 
 
-def _outbox(**kw: int) -> tuple[Outbox, StreamTable, list[object]]:
+def _outbox(**kw: int) -> tuple[FrameOutbox, StreamTable, list[object]]:
     cfg = Configuration(**kw)  # type: ignore[arg-type]
     table = StreamTable(initiator=True)
     events: list[object] = []
-    return Outbox(cfg, table, Budgets(cfg), events), table, events
+    return FrameOutbox(cfg, table, Budgets(cfg), events), table, events
 
 
 def _open_life() -> Lifecycle:

@@ -21,11 +21,11 @@ __all__ = ["TRANSITIONS", "Role", "State", "next_state"]
 
 
 class Role(Enum):
-    """Which side of the handshake."""
+    """Which side of the handshake (and of the connection built on it)."""
 
-    #: Sends the preface and Noise message 1.
+    #: Dials: sends the preface and Noise message 1; uses even stream IDs.
     INITIATOR = "initiator"
-    #: Answers with the magic and Noise message 2.
+    #: Accepts: answers with the magic and Noise message 2; uses odd stream IDs.
     RESPONDER = "responder"
 
 

@@ -121,7 +121,7 @@ class ReliableReceiver:
         nxt = max(self.store.get(*key), hello.first_unacked)
         self.store.set(peer, resource, epoch, nxt)
         await stream.send(Welcome(nxt).to_wire())
-        for _ in iter(int, 1):  # until the sender ends the stream
+        while True:  # until the sender ends the stream
             try:
                 msg = parse(await stream.receive())
             except (anyio.EndOfStream, anyio.BrokenResourceError, M2MError) as exc:

@@ -177,7 +177,7 @@ class ReliableSender:
         Raises:
             AuthenticationError / AuthorizationError: the sender stopped for good.
         """
-        for _ in iter(int, 1):  # until acknowledged or stopped
+        while True:  # until acknowledged or stopped
             if self._acked_below > seq:
                 return
             if self.error is not None:
@@ -219,7 +219,7 @@ class ReliableSender:
 
     async def _run(self) -> None:
         attempt = 0
-        for _ in iter(int, 1):  # until cancelled or a permanent error
+        while True:  # until cancelled or a permanent error
             try:
                 await self._connection()
             except _PERMANENT as exc:
@@ -297,7 +297,7 @@ class ReliableSender:
 
     async def _write(self, stream: Any) -> None:
         next_to_send = self._acked_below
-        for _ in iter(int, 1):  # until the connection fails (an exception)
+        while True:  # until the connection fails (an exception)
             progressed = False
             for seq, body in self.outbox.items_from(next_to_send):
                 while seq - self._acked_below >= self.max_in_flight:  # window full
@@ -314,7 +314,7 @@ class ReliableSender:
                 await self._changed.wait()
 
     async def _read_acks(self, stream: Any) -> None:
-        for _ in iter(int, 1):  # until the stream fails
+        while True:  # until the stream fails
             msg = parse(await stream.receive())
             if not isinstance(msg, Ack):
                 raise RemoteProtocolError("expected ack", ErrorCode.PROTOCOL_ERROR)

@@ -450,7 +450,7 @@ class _Link:
     ) -> str:
         """Forward units until EOF or a cut; return how the direction ended."""
         async with out:
-            for _ in iter(int, 1):  # until EOF or a cut
+            while True:  # until EOF or a cut
                 try:
                     data = await src.receive(65536)
                 except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):

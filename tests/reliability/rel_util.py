@@ -61,7 +61,7 @@ def sink_server(log: SinkLog, **kwargs: Any) -> Server:
     async def feed(stream: Any, ctx: Any) -> None:
         seen = 0
         try:
-            for _ in iter(int, 1):  # until the end of the stream
+            while True:  # until the end of the stream
                 try:
                     msg = await stream.receive()
                 except anyio.EndOfStream:

@@ -99,7 +99,7 @@ class Hostile:
     async def close_code(self, timeout: float = 10.0) -> int | None:
         """Read until the server's CLOSE (its code) or EOF (None); bounded by *timeout*."""
         with anyio.fail_after(timeout):
-            for _ in iter(int, 1):  # until CLOSE or EOF, under fail_after
+            while True:  # until CLOSE or EOF, under fail_after
                 try:
                     data = await self.stream.receive()
                 except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
