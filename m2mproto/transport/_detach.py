@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
-
-import sniffio
 
 __all__ = ["start_detached"]
 
@@ -33,10 +32,21 @@ async def _guard(func: Callable[[], Awaitable[None]]) -> None:
         logger.exception("detached session failed")
 
 
+def _in_trio() -> bool:
+    """Whether the calling task runs under trio (without importing it, or sniffio)."""
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
+
+
 def start_detached(func: Callable[[], Awaitable[None]]) -> None:
     """Run ``func()`` in a new task that no cancel scope of the caller encloses."""
-    library = sniffio.current_async_library()
-    if library == "trio":
+    if _in_trio():
         import trio
 
         trio.lowlevel.spawn_system_task(_guard, func, context=contextvars.copy_context())
