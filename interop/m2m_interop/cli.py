@@ -105,9 +105,10 @@ def register(sub: Any) -> None:
             "m2m interop shim --port 7000 --test-id 3 --role initiator --identity-seed HEX",
         ),
     )
-    from .shim import add_arguments
+    from .shim import add_arguments, unimplemented
 
     add_arguments(sh)
+    sh.error = unimplemented  # an unknown flag: status 89, as the shim itself
     sh.set_defaults(handler=cmd_shim)
     p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
 

@@ -22,7 +22,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from m2mproto.config import Configuration
 from m2mproto.errors import ErrorCode, M2MError
@@ -36,10 +36,15 @@ __all__ = ["main"]
 UNIMPLEMENTED = 89
 
 
+def unimplemented(message: str) -> NoReturn:
+    """A bad or unknown flag: the shim exits "unimplemented" (89), not with a usage error."""
+    print(f"M2M-UNIMPLEMENTED: {message}", file=sys.stderr)
+    raise SystemExit(UNIMPLEMENTED)
+
+
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # unknown flag: "unimplemented", not usage
-        print(f"M2M-UNIMPLEMENTED: {message}", file=sys.stderr)
-        raise SystemExit(UNIMPLEMENTED)
+    def error(self, message: str) -> NoReturn:  # unknown flag: "unimplemented", not usage
+        unimplemented(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
