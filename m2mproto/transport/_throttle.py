@@ -80,3 +80,7 @@ class LogThrottle:
             log.log(level, "%s from %s: more than %d lines in %g s, suppressing similar lines",
                     kind, key[1], self.burst, self.interval)  # fmt: skip
         return False
+
+    def reset(self) -> None:
+        """Forget every window (tests; a fresh start)."""
+        self._windows.clear()
