@@ -180,6 +180,13 @@ def _setup_logging(args: argparse.Namespace) -> None:
     setup_logging(logging.WARNING if getattr(args, "quiet", False) else log_level(args))
 
 
+def _who(ctx: Any) -> str:
+    """``short-id@address`` of a handler's caller, for log lines."""
+    session = getattr(ctx, "session", None)
+    address = getattr(session, "remote_address", "") if session is not None else ""
+    return f"{ctx.peer.short_id}@{address}" if address else str(ctx.peer.short_id)
+
+
 class _ReliableContext:
     """The part of a handler context ``log`` uses, for reliable deliveries."""
 
@@ -218,7 +225,7 @@ class ReferencePeer:
         """``echo`` (spec/interop.md §3): each message back on the stream, each
         byte back XOR 0xff; our end follows the peer's (the router ends it)."""
         kind = await stream.next_kind()
-        logger.info("echo %s from %s", kind or "(empty)", ctx.peer.short_id)
+        logger.info("echo %s from %s on %r", kind or "(empty)", _who(ctx), ctx.resource)
         try:
             if kind == "message":
                 messages = stream.as_message_stream()
@@ -231,10 +238,11 @@ class ReferencePeer:
             if exc.code != ErrorCode.PROTOCOL_ERROR:
                 raise
             # the peer mixed messages and bytes: the stream is already reset
-            logger.info("echo from %s reset: %s", ctx.peer.short_id, exc)
+            logger.info("echo from %s on %r reset: %s", _who(ctx), ctx.resource, exc)
 
     async def log(self, message: Any, ctx: Any) -> None:
-        logger.info("log from %s: %s", ctx.peer.short_id, json.dumps(to_json(message)))
+        logger.info("log from %s on %r: %s", _who(ctx), getattr(ctx, "resource", "log"),
+                    json.dumps(to_json(message)))  # fmt: skip
         if self.log_file is not None:
             line = json.dumps({"peer": ctx.peer.agent_id.text, "message": to_json(message)})
             with self.log_file.open("a") as fh:

@@ -336,20 +336,19 @@ class Server:
         source = _source_of(transport)
         if self._established[source] >= self.max_sessions_per_source:
             self.stats.source_limited += 1
-            logger.warning(
-                "connection from %s refused: %d sessions from it", source, self._established[source]
-            )
+            self.log_throttle.log(logger, logging.WARNING, "refused connections", source,
+                                  "connection from %s refused: %d sessions from it",
+                                  remote_address(transport) or source,
+                                  self._established[source])  # fmt: skip
             await anyio.aclose_forcefully(transport)
             return
         entry = self._admit(source)
         if entry is None:
             self.stats.refused += 1
-            logger.warning(
-                "connection from %s refused: %d live, %d handshaking",
-                source,
-                len(self.sessions),
-                len(self._pending),
-            )
+            self.log_throttle.log(logger, logging.WARNING, "refused connections", source,
+                                  "connection from %s refused: %d live, %d handshaking",
+                                  remote_address(transport) or source, len(self.sessions),
+                                  len(self._pending))  # fmt: skip
             await anyio.aclose_forcefully(transport)
             return
         established = False
@@ -389,7 +388,9 @@ class Server:
                 if established and self._established[source] >= self.max_sessions_per_source:
                     # handshakes from this source finished together past the cap
                     self.stats.source_limited += 1
-                    logger.warning("session from %s closed: source limit", source)
+                    self.log_throttle.log(logger, logging.WARNING, "refused connections",
+                                          source, "session from %s closed: source limit",
+                                          session.remote_address or source)  # fmt: skip
                     await session.aclose(ErrorCode.ENHANCE_YOUR_CALM, "too many sessions")
                 elif established:
                     self.stats.established += 1
@@ -436,7 +437,7 @@ class Server:
                 if not _holds_grant(authorizer, session.peer.agent_id):
                     self.stats.grantless_closed += 1
                     logger.info("session %s@%s closed: no valid grant", session.peer.short_id,
-                                session._link.address)  # fmt: skip
+                                session.remote_address)  # fmt: skip
                     session.request_close(ErrorCode.UNAUTHORIZED, "no valid capability")
                     break
                 grant_check = now + every
@@ -446,7 +447,7 @@ class Server:
                 else:
                     self.stats.idle_closed += 1
                     logger.info("session %s@%s closed: idle", session.peer.short_id,
-                                session._link.address)  # fmt: skip
+                                session.remote_address)  # fmt: skip
                     session.request_close(ErrorCode.IDLE_TIMEOUT, "no activity")
                     break
         await session.wait_closed()

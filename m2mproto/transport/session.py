@@ -502,6 +502,12 @@ class Session:
         return self._link.peer
 
     @property
+    def remote_address(self) -> str:
+        """The peer's address as text (``host:port``, ``[v6]:port``, a socket path), or
+        ``""`` when the transport does not say (memory streams): for logs."""
+        return self._link.address
+
+    @property
     def closed(self) -> bool:
         """Whether the connection is over."""
         return self._link.closed.is_set()

@@ -43,6 +43,10 @@ def echo_server(**kwargs: Any) -> Server:
     async def admin(msg: Any, ctx: Any) -> Any:  # the token does not cover it
         return msg
 
+    @server.stream("empty")
+    async def empty(stream: Any, ctx: Any) -> None:  # ends its half without a reply
+        return None
+
     @server.request("silent")
     async def silent(msg: Any, ctx: Any) -> None:
         return None
@@ -99,7 +103,7 @@ async def test_refusals_name_the_resource() -> None:
             await connect(
                 address,
                 identity=CLIENT_ID,
-                tokens=[token(["echo=*", "nowhere=*", "silent=*"])],
+                tokens=[token(["echo=*", "nowhere=*", "silent=*", "empty=*"])],
                 peer=SERVER_ID.agent_id,
             ) as s,
         ):
@@ -119,6 +123,9 @@ async def test_refusals_name_the_resource() -> None:
             with pytest.raises(AuthorizationError) as opened:
                 await stream.receive()
             assert "'admin'" in opened.value.message
+            with pytest.raises(StreamResetError) as ended:
+                await s.request("empty", 1)
+            assert "'empty'" in ended.value.message and "without a reply" in ended.value.message
             # a request handler that returns None replies None: not "ended without a reply"
             assert await s.request("silent", 1) is None
 
