@@ -385,6 +385,8 @@ class Session:
         try:
             async with anyio.create_task_group() as tg:
                 dispatch.bind(tg)
+                link.log.debug("handshake started (%s)",
+                               "responder" if self._server_side else "initiator")  # fmt: skip
                 try:
                     self._conn.start(anyio.current_time())
                 except M2MError as exc:

@@ -219,6 +219,7 @@ async def test_debug_trace_names_frames_and_sizes_but_no_secrets(
                 assert await s.request("echo", secret) == secret
                 hh = s.handshake_hash.hex()
     text = caplog.text
+    assert "handshake started (initiator)" in text and "handshake started (responder)" in text
     assert "HandshakeCompleted" in text and "StreamOpened stream=0 resource='echo'" in text
     assert "MessageReceived stream=0 message bytes=" in text
     assert secret not in text and hh not in text
