@@ -40,9 +40,9 @@ def _levels(text: str) -> tuple[int, ...]:
     return levels
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m bench",
+        prog=prog,
         description="Benchmark m2mproto against TLS 1.3 (ssl+anyio), noiseprotocol and the "
         "cryptography primitives. Reports ratios measured in the same run.",
     )
@@ -166,9 +166,10 @@ def run(settings: Settings, backends: list[str]) -> dict[str, Any]:
     return results
 
 
-def bench_main(argv: list[str] | None = None) -> int:
-    """Entry point for ``python -m bench`` and ``m2m bench``; returns the exit status."""
-    args = _parser().parse_args(argv)
+def bench_main(argv: list[str] | None = None, prog: str = "python -m bench") -> int:
+    """Entry point for ``python -m bench`` and ``m2m bench`` (*prog* names it in
+    usage lines); returns the exit status."""
+    args = _parser(prog).parse_args(argv)
     if args.plot is not None:
         problem = report.check_plot_available()
         if problem:

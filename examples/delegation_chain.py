@@ -14,11 +14,10 @@ import anyio
 
 from m2mproto import (
     AuthorizationError,
-    ConnectionClosedError,
-    ErrorCode,
     Identity,
     LocalProtocolError,
     Server,
+    TokenError,
     connect,
 )
 from m2mproto.tokens import delegate, issue, verify
@@ -69,14 +68,15 @@ async def main() -> None:
                     await session.send("orders/us/42", {"qty": 1}, confirm=True)
                 except AuthorizationError as exc:
                     print("bob: orders/us/42 refused:", exc.code.name)
-            # A stolen token is useless: Alice's token is bound to Alice's key, so
-            # the server closes Bob's connection when he presents it (TOKEN_INVALID).
+            # A stolen token is useless: Alice's token is bound to Alice's key. connect()
+            # checks the tokens it is given before dialing (CNF_MISMATCH), and a server
+            # would refuse them anyway (TOKEN_INVALID).
             try:
                 async with await connect(address, identity=bob, tokens=[alice_token],
                                          peer=server_id) as session:
                     await session.send("orders/us/42", {"qty": 1}, confirm=True)
-            except ConnectionClosedError as exc:
-                print("bob with alice's token: closed:", ErrorCode(exc.close_code).name)
+            except TokenError as exc:
+                print("bob with alice's token: refused:", exc.code.name)
             tg.cancel_scope.cancel()
     print("done")
 

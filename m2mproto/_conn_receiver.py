@@ -401,7 +401,9 @@ class Receiver:
                 self._budgets.charge_churn(self._timers.now)
                 table.refuse_remote(sid)
                 self._outbox.control.append(ResetFrame(sid, ErrorCode.UNAUTHORIZED, 0))
-                return StreamReset(stream_id=sid, code=ErrorCode.UNAUTHORIZED, remote=False)
+                return StreamReset(
+                    stream_id=sid, code=ErrorCode.UNAUTHORIZED, remote=False, resource=f.resource
+                )
         s = Stream(
             sid,
             f.resource,

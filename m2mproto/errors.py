@@ -27,6 +27,7 @@ The exception hierarchy is small on purpose (see ``spec/errors.md``)::
      +-- AuthorizationError        the peer lacks a capability
      |    +-- TokenError           a token failed verification (precise reason code)
      +-- LimitExceeded             input exceeded a limit configured on this side
+     +-- NetworkError              connecting or listening failed (also an OSError)
 
 One meaning per class: the class says who is at fault and what the caller
 can do; the code says exactly what happened. ``SendBufferFull`` and
@@ -49,6 +50,7 @@ __all__ = [
     "LimitExceeded",
     "LocalProtocolError",
     "M2MError",
+    "NetworkError",
     "RemoteProtocolError",
     "SendBufferFull",
     "StreamLimitReached",
@@ -168,6 +170,10 @@ class ErrorCode(IntEnum):
     TIMEOUT = 0x308
     #: The connection is closed.
     CONNECTION_CLOSED = 0x309
+    #: No connection could be made to the address (refused, unreachable, unresolvable).
+    UNREACHABLE = 0x30A
+    #: The address could not be listened on (in use, not permitted, unresolvable).
+    LISTEN_FAILED = 0x30B
 
     @property
     def is_wire(self) -> bool:
@@ -265,3 +271,29 @@ class LimitExceeded(M2MError):
     handshake frame over ``max_handshake_message``)."""
 
     default_code = ErrorCode.ENHANCE_YOUR_CALM
+
+
+class NetworkError(M2MError, OSError):
+    """Connecting to (``UNREACHABLE``) or listening on (``LISTEN_FAILED``) an address failed.
+
+    Also an :class:`OSError` (``errno`` and ``strerror`` are the system's, when
+    known), so code that caught the transport's ``OSError`` keeps working; the
+    message names the address. The original exception is ``__cause__``.
+    """
+
+    default_code = ErrorCode.UNREACHABLE
+
+    def __init__(
+        self,
+        message: str,
+        code: ErrorCode | None = None,
+        *,
+        errno: int | None = None,
+        strerror: str | None = None,
+    ) -> None:
+        M2MError.__init__(self, message, code)
+        self.errno = errno
+        self.strerror = strerror
+
+    def __str__(self) -> str:
+        return M2MError.__str__(self)

@@ -144,6 +144,8 @@ class StreamReset(Event):
     stream_id: int
     code: int
     remote: bool
+    #: The resource of a stream refused as it opened (never reported open), for logs.
+    resource: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         _sid(self.stream_id)

@@ -22,7 +22,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from m2mproto.config import Configuration
 from m2mproto.errors import ErrorCode, M2MError
@@ -36,10 +36,15 @@ __all__ = ["main"]
 UNIMPLEMENTED = 89
 
 
+def unimplemented(message: str) -> NoReturn:
+    """A bad or unknown flag: the shim exits "unimplemented" (89), not with a usage error."""
+    print(f"M2M-UNIMPLEMENTED: {message}", file=sys.stderr)
+    raise SystemExit(UNIMPLEMENTED)
+
+
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # unknown flag: "unimplemented", not usage
-        print(f"M2M-UNIMPLEMENTED: {message}", file=sys.stderr)
-        raise SystemExit(UNIMPLEMENTED)
+    def error(self, message: str) -> NoReturn:  # unknown flag: "unimplemented", not usage
+        unimplemented(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,20 +54,87 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--test-id", type=int, required=True)
-    p.add_argument("--role", choices=("initiator", "responder"), required=True)
-    p.add_argument("--identity-seed", required=True)
-    p.add_argument("--static-key")
-    p.add_argument("--trust", action="append", default=[])
-    p.add_argument("--expect-peer")
-    p.add_argument("--trust-root", action="append", default=[])
-    p.add_argument("--token", action="append", default=[])
-    p.add_argument("--revocation", action="append", default=[])
-    p.add_argument("--revoked", action="append", default=[])
-    p.add_argument("--no-authorize", action="store_true")
-    p.add_argument("--now", type=float)
-    p.add_argument("--config", action="append", default=[])
+    """The shim's options (spec/interop.md, the shim command line)."""
+    p.add_argument("--port", type=int, required=True, help="the runner's TCP port to connect to")
+    p.add_argument(
+        "--test-id",
+        type=int,
+        required=True,
+        metavar="N",
+        help="the case number, sent first so the runner can match the connection",
+    )
+    p.add_argument(
+        "--role",
+        choices=("initiator", "responder"),
+        required=True,
+        help="the handshake role the implementation under test plays",
+    )
+    p.add_argument(
+        "--identity-seed",
+        required=True,
+        metavar="HEX",
+        help="the 32-byte Ed25519 seed of its identity",
+    )
+    p.add_argument("--static-key", metavar="HEX", help="its Noise static X25519 private key")
+    p.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="AGENT_ID",
+        help="an agent its trust decision accepts (repeatable; AUTH_UNTRUSTED otherwise)",
+    )
+    p.add_argument(
+        "--expect-peer",
+        metavar="AGENT_ID",
+        help="initiator: the only acceptable responder (AUTH_UNEXPECTED_PEER otherwise)",
+    )
+    p.add_argument(
+        "--trust-root",
+        action="append",
+        default=[],
+        metavar="AGENT_ID",
+        help="a token trust root (repeatable)",
+    )
+    p.add_argument(
+        "--token",
+        action="append",
+        default=[],
+        metavar="HEX",
+        help="a token it presents (repeatable; initiator: in the handshake, "
+        "responder: in TOKEN frames)",
+    )
+    p.add_argument(
+        "--revocation",
+        action="append",
+        default=[],
+        metavar="HEX",
+        help="a signed revocation statement its store holds (repeatable)",
+    )
+    p.add_argument(
+        "--revoked",
+        action="append",
+        default=[],
+        metavar="HEX",
+        help="a token ID revoked by local policy (repeatable)",
+    )
+    p.add_argument(
+        "--no-authorize",
+        action="store_true",
+        help="authorize nothing: every stream and message is allowed",
+    )
+    p.add_argument(
+        "--now",
+        type=float,
+        metavar="UNIX",
+        help="the Unix time for token checks (the clock stands still)",
+    )
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a Configuration field to set, e.g. max_concurrent_streams=4 (repeatable)",
+    )
 
 
 def _value(field_type: Any, text: str) -> Any:

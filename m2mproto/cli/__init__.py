@@ -141,6 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _leaf_parser(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> argparse.ArgumentParser:
+    """The (sub)parser of the subcommand *args* selected (``parser`` if none)."""
+    while True:  # one level per nested subcommand (bounded by the parser tree)
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not actions:
+            return parser
+        chosen = getattr(args, actions[0].dest or "", None)
+        child = actions[0].choices.get(chosen) if chosen is not None else None
+        if child is None:
+            return parser
+        parser = child
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``m2m`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -157,7 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not installed():
             return report(missing_error())
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the subcommand that got them, with its own usage
+        _leaf_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)

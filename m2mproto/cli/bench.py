@@ -25,9 +25,13 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "bench",
         help="benchmarks against TLS 1.3 and noiseprotocol, from a checkout (python -m bench)",
+        description="Run the benchmarks of a source checkout (python -m bench); "
+        "m2m bench --help lists their options.",
         add_help=False,
     )
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.add_argument(
+        "bench_args", nargs=argparse.REMAINDER, metavar="...", help="options of the benchmarks"
+    )
     p.set_defaults(handler=cmd_bench)
 
 
@@ -72,5 +76,5 @@ def run_bench(argv: list[str]) -> int:
         sys.modules["bench"] = module
         spec.loader.exec_module(module)
     main = importlib.import_module("bench.__main__")
-    status: int = main.bench_main(argv)
+    status: int = main.bench_main(argv, prog="m2m bench")
     return status

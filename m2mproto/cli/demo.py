@@ -27,6 +27,7 @@ from ..errors import M2MError
 from ..identity import Identity
 from ..tokens import FileRevocationStore, delegate, issue, revoke
 from . import error_name
+from ._common import command
 from .peer import require_backend
 
 __all__ = ["register", "run_demo"]
@@ -36,7 +37,17 @@ START_TIMEOUT = 20.0
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("demo", help="run a local demo: two agents, a reference peer, tokens")
+    p = command(
+        sub,
+        "demo",
+        "run a local demo: two agents, a reference peer, tokens",
+        "Make a root authority and two agents in a temporary directory, issue a token to\n"
+        "agent A and a narrower delegated one to agent B, start the reference peer on\n"
+        "127.0.0.1 and print a transcript: authentication, authorization, refusal and the\n"
+        "revocation of B's token.",
+        "m2m demo",
+        "m2m demo --backend trio --keep /tmp/m2m-demo",
+    )
     p.add_argument(
         "--backend", choices=("asyncio", "trio"), default="asyncio", help="async backend"
     )

@@ -31,6 +31,7 @@ import anyio
 from ..cbor import to_json
 from ..errors import ErrorCode, LocalProtocolError, M2MError
 from ..identity import AgentId, Identity
+from ._common import add_logging_args, command, log_level, setup_logging
 from .token import open_revocations, read_token
 
 __all__ = ["parse_hostport", "register", "require_backend"]
@@ -153,7 +154,18 @@ def _check_target(args: argparse.Namespace, flag: str) -> None:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("serve", help="run the reference peer (echo and log resources)")
+    p = command(
+        sub,
+        "serve",
+        "run the reference peer (echo and log resources)",
+        "Run the reference peer: it accepts any agent that authenticates and presents a\n"
+        "token chain rooted at a --root, and serves 'echo' (a request gets its message\n"
+        "back) and 'log' (messages are logged). Prints one line 'listening on HOST:PORT'\n"
+        "when ready; logs connections and refusals to stderr with the peer's ID and address.",
+        "m2m serve --key server.key --listen 127.0.0.1:7000 --root ROOT_ID",
+        "m2m serve --key server.key --listen 127.0.0.1:0 --root ROOT_ID "
+        "--revocations revocations.bin -vv",
+    )
     p.add_argument("--key", required=True, metavar="FILE", help="the server's private key file")
     p.add_argument("--listen", metavar="HOST:PORT", help="port 0 picks a free one")
     p.add_argument(
@@ -163,15 +175,31 @@ def register(sub: Any) -> None:
     p.add_argument("--log-file", metavar="FILE", help="append 'log' messages here as JSON lines")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     _nats_args(p, serve=True)
+    add_logging_args(p, default="info")
     _reliable_args(p, "serve 'log' with reliable delivery (spec/reliability.md)")
     _backend_arg(p)
     p.set_defaults(handler=cmd_serve)
 
-    for name, helptext in (
-        ("send", "send a one-way message to a peer"),
-        ("request", "send a request to a peer and print the reply"),
+    for name, helptext, description, example in (
+        (
+            "send",
+            "send a one-way message to a peer",
+            "Connect to a peer, authenticate as --key, present --token, send one JSON\n"
+            "message to RESOURCE and wait until the peer's handler has run. Prints\n"
+            '{"sent": true, ...} on success.',
+            "m2m send --key alice.key --token a.tok --connect 127.0.0.1:7000 "
+            "--peer SERVER_ID log '{\"event\": 1}'",
+        ),
+        (
+            "request",
+            "send a request to a peer and print the reply",
+            "Connect to a peer, authenticate as --key, present --token, send one JSON\n"
+            "message to RESOURCE and print the reply as JSON.",
+            "m2m request --key alice.key --token a.tok --connect 127.0.0.1:7000 "
+            '--peer SERVER_ID echo \'{"hello": "world"}\'',
+        ),
     ):
-        q = sub.add_parser(name, help=helptext)
+        q = command(sub, name, helptext, description, example)
         q.add_argument("--key", required=True, metavar="FILE", help="your private key file")
         q.add_argument("--token", action="append", metavar="FILE", help="token to present")
         q.add_argument("--connect", metavar="HOST:PORT", help="the peer's address (or --nats)")
@@ -186,13 +214,9 @@ def register(sub: Any) -> None:
             help="accept any server that authenticates (it is NOT checked to be who you expect)",
         )
         q.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
-        q.add_argument("--json", action="store_true", help="print JSON (the default output)")
-        q.add_argument(
-            "-v", "--verbose", action="store_true",
-            help="print the peer and the negotiated handshake suite to stderr",
-        )  # fmt: skip
-        q.add_argument("resource", metavar="RESOURCE")
-        q.add_argument("message", metavar="JSON")
+        q.add_argument("resource", metavar="RESOURCE", help="the resource to call, e.g. echo")
+        q.add_argument("message", metavar="JSON", help="the message, as JSON (e.g. '{\"n\": 1}')")
+        add_logging_args(q)
         _nats_args(q, serve=False)
         if name == "send":
             _reliable_args(q, "deliver exactly once: resend across reconnects until acknowledged")
@@ -203,13 +227,15 @@ def register(sub: Any) -> None:
 # ---------------------------------------------------------------------------- serve
 
 
-def _setup_logging(quiet: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("m2mproto")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING if quiet else logging.INFO)
-    root.propagate = False
+def _setup_logging(args: argparse.Namespace) -> None:
+    setup_logging(logging.WARNING if getattr(args, "quiet", False) else log_level(args))
+
+
+def _who(ctx: Any) -> str:
+    """``short-id@address`` of a handler's caller, for log lines."""
+    session = getattr(ctx, "session", None)
+    address = getattr(session, "remote_address", "") if session is not None else ""
+    return f"{ctx.peer.short_id}@{address}" if address else str(ctx.peer.short_id)
 
 
 class _ReliableContext:
@@ -257,7 +283,8 @@ class ReferencePeer:
         """``echo`` (spec/interop.md §3): each message back on the stream, each
         byte back XOR 0xff; our end follows the peer's (the router ends it)."""
         kind = await stream.next_kind()
-        logger.info("echo %s from %s (%s)", kind or "(empty)", ctx.peer.short_id, ctx.session.suite)
+        logger.info("echo %s from %s on %r (%s)", kind or "(empty)", _who(ctx), ctx.resource,
+                    ctx.session.suite)  # fmt: skip
         try:
             if kind == "message":
                 messages = stream.as_message_stream()
@@ -270,11 +297,12 @@ class ReferencePeer:
             if exc.code != ErrorCode.PROTOCOL_ERROR:
                 raise
             # the peer mixed messages and bytes: the stream is already reset
-            logger.info("echo from %s reset: %s", ctx.peer.short_id, exc)
+            logger.info("echo from %s on %r reset: %s", _who(ctx), ctx.resource, exc)
 
     async def log(self, message: Any, ctx: Any) -> None:
         suite = getattr(getattr(ctx, "session", None), "suite", None)  # None: reliable delivery
-        logger.info("log from %s%s: %s", ctx.peer.short_id, f" ({suite})" if suite else "",
+        logger.info("log from %s on %r%s: %s", _who(ctx), getattr(ctx, "resource", "log"),
+                    f" ({suite})" if suite else "",
                     json.dumps(to_json(message)))  # fmt: skip
         if self.log_file is not None:
             line = json.dumps({"peer": ctx.peer.agent_id.text, "message": to_json(message)})
@@ -345,7 +373,7 @@ class ReferencePeer:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     require_backend(args.backend)
-    _setup_logging(args.quiet)
+    _setup_logging(args)
     peer = ReferencePeer(args)
     anyio.run(peer.run, backend=args.backend)
     return 0
@@ -454,6 +482,8 @@ async def _nats_client(
 
 def cmd_client(args: argparse.Namespace) -> int:
     require_backend(args.backend)
+    if args.verbose or args.log_level:
+        _setup_logging(args)
     value = _parse_json(args.message)
     if not getattr(args, "reliable", False):
         _state_path(args, "outbox.sqlite3")  # refuses --state-dir without --reliable

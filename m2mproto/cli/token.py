@@ -31,6 +31,9 @@ from ..tokens import (
 )
 from ..tokens.claims import parse_link
 from ..tokens.revocation import revocation_authorities
+from ..tokens.verify import DEFAULT_CLOCK_SKEW
+from . import report
+from ._common import command
 
 __all__ = ["open_revocations", "parse_duration", "read_token", "register", "write_file"]
 
@@ -134,26 +137,75 @@ def _add_common_issue_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("token", help="issue, delegate, inspect, verify and revoke tokens")
+    p = command(
+        sub,
+        "token",
+        "issue, delegate, inspect, verify and revoke tokens",
+        "Capability tokens: signed COSE_Sign1/CWT files granting RESOURCE=ABILITY pairs\n"
+        "to one holder, delegable with attenuation and revocable.",
+        "m2m token issue --key root.key --to AGENT_ID --cap 'echo=*' --aud SERVER_ID --out a.tok",
+        "m2m token verify a.tok --root ROOT_ID",
+    )
     tsub = p.add_subparsers(dest="token_command", metavar="SUBCOMMAND")
     p.set_defaults(handler=lambda args: (p.print_help(sys.stderr), 2)[1])
 
-    q = tsub.add_parser("issue", help="issue a root capability token")
+    q = command(
+        tsub,
+        "issue",
+        "issue a root capability token",
+        "Sign a root token with --key (the authority) for the holder --to. The token is\n"
+        "bound to the holder's key: nobody else can use it. --aud names the only server\n"
+        "that may accept it (or --any-audience: every server trusting this root).",
+        "m2m token issue --key root.key --to AGENT_ID --cap 'orders/*=msg/send' "
+        "--aud SERVER_ID --ttl 1h --out a.tok",
+        "m2m token issue --key root.key --to AGENT_ID --cap 'echo=*' --any-audience "
+        "--ttl 7d --out any.tok --json",
+    )
     _add_common_issue_args(q)
     q.set_defaults(handler=cmd_mint)
 
-    q = tsub.add_parser("delegate", help="delegate a narrower token from one you hold")
+    q = command(
+        tsub,
+        "delegate",
+        "delegate a narrower token from one you hold",
+        "Sign, with the key of the holder of --parent, a child token for --to carrying\n"
+        "the parent as proof. Its capabilities must be covered by the parent's; its\n"
+        "window and caveats are clipped to the parent's.",
+        "m2m token delegate --key alice.key --parent a.tok --to AGENT_ID "
+        "--cap 'orders/eu/*=msg/send' --aud SERVER_ID --ttl 15m --out b.tok",
+    )
     q.add_argument("--parent", required=True, metavar="FILE", help="the token you hold")
     _add_common_issue_args(q)
     q.set_defaults(handler=cmd_mint)
 
-    q = tsub.add_parser("inspect", help="show a token's contents (no verification)")
-    q.add_argument("file", metavar="FILE")
-    q.add_argument("--json", action="store_true", help="print JSON")
+    q = command(
+        tsub,
+        "inspect",
+        "show a token's contents (no verification)",
+        "Show a token and its delegation chain, leaf first, without verifying anything:\n"
+        "times in ISO 8601 (UTC), algorithm and key names. --json prints the decoded\n"
+        "structure (claim names, raw COSE values) on one line, --raw the same indented.",
+        "m2m token inspect b.tok",
+        "m2m token inspect b.tok --json | jq .claims.exp",
+    )
+    q.add_argument("file", metavar="FILE", help="the token file")
+    form = q.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="print the decoded structure as JSON")
+    form.add_argument("--raw", action="store_true", help="the decoded structure, indented")
     q.set_defaults(handler=cmd_inspect)
 
-    q = tsub.add_parser("verify", help="verify a token and its chain; print what it grants")
-    q.add_argument("file", metavar="FILE")
+    q = command(
+        tsub,
+        "verify",
+        "verify a token and its chain; print what it grants",
+        "Verify every signature, window, attenuation and revocation of the chain against\n"
+        "the trust roots; print the holder, the root and the capabilities granted. Exits\n"
+        'with status 6 (and, with --json, {"valid": false, "code": ...}) if invalid.\n'
+        "A token accepted only thanks to the clock-skew allowance is said so.",
+        "m2m token verify b.tok --root ROOT_ID --holder AGENT_ID",
+        "m2m token verify b.tok --root ROOT_ID --revocations revocations.bin --json",
+    )
+    q.add_argument("file", metavar="FILE", help="the token file")
     q.add_argument(
         "--root", action="append", required=True, metavar="AGENT_ID", help="a trust root"
     )
@@ -161,10 +213,18 @@ def register(sub: Any) -> None:
     q.add_argument("--aud", metavar="AGENT_ID", help="verify as this audience")
     q.add_argument("--revocations", metavar="FILE", help="a revocation file to consult")
     q.add_argument("--at", type=float, metavar="UNIX_TIME", help="verify at this time")
-    q.add_argument("--json", action="store_true", help="print JSON")
+    q.add_argument("--json", action="store_true", help="print the result as JSON")
     q.set_defaults(handler=cmd_verify)
 
-    q = tsub.add_parser("revoke", help="sign a revocation of tokens and add it to a file")
+    q = command(
+        tsub,
+        "revoke",
+        "sign a revocation of tokens and add it to a file",
+        "Sign a statement revoking the given tokens and append it to --out. Only the\n"
+        "issuer of a link in a token's chain may revoke it; servers re-read the file\n"
+        "(m2m serve --revocations).",
+        "m2m token revoke --key alice.key b.tok --out revocations.bin",
+    )
     q.add_argument("--key", required=True, metavar="FILE", help="the revoker's private key file")
     q.add_argument("tokens", nargs="+", metavar="TOKEN_FILE", help="tokens to revoke")
     q.add_argument("--out", metavar="FILE", help="revocation file (appended)")
@@ -213,33 +273,132 @@ def cmd_mint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _iso(t: Any) -> str:
+    if isinstance(t, int | float) and not isinstance(t, bool):
+        try:
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+        except (OverflowError, OSError, ValueError):
+            pass
+    return repr(t)
+
+
+#: COSE algorithm and key names (RFC 9053), for ``token inspect``.
+_ALGORITHMS = {-8: "EdDSA"}
+_KEY_TYPES = {1: "OKP"}
+_CURVES = {6: "Ed25519", 4: "X25519"}
+
+
+def _key_text(cnf: Any) -> str:
+    key = cnf.get("1") if isinstance(cnf, dict) else None
+    if not isinstance(key, dict):
+        return json.dumps(cnf)
+    kty, crv, x = key.get("1"), key.get("-1"), key.get("-2")
+    kty_name = _KEY_TYPES.get(kty, f"kty {kty}") if isinstance(kty, int) else f"kty {kty}"
+    crv_name = _CURVES.get(crv, f"curve {crv}") if isinstance(crv, int) else f"curve {crv}"
+    return f"{kty_name} {crv_name} public key {x}"
+
+
+def _describe(view: dict[str, Any], index: int, out: list[str]) -> None:
+    claims = view.get("claims", {})
+    headers = view.get("protected", {})
+    kind = "root token" if "parent" not in view else "delegated token"
+    out.append(f"[{index}] {kind}, {view.get('size', '?')} bytes")
+    rows: list[tuple[str, str]] = [
+        ("id", str(claims.get("cti", "?"))),
+        ("issuer", str(claims.get("iss", "?"))),
+        ("holder", str(claims.get("sub", "?"))),
+        ("bound to", _key_text(claims.get("cnf"))),
+        ("audience", str(claims.get("aud", "(any server trusting the root)"))),
+        ("issued", _iso(claims.get("iat"))),
+        ("valid from", _iso(claims.get("nbf"))),
+        ("expires", _iso(claims.get("exp"))),
+        ("caps", ", ".join(str(c) for c in claims.get("caps", [])) or "(none)"),
+    ]
+    caveats = claims.get("caveats")
+    if caveats:
+        rows.append(("caveats", ", ".join(f"{k}={json.dumps(v)}" for k, v in caveats.items())))
+    alg = headers.get("alg") if isinstance(headers, dict) else None
+    alg_name = _ALGORITHMS.get(alg, f"COSE alg {alg}") if isinstance(alg, int) else str(alg)
+    kid = headers.get("kid", "?") if isinstance(headers, dict) else "?"
+    curve = " (Ed25519)" if alg == -8 else ""
+    rows.append(("signature", f"{alg_name}{curve} by key {kid}"))
+    for name in claims:
+        if name not in {"cti", "iss", "sub", "cnf", "aud", "iat", "nbf", "exp", "caps", "caveats"}:
+            rows.append((name, json.dumps(claims[name])))
+    out.extend(f"    {name:<11}{value}" for name, value in rows)
+    parent = view.get("parent")
+    if isinstance(parent, dict):
+        _describe(parent, index + 1, out)
+    elif parent is not None:
+        out.append(f"[{index + 1}] parent: {parent}")
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     view = inspect(read_token(args.file))
     if args.json:
         print(json.dumps(view))
-    else:
+    elif args.raw:
         print(json.dumps(view, indent=2))
+    else:
+        lines = [f"{args.file}: not verified; the leaf first, then each parent"]
+        _describe(view, 1, lines)
+        print("\n".join(lines))
     return 0
+
+
+def _skew_note(grant: Any, now: float) -> str | None:
+    """Why a token was valid only thanks to the clock-skew allowance, if it was."""
+    if now > grant.expires:
+        return (
+            f"accepted only within the clock-skew allowance ({DEFAULT_CLOCK_SKEW:g} s): "
+            f"it expired at {_iso(grant.expires)}"
+        )
+    if now < grant.not_before:
+        return (
+            f"accepted only within the clock-skew allowance ({DEFAULT_CLOCK_SKEW:g} s): "
+            f"it is valid from {_iso(grant.not_before)}"
+        )
+    return None
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     revocations = open_revocations(args.revocations) if args.revocations else None
-    grant = verify(
-        read_token(args.file),
-        trust_roots=[_agent(r) for r in args.root],
-        now=_now(args),
-        holder=_agent(args.holder) if args.holder else None,
-        audience=_agent(args.aud) if args.aud else None,
-        revocations=revocations,
-        limits=TokenLimits(),
-    )
+    now = _now(args)
+    token = read_token(args.file)
+    try:
+        grant = verify(
+            token,
+            trust_roots=[_agent(r) for r in args.root],
+            now=now,
+            holder=_agent(args.holder) if args.holder else None,
+            audience=_agent(args.aud) if args.aud else None,
+            revocations=revocations,
+            limits=TokenLimits(),
+        )
+    except TokenError as exc:
+        if exc.code == ErrorCode.WRONG_AUDIENCE and args.aud is None:
+            audience = parse_link(token).audience
+            if audience is not None:
+                exc = TokenError(
+                    f"the token is for audience {audience.text}: verify as it with --aud",
+                    ErrorCode.WRONG_AUDIENCE,
+                )
+        if not args.json:
+            raise exc from None
+        print(json.dumps({"valid": False, "code": exc.code.name, "message": exc.message}))
+        return report(exc)
+    note = _skew_note(grant, now)
     if args.json:
-        print(json.dumps({"valid": True, **grant.to_json()}))
+        extra = {"note": note} if note is not None else {}
+        print(json.dumps({"valid": True, **grant.to_json(), **extra}))
     else:
         print(f"valid: held by {grant.holder.short}, rooted at {grant.root.short}")
         for cap in grant.capabilities:
             print(f"  {cap}")
-        print(f"  expires {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(grant.expires))}")
+        print(f"  valid from {_iso(grant.not_before)}")
+        print(f"  expires {_iso(grant.expires)}")
+        if note is not None:
+            print(f"  note: {note}")
     return 0
 
 

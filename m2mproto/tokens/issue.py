@@ -3,13 +3,19 @@
 Local misuse (a delegation that would widen its parent, a bad TTL, a parent
 not held by the delegating identity) raises :class:`LocalProtocolError` at
 once, so this module never produces a token that verification would reject
-for attenuation. Time is an argument; randomness comes from *entropy*.
+for attenuation. Randomness comes from *entropy*.
+
+These are edge APIs, called by applications and the CLI, not by the sans-IO
+core: ``now`` defaults to the current time (``time.time()``) and stays an
+argument so that tests and offline issuers can pin it. Agent IDs may be given
+as :class:`AgentId` or as their text form, as ``connect(peer=...)`` accepts.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -54,7 +60,19 @@ def _token_id(entropy: Callable[[int], bytes]) -> bytes:
     return cti
 
 
-def _window(now: float, ttl: float, not_before: float | None) -> tuple[int, int, int]:
+def _agent(value: AgentId | str, what: str) -> AgentId:
+    if isinstance(value, AgentId):
+        return value
+    if isinstance(value, str):
+        return AgentId.parse(value)
+    raise LocalProtocolError(
+        f"{what} must be an AgentId or an agent ID string", ErrorCode.INVALID_ARGUMENT
+    )
+
+
+def _window(now: float | None, ttl: float, not_before: float | None) -> tuple[int, int, int]:
+    if now is None:
+        now = time.time()
     if not math.isfinite(now) or not math.isfinite(ttl) or ttl <= 0:
         raise LocalProtocolError("now must be finite and ttl positive", ErrorCode.INVALID_ARGUMENT)
     iat = math.floor(now)
@@ -69,12 +87,12 @@ def _window(now: float, ttl: float, not_before: float | None) -> tuple[int, int,
 
 def issue(
     issuer: Identity,
-    holder: AgentId,
+    holder: AgentId | str,
     capabilities: Iterable[CapabilityLike],
     *,
-    now: float,
+    now: float | None = None,
     ttl: float,
-    audience: AgentId | None = None,
+    audience: AgentId | str | None = None,
     caveats: Mapping[str, Any] | Caveats | None = None,
     not_before: float | None = None,
     entropy: Callable[[int], bytes] = os.urandom,
@@ -82,10 +100,12 @@ def issue(
     """Issue a root token from *issuer* to *holder*.
 
     Args:
+        holder: the agent the token is for (an ``AgentId`` or its ``m2m1...`` text).
         capabilities: ``Capability`` values or ``"resource=ability"`` strings.
-        now: current Unix time (becomes ``iat``; ``nbf`` unless *not_before*).
+        now: Unix time of issue, default the current time (becomes ``iat``;
+            ``nbf`` unless *not_before*).
         ttl: lifetime in seconds (``exp = floor(now + ttl)``).
-        audience: the only verifier that may accept the token.
+        audience: the only verifier that may accept the token (``AgentId`` or text).
         caveats: e.g. ``{"max_message_size": 65536, "allowed_peers": [agent_id]}``.
         entropy: source of the 16-byte token ID.
 
@@ -94,7 +114,10 @@ def issue(
 
     Raises:
         LocalProtocolError: (``INVALID_ARGUMENT``) for invalid arguments.
+        LocalProtocolError: (``AGENT_ID_INVALID``) a malformed agent ID string.
     """
+    holder = _agent(holder, "holder")
+    audience = _agent(audience, "audience") if audience is not None else None
     caps = _capabilities(capabilities)
     iat, nbf, exp = _window(now, ttl, not_before)
     claims = build_claims(
@@ -114,12 +137,12 @@ def issue(
 def delegate(
     holder_identity: Identity,
     parent: bytes,
-    to: AgentId,
+    to: AgentId | str,
     capabilities: Iterable[CapabilityLike],
     *,
-    now: float,
+    now: float | None = None,
     ttl: float,
-    audience: AgentId | None = None,
+    audience: AgentId | str | None = None,
     caveats: Mapping[str, Any] | Caveats | None = None,
     not_before: float | None = None,
     entropy: Callable[[int], bytes] = os.urandom,
@@ -127,7 +150,8 @@ def delegate(
     """Delegate (a subset of) *parent*'s rights to *to*, carrying *parent* as proof.
 
     The child's window is clipped to the parent's (``exp`` is at most the
-    parent's, ``nbf`` at least the parent's), its caveats are the parent's
+    parent's, ``nbf`` at least the parent's; ``now`` defaults to the current
+    time; *to* and *audience* may be agent ID strings), its caveats are the parent's
     narrowed by *caveats*, and its audience defaults to the parent's.
 
     Raises:
@@ -136,6 +160,8 @@ def delegate(
             audience differs from the parent's, or the window is empty.
         TokenError: (``MALFORMED`` ...) if *parent* is not a token.
     """
+    to = _agent(to, "to")
+    audience = _agent(audience, "audience") if audience is not None else None
     link = parse_link(parent)
     if link.holder != holder_identity.agent_id:
         raise LocalProtocolError(

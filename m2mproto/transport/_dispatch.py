@@ -20,6 +20,7 @@ the end of streams and the close wake whoever waits. After every event the
 from __future__ import annotations
 
 import enum
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
@@ -29,11 +30,51 @@ from anyio.abc import TaskGroup
 
 from .. import events as ev
 from ..errors import ErrorCode, code_name
-from ._link import Channel, Link, Peer
+from ._link import Channel, Link, Peer, logger
 from ._pump import Flag, Signal
 from ._streams import Incoming
+from ._throttle import LogThrottle
 
-__all__ = ["HANDLERS", "Dispatcher", "Plan"]
+__all__ = ["HANDLERS", "Dispatcher", "Plan", "describe"]
+
+_trace = logger
+
+#: Token verdict lines, throttled per source address across all sessions (a peer
+#: presenting tokens in a loop gets a few lines, then one "suppressed" line).
+TOKEN_LOG = LogThrottle()
+
+
+def describe(event: ev.Event) -> str:
+    """One line for the DEBUG trace: the event's kind, stream, resource and sizes.
+
+    Never key material, handshake hashes, ping payloads, message values or data
+    bytes: only their sizes.
+    """
+    name = type(event).__name__
+    match event:
+        case ev.HandshakeCompleted():
+            return f"{name} peer={event.peer.short} pattern={event.pattern} v{event.version}"
+        case ev.StreamOpened():
+            return f"{name} stream={event.stream_id} resource={event.resource!r}"
+        case ev.DataReceived():
+            return f"{name} stream={event.stream_id} bytes={len(event.data)}"
+        case ev.MessageReceived():
+            size = "?" if event.size is None else event.size
+            return f"{name} stream={event.stream_id} message bytes={size}"
+        case ev.StreamEnded():
+            return f"{name} stream={event.stream_id}"
+        case ev.StreamReset():
+            who = "peer" if event.remote else "local"
+            return f"{name} stream={event.stream_id} code={code_name(event.code)} by {who}"
+        case ev.KeyUpdated():
+            return f"{name} {'peer' if event.remote else 'our'} generation={event.generation}"
+        case ev.TokenRejected():
+            return f"{name} code={event.code.name}"
+        case ev.ConnectionClosed():
+            who = "peer" if event.remote else "local"
+            return f"{name} code={code_name(event.code)} by {who} reason={event.reason!r}"
+    return name
+
 
 R = TypeVar("R")
 
@@ -86,6 +127,8 @@ class Dispatcher(Generic[R]):
         self.pings: dict[bytes, anyio.Event] = {}
         #: The peer's last accepted token summary.
         self.capabilities: object = None
+        #: The application's event hook (see ``Session``'s ``on_event``), or None.
+        self.on_session_event: Callable[[ev.Event], None] | None = None
         #: When the peer last did something productive (anyio clock): completed the
         #: handshake, had a stream admitted, sent data, a message or a stream end,
         #: had tokens accepted, or answered our ping. Refusals never count.
@@ -116,6 +159,10 @@ class Dispatcher(Generic[R]):
     # -- events -----------------------------------------------------------------------
 
     def on_event(self, event: ev.Event) -> None:
+        if self.on_session_event is not None:
+            self.on_session_event(event)
+        if _trace.isEnabledFor(logging.DEBUG):
+            self._link.log.debug("event %s", describe(event))
         handler = HANDLERS.get(type(event))
         if handler is None:  # a subclass the table does not name (tested not to happen)
             self._link.log.debug("event not handled: %r", type(event).__name__)
@@ -128,7 +175,7 @@ class Dispatcher(Generic[R]):
         self.last_activity = anyio.current_time()
         link = self._link
         link.peer = Peer(event.peer)
-        link.log.extra = {"peer": event.peer.short}
+        link.log.extra = {"peer": event.peer.short, "address": link.address}
         link.log.info("handshake complete (%s)", "server" if self._server_side else "client")
         link.handshake_done.set()
 
@@ -139,10 +186,13 @@ class Dispatcher(Generic[R]):
     def _token_accepted(self, event: ev.TokenAccepted) -> None:
         self.last_activity = anyio.current_time()
         self.capabilities = event.grant
-        self._link.log.info("peer tokens accepted")
+        link = self._link
+        TOKEN_LOG.log(link.log, logging.INFO, "token lines", link.source, "peer tokens accepted")
 
     def _token_rejected(self, event: ev.TokenRejected) -> None:
-        self._link.log.info("peer token rejected: %s", event.code.name)
+        link = self._link
+        TOKEN_LOG.log(link.log, logging.INFO, "token lines", link.source,
+                      "peer token rejected: %s", event.code.name)  # fmt: skip
 
     def _ping_acknowledged(self, event: ev.PingAcknowledged) -> None:
         self.last_activity = anyio.current_time()
@@ -165,7 +215,8 @@ class Dispatcher(Generic[R]):
         if decision[0] is not Plan.INCOMING and len(self._handlers) >= self._max_handlers:
             # Backstop: reset streams cancel their handlers, but a cancelled handler
             # may still be finishing; never run more than the peer may have open.
-            link.log.info("%d handlers running: stream %d refused", self.running, chan.stream_id)
+            link.log.info("%d handlers running: stream %d to %r refused", self.running,
+                          chan.stream_id, chan.resource)  # fmt: skip
             link.reset(event.stream_id, ErrorCode.REFUSED, refuse=True)
             return
         plan, route = decision
@@ -228,10 +279,12 @@ class Dispatcher(Generic[R]):
 
     def _stream_reset(self, event: ev.StreamReset) -> None:
         link, sid, code, remote = self._link, event.stream_id, event.code, event.remote
+        chan = link.channels.pop(sid, None)
         if not remote and code == ErrorCode.UNAUTHORIZED:
             # the Connection refused the peer's stream or message: no capability covers it
-            link.log.info("refused stream %d: %s", sid, code_name(code))
-        chan = link.channels.pop(sid, None)
+            resource = chan.resource if chan is not None else event.resource
+            what = f" to {resource!r}" if resource is not None else ""
+            link.log.info("refused stream %d%s: %s", sid, what, code_name(code))
         if chan is None:
             return
         chan.reset = (code, remote)
@@ -243,9 +296,8 @@ class Dispatcher(Generic[R]):
             # open (Rapid Reset, or MadeYouReset when the core resets a bad message).
             scope.cancel()
         chan.changed.notify()
-        link.log.debug(
-            "stream %d reset (%s, %s)", sid, code_name(code), "peer" if remote else "local"
-        )
+        link.log.debug("stream %d to %r reset (%s, %s)", sid, chan.resource, code_name(code),
+                       "peer" if remote else "local")  # fmt: skip
 
     # -- handler tasks ------------------------------------------------------------------
 

@@ -39,10 +39,11 @@ from ..errors import (
     M2MError,
     SendBufferFull,
     StreamLimitReached,
+    TokenError,
     code_name,
 )
 from ..identity import AgentId
-from ._errors import ConnectionClosedError, reset_error
+from ._errors import ConnectionClosedError, address_text, reset_error
 from ._pump import Flag, Pump, Signal
 
 __all__ = ["DEFAULT_HIGH_WATER", "Channel", "Link", "Peer"]
@@ -110,9 +111,24 @@ def _unbound(event: ev.Event) -> None:  # pragma: no cover - the dispatcher bind
 
 
 class _PeerLog(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes every line with ``[peer@address]`` (the peer is ``handshake`` until known)."""
+
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         extra = self.extra or {}
-        return f"[{extra.get('peer', '?')}] {msg}", kwargs
+        address = extra.get("address")
+        where = f"@{address}" if address else ""
+        return f"[{extra.get('peer', '?')}{where}] {msg}", kwargs
+
+
+def remote_address(transport: anyio.abc.ByteStream) -> str:
+    """The peer's address as text (``host:port``, a socket path), or ``""`` if unknown."""
+    from anyio.abc import SocketAttribute
+
+    try:
+        address = transport.extra(SocketAttribute.remote_address, None)
+    except (OSError, anyio.TypedAttributeLookupError):
+        return ""
+    return address_text(address) if isinstance(address, tuple | str) and address else ""
 
 
 class Link:
@@ -128,7 +144,11 @@ class Link:
     ) -> None:
         self.conn = conn
         self.high_water = high_water
-        self.log: _PeerLog = _PeerLog(logger, {"peer": "handshake"})
+        #: The peer's address as text (empty when the transport does not say).
+        self.address = remote_address(transport)
+        #: The peer's host (its address without the port): the key of throttled log lines.
+        self.source = self.address.rpartition(":")[0] or self.address
+        self.log: _PeerLog = _PeerLog(logger, {"peer": "handshake", "address": self.address})
         self.pump = Pump(conn, transport, _unbound, NEED_DATA, self.log, linger=linger)
         self.channels: dict[int, Channel] = {}
         #: Set when the handshake is over either way: completed (``peer`` is
@@ -156,8 +176,9 @@ class Link:
 
     def closed_error(self) -> ConnectionClosedError:
         code, reason, remote = self.closed_info or (ErrorCode.NO_ERROR, "closing", False)
+        where = f" with {self.address}" if self.address else ""
         error = ConnectionClosedError(
-            f"session closed ({code_name(code)}{', by peer' if remote else ''})",
+            f"session{where} closed ({code_name(code)}{', by peer' if remote else ''})",
             code,
             reason,
             remote,
@@ -167,10 +188,26 @@ class Link:
         return error
 
     def handshake_error(self) -> M2MError:
-        code = self.closed_info[0] if self.closed_info else ErrorCode.TRUNCATED
-        if code in (ErrorCode.AUTH_UNEXPECTED_PEER, ErrorCode.AUTH_UNTRUSTED):
-            return AuthenticationError("peer not accepted", ErrorCode(code))
+        code, reason, remote = self.closed_info or (ErrorCode.TRUNCATED, "", True)
+        if 0x100 <= code < 0x200 and not remote:  # our check of the peer's identity
+            detail = f": {reason}" if reason else ""
+            return AuthenticationError(f"peer{self.where()} not accepted{detail}", ErrorCode(code))
         return self.closed_error()
+
+    def token_error(self) -> TokenError | None:
+        """The server's refusal of our tokens, if that is how the connection closed."""
+        code, reason, remote = self.closed_info or (ErrorCode.NO_ERROR, "", False)
+        if not remote or not (code == ErrorCode.TOKEN_INVALID or 0x200 <= code < 0x300):
+            return None
+        detail = f": {reason}" if reason else ""
+        return TokenError(
+            f"the server{self.where()} rejected our tokens ({code_name(code)}{detail})",
+            ErrorCode(code),
+        )
+
+    def where(self) -> str:
+        """`` at HOST:PORT`` for messages (empty when the address is unknown)."""
+        return f" at {self.address}" if self.address else ""
 
     def check_open(self) -> None:
         if self.closed.is_set() or self.closing:
@@ -301,7 +338,7 @@ class Link:
             self.check_open()
             chan = self.channels.get(sid)
             if chan is not None and chan.reset is not None:
-                raise reset_error(sid, *chan.reset)
+                raise reset_error(sid, *chan.reset, chan.resource)
             if self.conn.send_buffered(sid) <= self.high_water:
                 return
             await self.pump.flushed.wait()
@@ -344,5 +381,5 @@ class Link:
                 return False, None
             self.check_open()  # a closed session wins over the resets the close caused
             if chan.reset is not None:
-                raise reset_error(chan.stream_id, *chan.reset)
+                raise reset_error(chan.stream_id, *chan.reset, chan.resource)
             await chan.changed.wait()

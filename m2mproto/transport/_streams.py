@@ -105,7 +105,7 @@ class _StreamBase:
         chan = self._chan
         self._link.check_open()
         if chan.reset is not None:
-            raise reset_error(chan.stream_id, *chan.reset)
+            raise reset_error(chan.stream_id, *chan.reset, chan.resource)
         if chan.send_ended:
             raise anyio.ClosedResourceError
 
@@ -128,7 +128,7 @@ class _StreamBase:
                 return None
             self._link.check_open()
             if chan.reset is not None:
-                raise reset_error(chan.stream_id, *chan.reset)
+                raise reset_error(chan.stream_id, *chan.reset, chan.resource)
             await chan.changed.wait()
 
     async def send_eof(self) -> None:

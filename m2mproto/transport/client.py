@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 import anyio
@@ -23,10 +24,13 @@ from ..config import Configuration
 from ..errors import ErrorCode, LocalProtocolError, M2MError
 from ..identity import AgentId, Identity
 from ..tokens import RevocationStore, TokenAuthorizer
+from ..tokens.held import check_held
+from ._errors import network_error
 from ._keys import StaticKeys
 from .session import (
     DEFAULT_HIGH_WATER,
     AnyPeer,
+    EventHook,
     RouteTable,
     Session,
     SessionOpener,
@@ -57,19 +61,25 @@ async def open_transport(address: Address, *, connect_timeout: float | None) -> 
     """Open the byte stream for *address*.
 
     Raises:
-        OSError: the connection could not be made (as anyio raises it).
+        NetworkError: (``UNREACHABLE``, an ``OSError``) the connection could not
+            be made; the message names the address.
         TimeoutError: *connect_timeout* expired.
         LocalProtocolError: (``INVALID_ARGUMENT``) an address of the wrong form.
     """
     if isinstance(address, ByteStream):
         return address
     with anyio.fail_after(connect_timeout):
-        if isinstance(address, tuple):
-            if len(address) != 2 or not isinstance(address[1], int):
-                raise LocalProtocolError("address must be (host, port)", ErrorCode.INVALID_ARGUMENT)
-            return await anyio.connect_tcp(address[0], address[1])
-        if isinstance(address, str | os.PathLike):
-            return await anyio.connect_unix(address)
+        try:
+            if isinstance(address, tuple):
+                if len(address) != 2 or not isinstance(address[1], int):
+                    raise LocalProtocolError(
+                        "address must be (host, port)", ErrorCode.INVALID_ARGUMENT
+                    )
+                return await anyio.connect_tcp(address[0], address[1])
+            if isinstance(address, str | os.PathLike):
+                return await anyio.connect_unix(address)
+        except OSError as exc:
+            raise network_error(exc, listen=False, address=address) from exc
     raise LocalProtocolError(
         f"cannot connect to a {type(address).__name__}", ErrorCode.INVALID_ARGUMENT
     )
@@ -89,6 +99,7 @@ def connect(
     connect_timeout: float | None = 30.0,
     high_water: int = DEFAULT_HIGH_WATER,
     static_keys: StaticKeys | None = None,
+    on_event: EventHook | None = None,
 ) -> SessionOpener:
     """Connect to *address* and authenticate as *identity*.
 
@@ -112,6 +123,8 @@ def connect(
         static_keys: a cache of Noise static keys to share across the
             connections of one client (one signature per identity); without
             it each connection makes its own.
+        on_event: ``on_event(session, event)`` for every event of the session's
+            core, in order (see :data:`~m2mproto.transport.EventHook`).
 
     Raises:
         LocalProtocolError: (``INVALID_ARGUMENT``, at once) no *peer* and no
@@ -124,9 +137,15 @@ def connect(
 
     Raises (when awaited or entered):
         AuthenticationError: the server is not *peer*, or its identity proof failed.
-        TokenError: the server rejected our tokens (``code`` says why).
+        TokenError: before connecting, a token in *tokens* is held by another
+            agent (``CNF_MISMATCH``), expired (``EXPIRED``) or not yet valid
+            (``NOT_YET_VALID``); after the handshake, the server rejected our
+            tokens (``TOKEN_INVALID``, or the precise reason if the server sends
+            it). With *tokens*, ``connect`` waits one round trip for that verdict.
         ConnectionClosedError: the handshake failed or timed out.
-        OSError / TimeoutError: the transport could not be opened.
+        NetworkError: (``UNREACHABLE``, also an ``OSError``) no connection could
+            be made to *address* (the message names it).
+        TimeoutError: the transport could not be opened in *connect_timeout*.
     """
     expected = require_peer(peer, authenticate_peer)
     authorizer = None
@@ -140,6 +159,7 @@ def connect(
     cfg = config if config is not None else Configuration()
 
     async def prepare(config: Configuration | None = config) -> Session:
+        check_held(held, identity.agent_id, now=time.time())
         transport = await open_transport(address, connect_timeout=connect_timeout)
         try:
             return Session.create(
@@ -155,6 +175,7 @@ def connect(
                 accept_incoming=True,
                 high_water=high_water,
                 static_keys=static_keys,
+                on_event=on_event,
             )
         except BaseException:
             with anyio.CancelScope(shield=True):

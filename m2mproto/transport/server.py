@@ -51,8 +51,11 @@ from ..config import Authorizer, Configuration
 from ..errors import ErrorCode, LocalProtocolError, M2MError
 from ..identity import AgentId, Identity
 from ..tokens import RevocationStore, TokenAuthorizer
+from ._errors import network_error
 from ._keys import StaticKeys
+from ._link import remote_address
 from ._pump import Flag
+from ._throttle import LogThrottle
 from .routing import (
     Handler,
     MessageHandler,
@@ -63,7 +66,7 @@ from .routing import (
     Router,
     StreamHandler,
 )
-from .session import DEFAULT_HIGH_WATER, Session
+from .session import DEFAULT_HIGH_WATER, EventHook, Session
 
 __all__ = ["Server", "ServerStats"]
 
@@ -142,6 +145,7 @@ class Server:
         grantless_timeout: float | None = 10.0,
         handshake_timeout: float | None = None,
         high_water: int = DEFAULT_HIGH_WATER,
+        on_event: EventHook | None = None,
     ) -> None:
         """Create a server.
 
@@ -163,6 +167,10 @@ class Server:
         productive activity for ``config.idle_timeout`` is closed with
         ``IDLE_TIMEOUT`` even if the peer keeps sending refused opens (the
         core's own idle timer counts every record).
+
+        *on_event* is called as ``on_event(session, event)`` for every event of
+        every session's core, from the handshake on (see
+        :data:`~m2mproto.transport.EventHook`).
 
         Raises:
             LocalProtocolError: (``INVALID_ARGUMENT``) bad limits.
@@ -200,6 +208,11 @@ class Server:
         self.grantless_timeout = grantless_timeout
         self.handshake_timeout = (config or Configuration()).handshake_timeout
         self.high_water = high_water
+        self.on_event = on_event
+        #: Peer address of each connection in its handshake (for handshake_failed).
+        self._addresses: dict[ByteStream, str] = {}
+        #: Per-source throttle of handshake-failure lines.
+        self.log_throttle = LogThrottle()
         #: Live sessions (after the handshake).
         self.sessions: set[Session] = set()
         #: Admission counters.
@@ -270,10 +283,14 @@ class Server:
     def handshake_failed(self, exc: BaseException, transport: ByteStream) -> None:
         """Called when an accepted connection fails its handshake (override to customise).
 
-        The default logs one line at INFO (the reason code, never key material).
+        The default logs one line at INFO naming the peer's address and the
+        reason (never key material), at most a few per source address per
+        interval (:attr:`log_throttle`: then one "suppressed" line).
         """
-        peer = transport.extra(SocketAttribute.remote_address, "?")
-        logger.info("handshake with %s failed: %s", peer, exc)
+        address = self._addresses.get(transport) or remote_address(transport) or "?"
+        source = address.rpartition(":")[0] or address
+        self.log_throttle.log(logger, logging.INFO, "handshake failures", source,
+                              "handshake with %s failed: %s", address, exc)  # fmt: skip
 
     def _evict(self, source: str | None) -> bool:
         """Cancel the oldest pending handshake (of *source*, if given); False if none."""
@@ -319,23 +336,23 @@ class Server:
         source = _source_of(transport)
         if self._established[source] >= self.max_sessions_per_source:
             self.stats.source_limited += 1
-            logger.warning(
-                "connection from %s refused: %d sessions from it", source, self._established[source]
-            )
+            self.log_throttle.log(logger, logging.WARNING, "refused connections", source,
+                                  "connection from %s refused: %d sessions from it",
+                                  remote_address(transport) or source,
+                                  self._established[source])  # fmt: skip
             await anyio.aclose_forcefully(transport)
             return
         entry = self._admit(source)
         if entry is None:
             self.stats.refused += 1
-            logger.warning(
-                "connection from %s refused: %d live, %d handshaking",
-                source,
-                len(self.sessions),
-                len(self._pending),
-            )
+            self.log_throttle.log(logger, logging.WARNING, "refused connections", source,
+                                  "connection from %s refused: %d live, %d handshaking",
+                                  remote_address(transport) or source, len(self.sessions),
+                                  len(self._pending))  # fmt: skip
             await anyio.aclose_forcefully(transport)
             return
         established = False
+        self._addresses[transport] = remote_address(transport)
         try:
             authorizer = self.new_authorizer()
             session = Session.create(
@@ -350,6 +367,7 @@ class Server:
                 accept_incoming=False,
                 high_water=self.high_water,
                 static_keys=self.static_keys,
+                on_event=self.on_event,
             )
             async with anyio.create_task_group() as tg:
                 session._launch(tg)
@@ -370,7 +388,9 @@ class Server:
                 if established and self._established[source] >= self.max_sessions_per_source:
                     # handshakes from this source finished together past the cap
                     self.stats.source_limited += 1
-                    logger.warning("session from %s closed: source limit", source)
+                    self.log_throttle.log(logger, logging.WARNING, "refused connections",
+                                          source, "session from %s closed: source limit",
+                                          session.remote_address or source)  # fmt: skip
                     await session.aclose(ErrorCode.ENHANCE_YOUR_CALM, "too many sessions")
                 elif established:
                     self.stats.established += 1
@@ -388,6 +408,7 @@ class Server:
                             del self._established[source]
                     await session.aclose()
         finally:
+            self._addresses.pop(transport, None)
             if not established:  # evicted, backstop deadline, or failed: make sure it is shut
                 with anyio.CancelScope(shield=True):
                     await anyio.aclose_forcefully(transport)
@@ -415,7 +436,8 @@ class Server:
                 assert every is not None
                 if not _holds_grant(authorizer, session.peer.agent_id):
                     self.stats.grantless_closed += 1
-                    logger.info("session %s closed: no valid grant", session.peer.short_id)
+                    logger.info("session %s@%s closed: no valid grant", session.peer.short_id,
+                                session.remote_address)  # fmt: skip
                     session.request_close(ErrorCode.UNAUTHORIZED, "no valid capability")
                     break
                 grant_check = now + every
@@ -424,7 +446,8 @@ class Server:
                     idle_base = now
                 else:
                     self.stats.idle_closed += 1
-                    logger.info("session %s closed: idle", session.peer.short_id)
+                    logger.info("session %s@%s closed: idle", session.peer.short_id,
+                                session.remote_address)  # fmt: skip
                     session.request_close(ErrorCode.IDLE_TIMEOUT, "no activity")
                     break
         await session.wait_closed()
@@ -463,8 +486,16 @@ class Server:
         self, host: str = "127.0.0.1", port: int = 0
     ) -> AsyncIterator[tuple[str, int]]:
         """:meth:`listen` on TCP *host*:*port*; the block receives the bound
-        ``(host, port)`` (useful with port 0)."""
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        ``(host, port)`` (useful with port 0).
+
+        Raises:
+            NetworkError: (``LISTEN_FAILED``, also an ``OSError``) the address is in
+                use or cannot be bound; the message names it.
+        """
+        try:
+            listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        except OSError as exc:
+            raise network_error(exc, listen=True, address=(host, port)) from exc
         address = listener.extra(SocketAttribute.local_address)
         async with self.listen(listener):
             yield str(address[0]), int(address[1])
@@ -472,7 +503,10 @@ class Server:
     @contextlib.asynccontextmanager
     async def listen_unix(self, path: str | os.PathLike[str]) -> AsyncIterator[str]:
         """:meth:`listen` on the Unix socket *path* (removed afterwards)."""
-        listener = await anyio.create_unix_listener(path)
+        try:
+            listener = await anyio.create_unix_listener(path)
+        except OSError as exc:
+            raise network_error(exc, listen=True, address=path) from exc
         try:
             async with self.listen(listener):
                 yield os.fspath(path)

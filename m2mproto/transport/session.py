@@ -58,6 +58,7 @@ from typing import Any, Final, Literal, Protocol, TypeVar, overload
 import anyio
 from anyio.abc import ByteStream, TaskGroup
 
+from .. import events as ev
 from ..config import Authorizer, Configuration
 from ..connection import Connection, Role
 from ..errors import (
@@ -84,6 +85,7 @@ __all__ = [
     "ConnectionClosedError",
     "Context",
     "DataStream",
+    "EventHook",
     "Incoming",
     "MessageStream",
     "Peer",
@@ -132,6 +134,14 @@ def require_peer(
 
 
 _R = TypeVar("_R")
+
+#: ``on_event(session, event)``: an application's per-session observer of the core's
+#: events (:mod:`m2mproto.events`: handshake completed, streams opened, data and
+#: messages received with their sizes, resets, pings, key updates, token verdicts,
+#: the close). Called synchronously in the session's I/O task, in order, before the
+#: session acts on the event: it must not block, and must treat events as read-only.
+#: An exception it raises is logged and ignored.
+EventHook = Callable[["Session", ev.Event], None]
 
 #: What a handler receives and returns (see :class:`~m2mproto.transport.Router`).
 RouteKind = Literal["request", "message", "stream", "message_stream"]
@@ -200,6 +210,8 @@ class Session:
         high_water: int = DEFAULT_HIGH_WATER,
         linger: float = 2.0,
         authorizer: Authorizer | None = None,
+        on_event: EventHook | None = None,
+        await_token_verdict: bool = False,
     ) -> None:
         self._transport = transport
         self._conn = conn
@@ -219,6 +231,9 @@ class Session:
         #: Set when the lifetime is over: the pump and every handler finished.
         self._finished = Flag()
         self._start_error: M2MError | None = None
+        self._dispatch.on_session_event = self._hook(on_event) if on_event is not None else None
+        #: A client that presented tokens waits for the server's verdict in _wait_ready.
+        self._await_token_verdict = await_token_verdict
 
     # -- construction ---------------------------------------------------------------
 
@@ -238,8 +253,15 @@ class Session:
         accept_incoming: bool = True,
         high_water: int = DEFAULT_HIGH_WATER,
         static_keys: StaticKeys | None = None,
+        on_event: EventHook | None = None,
     ) -> Session:
         """Build a session (and its Connection) without starting it; see :meth:`wrap`.
+
+        *on_event* is called as ``on_event(session, event)`` for every event of
+        the core (:mod:`m2mproto.events`), in order, before the session acts on
+        it; see :data:`EventHook`. A client (``server_side=False``) that presents
+        *tokens* waits one round trip after the handshake for the server's
+        verdict on them, so a refusal is raised as :class:`TokenError`.
 
         The transport runs the core on its own clock and returns flow-control
         credit as the application reads, so it sets two fields of *config*
@@ -284,6 +306,8 @@ class Session:
             high_water=high_water,
             linger=cfg.close_timeout,
             authorizer=authorizer,
+            on_event=on_event,
+            await_token_verdict=bool(tokens) and not server_side,
         )
 
     @classmethod
@@ -302,6 +326,7 @@ class Session:
         accept_incoming: bool = True,
         high_water: int = DEFAULT_HIGH_WATER,
         static_keys: StaticKeys | None = None,
+        on_event: EventHook | None = None,
     ) -> SessionOpener:
         """Run the m2mproto handshake over *transport*: ``async with`` the result,
         or await it for a session usable from any task (see :class:`SessionOpener`).
@@ -336,6 +361,7 @@ class Session:
                 accept_incoming=accept_incoming,
                 high_water=high_water,
                 static_keys=static_keys,
+                on_event=on_event,
             )
 
         return SessionOpener(prepare, transport)
@@ -359,6 +385,8 @@ class Session:
         try:
             async with anyio.create_task_group() as tg:
                 dispatch.bind(tg)
+                link.log.debug("handshake started (%s)",
+                               "responder" if self._server_side else "initiator")  # fmt: skip
                 try:
                     self._conn.start(anyio.current_time())
                 except M2MError as exc:
@@ -389,6 +417,8 @@ class Session:
         its lifetime has ended when this raises."""
         try:
             await self._link.handshake_done.wait()
+            if self._await_token_verdict and self._link.peer is not None:
+                await self._token_verdict()
         except BaseException:  # cancelled (or evicted): cut the transport, send nothing
             self._dispatch.mark_closed(ErrorCode.CANCELLED, "handshake cancelled", remote=False)
             self._pump.abort()
@@ -399,6 +429,40 @@ class Session:
             with anyio.CancelScope(shield=True):
                 await self._finished.wait()
             raise self._start_error or self._link.handshake_error()
+        refused = self._link.token_error()
+        if refused is not None:
+            with anyio.CancelScope(shield=True):
+                await self._finished.wait()
+            raise refused
+
+    async def _token_verdict(self) -> None:
+        """Wait until the server has judged our handshake tokens (bounded by the
+        handshake timeout): a PING sent right after the handshake is answered
+        only after the server applied its verdict, which is a CLOSE
+        (``TOKEN_INVALID``) if it refused them. No answer in time: carry on."""
+        link = self._link
+        try:
+            payload = link.call(self._conn.ping)
+        except M2MError:
+            return  # already closed: the caller reports how
+        pings = self._dispatch.pings
+        waiter = pings[payload] = anyio.Event()
+        try:
+            with anyio.move_on_after(self._conn.config.handshake_timeout):
+                await waiter.wait()  # set by the PONG or by the close
+        finally:
+            pings.pop(payload, None)
+
+    def _hook(self, on_event: EventHook) -> Callable[[ev.Event], None]:
+        log = self._link.log
+
+        def call(event: ev.Event) -> None:
+            try:
+                on_event(self, event)
+            except Exception:  # the application's hook never breaks the session
+                log.exception("on_event hook failed on %s", type(event).__name__)
+
+        return call
 
     def _cut(self, code: int, reason: str) -> None:
         link = self._link
@@ -438,6 +502,12 @@ class Session:
         if self._link.peer is None:
             raise LocalProtocolError("the handshake is not complete", ErrorCode.INVALID_STATE)
         return self._link.peer
+
+    @property
+    def remote_address(self) -> str:
+        """The peer's address as text (``host:port``, ``[v6]:port``, a socket path), or
+        ``""`` when the transport does not say (memory streams): for logs."""
+        return self._link.address
 
     @property
     def closed(self) -> bool:
@@ -569,7 +639,11 @@ class Session:
                 with anyio.fail_after(timeout):
                     got, reply = await link.next_item(chan, want_message=True)
             if not got:
-                raise StreamResetError(f"stream {chan.stream_id}: ended without a reply", 0, True)
+                raise StreamResetError(
+                    f"{resource!r} (stream {chan.stream_id}): the peer ended it without a reply",
+                    0,
+                    True,
+                )
             done = True
             if expect is not None and not isinstance(reply, expect):
                 raise DecodeError(
@@ -921,7 +995,7 @@ def _peer_check(
     def check(peer: AgentId) -> None:
         if peer != expected:
             raise AuthenticationError(
-                f"expected peer {expected.short}, got {peer.short}",
+                f"expected agent {expected.text}, got {peer.text}",
                 ErrorCode.AUTH_UNEXPECTED_PEER,
             )
         if custom is not None:

