@@ -127,7 +127,7 @@ class Dispatcher(Generic[R]):
     def _handshake_completed(self, event: ev.HandshakeCompleted) -> None:
         self.last_activity = anyio.current_time()
         link = self._link
-        link.peer = Peer(event.peer)
+        link.peer = Peer(event.peer, event.remote_static, event.pattern)
         link.log.extra = {"peer": event.peer.short}
         link.log.info("handshake complete (%s)", "server" if self._server_side else "client")
         link.handshake_done.set()

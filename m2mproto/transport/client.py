@@ -12,6 +12,7 @@ from any task (``async with session`` or ``aclose()`` ends it).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 
@@ -19,10 +20,13 @@ import anyio
 from anyio.abc import ByteStream
 
 from ..config import Configuration
-from ..errors import ErrorCode, LocalProtocolError
+from ..errors import ErrorCode, LocalProtocolError, M2MError
 from ..identity import AgentId, Identity
 from ..tokens import RevocationStore, TokenAuthorizer
+from ._errors import ConnectionClosedError
 from ._keys import StaticKeys
+from ._link import logger
+from ._peer_keys import PeerStaticKeys
 from .session import (
     DEFAULT_HIGH_WATER,
     AnyPeer,
@@ -88,6 +92,7 @@ def connect(
     connect_timeout: float | None = 30.0,
     high_water: int = DEFAULT_HIGH_WATER,
     static_keys: StaticKeys | None = None,
+    ik: bool | PeerStaticKeys = True,
 ) -> SessionOpener:
     """Connect to *address* and authenticate as *identity*.
 
@@ -111,6 +116,19 @@ def connect(
         static_keys: a cache of Noise static keys to share across the
             connections of one client (one signature per identity); without
             it each connection makes its own.
+        ik: reconnect with the 1-RTT IK handshake when the server's Noise static
+            key is known (spec/handshake.md 2.11). ``True`` (the default) uses
+            the process-wide :meth:`PeerStaticKeys.process_default` memory; pass
+            a :class:`PeerStaticKeys` to use another one (for example one kept in
+            a file); ``False`` always runs XX and remembers nothing. Only with
+            ``peer=`` naming the server and a TCP or Unix-socket *address*: the
+            key is looked up by both, remembered after every completed
+            handshake (authenticated as *peer*), and forgotten when IK fails
+            with ``DECRYPT_ERROR`` (the server restarted with a new key; an
+            attacker can cause the same), after which the connection is retried
+            **once** with XX on a new transport. No other failure is retried.
+            IK authenticates both sides as XX does; it sends our identity and
+            *tokens* in the first message, encrypted to the remembered key.
 
     Raises:
         LocalProtocolError: (``INVALID_ARGUMENT``, at once) no *peer* and no
@@ -131,8 +149,15 @@ def connect(
             revocations=revocations,
         )
     held = tuple(tokens)
+    memory = _key_memory(ik, expected, address)
+    target = AgentId.parse(expected) if isinstance(expected, str) else expected
+    attempt = _Attempt()
 
     async def prepare() -> Session:
+        remote = None
+        if memory is not None and target is not None and not attempt.fell_back:
+            remote = memory.get(target, address)
+        attempt.remote_static = remote
         transport = await open_transport(address, connect_timeout=connect_timeout)
         try:
             return Session.create(
@@ -148,10 +173,71 @@ def connect(
                 accept_incoming=True,
                 high_water=high_water,
                 static_keys=static_keys,
+                remote_static=remote,
             )
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.aclose_forcefully(transport)
             raise
 
-    return SessionOpener(prepare, None)
+    def retry(error: M2MError) -> bool:
+        """IK to a remembered key failed with DECRYPT_ERROR: forget it, retry with XX."""
+        stale = attempt.remote_static
+        if memory is None or target is None or stale is None:
+            return False
+        if not isinstance(error, ConnectionClosedError) or error.close_code != (
+            ErrorCode.DECRYPT_ERROR
+        ):
+            return False  # not a symptom of a stale key (handshake.md 2.11)
+        attempt.fell_back = True
+        with contextlib.suppress(M2MError):  # an unwritable file must not stop the retry
+            if memory.get(target, address) == stale:  # not replaced meanwhile
+                memory.forget(target, address)
+        logger.info("IK to %s failed (DECRYPT_ERROR): stale key forgotten, retrying with XX",
+                    target.short)  # fmt: skip
+        return True
+
+    def ready(session: Session) -> None:
+        static = session.peer.static_key
+        if memory is None or target is None or static is None:
+            return
+        try:
+            memory.remember(target, static, address)
+        except M2MError as exc:
+            logger.warning("cannot remember the server's static key: %s", exc)
+
+    return SessionOpener(prepare, None, retry=retry, ready=ready)
+
+
+class _Attempt:
+    """What the current attempt of one ``connect`` used."""
+
+    __slots__ = ("fell_back", "remote_static")
+
+    def __init__(self) -> None:
+        self.remote_static: bytes | None = None
+        self.fell_back = False
+
+
+def _key_memory(
+    ik: bool | PeerStaticKeys, expected: AgentId | str | None, address: Address
+) -> PeerStaticKeys | None:
+    """The key memory a ``connect`` uses, or None for XX only.
+
+    Raises:
+        LocalProtocolError: (``INVALID_ARGUMENT``) *ik* is neither a bool nor a memory.
+    """
+    if isinstance(ik, PeerStaticKeys):
+        memory = ik
+    elif ik is True:
+        memory = PeerStaticKeys.process_default()
+    elif ik is False:
+        return None
+    else:
+        raise LocalProtocolError(
+            "ik must be True, False or a PeerStaticKeys", ErrorCode.INVALID_ARGUMENT
+        )
+    # IK needs the expected server named, and a retry needs an address to reconnect to.
+    if expected is None or isinstance(address, ByteStream):
+        return None
+    return memory

@@ -238,6 +238,7 @@ class Session:
         accept_incoming: bool = True,
         high_water: int = DEFAULT_HIGH_WATER,
         static_keys: StaticKeys | None = None,
+        remote_static: bytes | None = None,
     ) -> Session:
         """Build a session (and its Connection) without starting it; see :meth:`wrap`.
 
@@ -247,6 +248,8 @@ class Session:
         ``auto_window_update`` (off). A ``clock_offset`` other than 0 is refused.
         With *static_keys* the session uses (and caches there) one Noise static
         key per identity; without it, a fresh one (unless ``config.static_key``).
+        A client given *remote_static* (the server's Noise static key from an
+        earlier authenticated handshake, spec/handshake.md 2.11) runs IK.
 
         Raises:
             LocalProtocolError: (``INVALID_ARGUMENT``) a bad argument.
@@ -273,6 +276,7 @@ class Session:
             tokens=tokens,
             authenticate_peer=check,
             static_key=static,
+            remote_static=remote_static,
         )
         return cls(
             transport,
@@ -830,10 +834,20 @@ class SessionOpener:
     """
 
     def __init__(
-        self, prepare: Callable[[], Awaitable[Session]], transport: ByteStream | None
+        self,
+        prepare: Callable[[], Awaitable[Session]],
+        transport: ByteStream | None,
+        *,
+        retry: Callable[[M2MError], bool] | None = None,
+        ready: Callable[[Session], None] | None = None,
     ) -> None:
         self._prepare = prepare
         self._transport = transport
+        #: Asked once after a failed handshake: True prepares one more session
+        #: (``connect``'s fallback from a stale IK key to XX).
+        self._retry = retry
+        #: Called with the session once its handshake completed.
+        self._ready = ready
         self._cm: contextlib.AbstractAsyncContextManager[Session] | None = None
 
     async def _made(self) -> Session:
@@ -845,37 +859,61 @@ class SessionOpener:
                     await anyio.aclose_forcefully(self._transport)
             raise
 
+    def _again(self, error: M2MError, attempt: int) -> bool:
+        """Whether to start one more session after *error* (at most one retry)."""
+        return attempt == 0 and self._retry is not None and self._retry(error)
+
+    def _became_ready(self, session: Session) -> None:
+        if self._ready is not None:
+            self._ready(session)
+
     async def _detached(self) -> Session:
-        session = await self._made()
-        session._launch(None)
-        await session._wait_ready()
-        return session
+        for attempt in range(2):
+            session = await self._made()
+            session._launch(None)
+            try:
+                await session._wait_ready()
+            except M2MError as exc:
+                if not self._again(exc, attempt):
+                    raise
+            else:
+                self._became_ready(session)
+                return session
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def __await__(self) -> Generator[Any, None, Session]:
         return self._detached().__await__()
 
     @contextlib.asynccontextmanager
     async def _structured(self) -> AsyncIterator[Session]:
-        session = await self._made()
-        # Errors are raised after the task group is left, so they are not wrapped
-        # in an exception group (the lifetime never raises; only we could).
-        error: BaseException | None = None
-        async with anyio.create_task_group() as tg:
-            session._launch(tg)
-            try:
-                await session._wait_ready()
-            except M2MError as exc:  # the lifetime is over already
-                error = exc
-            else:
+        for attempt in range(2):
+            session = await self._made()
+            # Errors are raised after the task group is left, so they are not wrapped
+            # in an exception group (the lifetime never raises; only we could).
+            error: BaseException | None = None
+            failed: M2MError | None = None
+            async with anyio.create_task_group() as tg:
+                session._launch(tg)
                 try:
-                    yield session
-                except BaseException as exc:
-                    error = exc
-                    await session.__aexit__(type(exc), exc, exc.__traceback__)
+                    await session._wait_ready()
+                except M2MError as exc:  # the lifetime is over already
+                    failed = exc
                 else:
-                    await session.aclose()
-        if error is not None:
-            raise error
+                    self._became_ready(session)
+                    try:
+                        yield session
+                    except BaseException as exc:
+                        error = exc
+                        await session.__aexit__(type(exc), exc, exc.__traceback__)
+                    else:
+                        await session.aclose()
+            if failed is not None:
+                if self._again(failed, attempt):
+                    continue
+                raise failed
+            if error is not None:
+                raise error
+            return
 
     async def __aenter__(self) -> Session:
         if self._cm is not None:
