@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -135,6 +136,16 @@ def register(sub: Any) -> None:
             "--insecure-any-peer",
             action="store_true",
             help="accept any server that authenticates (it is NOT checked to be who you expect)",
+        )
+        q.add_argument(
+            "--ik",
+            action="store_true",
+            help="remember the server's static key in a file (default "
+            "$XDG_STATE_HOME/m2mproto/peer-keys.json) and reconnect with the 1-RTT IK "
+            "handshake; a stale key falls back once to XX (needs --peer)",
+        )
+        q.add_argument(
+            "--ik-cache", metavar="FILE", help="with --ik: keep the remembered keys in FILE (0600)"
         )
         q.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
         q.add_argument("--json", action="store_true", help="print JSON (the default output)")
@@ -328,16 +339,48 @@ async def _reliable_send(args: argparse.Namespace, value: Any) -> int:
         outbox.close()
 
 
+def _ik_memory(args: argparse.Namespace) -> Any:
+    """The persistent key memory for ``--ik`` (``--ik-cache`` or the default file), or False.
+
+    Raises:
+        LocalProtocolError: (``INVALID_ARGUMENT``) ``--ik-cache`` without ``--ik``, or
+            ``--ik`` without ``--peer``; (``KEY_FILE_*``) the file is unusable.
+    """
+    from ..transport import PeerStaticKeys
+
+    if not getattr(args, "ik", False):
+        if getattr(args, "ik_cache", None):
+            raise LocalProtocolError("--ik-cache needs --ik", ErrorCode.INVALID_ARGUMENT)
+        return False
+    if not args.peer:
+        raise LocalProtocolError(
+            "--ik needs --peer (IK is only used towards a named server)",
+            ErrorCode.INVALID_ARGUMENT,
+        )
+    if args.ik_cache:
+        return PeerStaticKeys(args.ik_cache)
+    from .._files import ensure_private_dir
+
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return PeerStaticKeys(ensure_private_dir(Path(base) / "m2mproto") / "peer-keys.json")
+
+
 async def _client(args: argparse.Namespace, value: Any) -> Any:
     from ..transport import connect
 
     if getattr(args, "reliable", False):
+        if args.ik or args.ik_cache:
+            raise LocalProtocolError(
+                "--ik is for one connection; --reliable reconnects with IK by itself",
+                ErrorCode.INVALID_ARGUMENT,
+            )
         return await _reliable_send(args, value)
     _state_path(args, "outbox.sqlite3")  # refuses --state-dir without --reliable
     identity = Identity.load(args.key)
     tokens = [read_token(t) for t in args.token or ()]
     host, port = parse_hostport(args.connect)
     expected = _expected(args)
+    memory = _ik_memory(args)
     with anyio.fail_after(args.timeout):
         async with connect(
             (host, port),
@@ -345,6 +388,7 @@ async def _client(args: argparse.Namespace, value: Any) -> Any:
             tokens=tokens,
             peer=expected,
             connect_timeout=args.timeout,
+            ik=memory,
         ) as session:
             if args.client_kind == "request":
                 return await session.request(args.resource, value, timeout=args.timeout)

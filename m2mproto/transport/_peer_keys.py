@@ -109,9 +109,7 @@ class PeerStaticKeys:
                 (``KEY_FILE_INVALID``) the file could not be written.
         """
         if not isinstance(static, bytes) or len(static) != 32:
-            raise LocalProtocolError(
-                "a Noise static key is 32 bytes", ErrorCode.INVALID_ARGUMENT
-            )
+            raise LocalProtocolError("a Noise static key is 32 bytes", ErrorCode.INVALID_ARGUMENT)
         key = (peer.public_key, address_key(address))
         with self._lock:
             if self._entries.get(key) == static:
