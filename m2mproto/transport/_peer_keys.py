@@ -46,8 +46,8 @@ def address_key(address: object) -> str:
 class PeerStaticKeys:
     """Responders' Noise static public keys, remembered to reconnect with IK.
 
-    ``connect(..., peer=ID)`` looks here for ``(ID, address)``: with an entry it
-    runs IK (one round trip less), without one XX; after a handshake it
+    ``connect(..., peer=ID, ik=memory)`` looks here for ``(ID, address)``: with an
+    entry it runs IK (two handshake messages instead of three), without one XX; after a handshake it
     remembers the responder's authenticated static key, and after IK fails with
     ``DECRYPT_ERROR`` (the responder restarted with a new key, or an attacker
     interfered: indistinguishable) it forgets the entry and retries once with XX.
@@ -55,7 +55,7 @@ class PeerStaticKeys:
     Args:
         path: keep the memory in this file too (loaded now, rewritten on every
             change: mode 0600, atomically). Without it the memory lasts as long
-            as the object (``connect`` uses one per process by default).
+            as the object (``connect(..., ik=True)`` uses one per process).
         limit: at most this many entries; the least recently used go first.
 
     Raises:
@@ -81,7 +81,7 @@ class PeerStaticKeys:
 
     @classmethod
     def process_default(cls) -> PeerStaticKeys:
-        """The memory ``connect`` uses unless given another one (one per process)."""
+        """The memory of ``connect(..., ik=True)``: one per process."""
         if cls._default is None:
             cls._default = cls()
         return cls._default

@@ -92,7 +92,7 @@ def connect(
     connect_timeout: float | None = 30.0,
     high_water: int = DEFAULT_HIGH_WATER,
     static_keys: StaticKeys | None = None,
-    ik: bool | PeerStaticKeys = True,
+    ik: bool | PeerStaticKeys = False,
 ) -> SessionOpener:
     """Connect to *address* and authenticate as *identity*.
 
@@ -116,19 +116,22 @@ def connect(
         static_keys: a cache of Noise static keys to share across the
             connections of one client (one signature per identity); without
             it each connection makes its own.
-        ik: reconnect with the 1-RTT IK handshake when the server's Noise static
-            key is known (spec/handshake.md 2.11). ``True`` (the default) uses
-            the process-wide :meth:`PeerStaticKeys.process_default` memory; pass
-            a :class:`PeerStaticKeys` to use another one (for example one kept in
-            a file); ``False`` always runs XX and remembers nothing. Only with
+        ik: reconnect with the IK handshake when the server's Noise static key
+            is known (spec/handshake.md 2.11). ``False`` (the default): always
+            XX, nothing remembered. ``True``: the process-wide
+            :meth:`PeerStaticKeys.process_default` memory; or a
+            :class:`PeerStaticKeys` (for example one kept in a file). Only with
             ``peer=`` naming the server and a TCP or Unix-socket *address*: the
             key is looked up by both, remembered after every completed
             handshake (authenticated as *peer*), and forgotten when IK fails
             with ``DECRYPT_ERROR`` (the server restarted with a new key; an
             attacker can cause the same), after which the connection is retried
             **once** with XX on a new transport. No other failure is retried.
-            IK authenticates both sides as XX does; it sends our identity and
-            *tokens* in the first message, encrypted to the remembered key.
+            Off by default because it buys no latency: our first request follows
+            XX's third message without waiting, so the first reply takes as many
+            round trips either way (``python -m bench.ik_bench``), while IK costs
+            one more DH per side and encrypts our identity and tokens to the
+            server's static key rather than to an ephemeral one.
 
     Raises:
         LocalProtocolError: (``INVALID_ARGUMENT``, at once) no *peer* and no

@@ -180,6 +180,16 @@ async def test_ik_only_with_a_named_peer_and_off_on_request() -> None:
         await _echo(memory, serving.address, 0)
         assert (await _echo(False, serving.address, 1))[0] == "XX"  # ik=False: always XX
         async with connect(
+            serving.address, identity=CLIENT_ID, tokens=[CAPS], peer=SERVER_ID.agent_id
+        ) as session:
+            assert session.peer.pattern == "XX"  # the default: XX, whatever is remembered
+        # ik=True: the process-wide memory (XX first, then IK)
+        assert [(await _echo(True, serving.address, i))[0] for i in range(2)] == ["XX", "IK"]
+        default = PeerStaticKeys.process_default()
+        assert default.get(SERVER_ID.agent_id, serving.address) == memory.get(
+            SERVER_ID.agent_id, serving.address
+        )
+        async with connect(
             serving.address, identity=CLIENT_ID, tokens=[CAPS], peer=ANY_PEER, ik=memory
         ) as session:
             assert session.peer.pattern == "XX"  # never IK without the expected server
