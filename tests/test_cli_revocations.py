@@ -76,7 +76,7 @@ def test_serve_keeps_revocations_while_the_file_is_rewritten(
     rev.write_bytes(data)
     peer = start_serve(d, "--root", ids["root"], "--revocations", str(rev))
     try:
-        client = ("--connect", peer.address, "--timeout", "10")
+        client = ("--connect", peer.address, "--peer", ids["srv"], "--timeout", "10")
         for cut in (0, 1, len(data) // 2, len(data) - 1):
             with rev.open("r+b") as fh:  # the writer has truncated and written a part
                 fh.truncate(0)

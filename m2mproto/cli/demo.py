@@ -41,6 +41,11 @@ def register(sub: Any) -> None:
         "--backend", choices=("asyncio", "trio"), default="asyncio", help="async backend"
     )
     p.add_argument("--keep", metavar="DIR", help="keep keys, tokens and logs in DIR")
+    p.add_argument(
+        "--nats",
+        metavar="URL",
+        help="carry the sessions over a NATS server you run (nats://...); revocation is pushed",
+    )
     p.set_defaults(handler=cmd_demo)
 
 
@@ -78,7 +83,13 @@ class Transcript:
         return "\n".join([line, fmt(headers), line, *(fmt(r) for r in rows), line])
 
 
-def _start_peer(workdir: Path, root_id: str, backend: str) -> tuple[subprocess.Popen[str], str]:
+#: NATS subject prefix of the demo (its own, so it never meets other traffic).
+NATS_PREFIX = "m2mdemo"
+
+
+def _start_peer(
+    workdir: Path, root_id: str, backend: str, nats: str | None = None
+) -> tuple[subprocess.Popen[str], str]:
     cmd = [
         sys.executable, "-m", "m2mproto", "serve",
         "--key", str(workdir / "server.key"),
@@ -88,6 +99,11 @@ def _start_peer(workdir: Path, root_id: str, backend: str) -> tuple[subprocess.P
         "--log-file", str(workdir / "log.jsonl"),
         "--backend", backend,
     ]  # fmt: skip
+    if nats:  # no port, no revocation file: the revocation feed arrives over NATS
+        cmd[cmd.index("--listen") : cmd.index("--listen") + 2] = ["--nats", nats]
+        cmd[cmd.index("--revocations") : cmd.index("--revocations") + 2] = [
+            "--service", "demo", "--nats-prefix", NATS_PREFIX,
+        ]  # fmt: skip
     errlog = (workdir / "server.log").open("w")
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=errlog, stdin=subprocess.DEVNULL, text=True
@@ -105,10 +121,12 @@ def _start_peer(workdir: Path, root_id: str, backend: str) -> tuple[subprocess.P
     return proc, line.split()[-1]
 
 
-async def _scenario(workdir: Path, address: str, t: Transcript, ids: dict[str, Identity]) -> None:
+async def _scenario(
+    workdir: Path, address: str, t: Transcript, ids: dict[str, Identity], nats: str | None = None
+) -> None:
     from ..transport import connect
 
-    host, port = address.rsplit(":", 1)
+    host, port = address.rsplit(":", 1) if not nats else ("", "0")
     server_id = Identity.load(workdir / "server.key").agent_id
     tok_a = (workdir / "a.tok").read_bytes()
     tok_b = (workdir / "b.tok").read_bytes()
@@ -117,9 +135,18 @@ async def _scenario(workdir: Path, address: str, t: Transcript, ids: dict[str, I
 
     async def attempt(agent: str, token: bytes, action: str, resource: str, value: Any) -> bool:
         try:
-            async with connect(
-                (host, int(port)), identity=ids[agent], tokens=[token], peer=server_id
-            ) as session:
+            if nats:
+                from ..transport.nats import connect_nats
+
+                opener: Any = connect_nats(
+                    nats, identity=ids[agent], tokens=[token], peer=server_id,
+                    service="demo", prefix=NATS_PREFIX,
+                )  # fmt: skip
+            else:
+                opener = connect(
+                    (host, int(port)), identity=ids[agent], tokens=[token], peer=server_id
+                )
+            async with opener as session:
                 if agent not in introduced:
                     introduced.add(agent)
                     print(
@@ -145,14 +172,22 @@ async def _scenario(workdir: Path, address: str, t: Transcript, ids: dict[str, I
 
     # Revoke B's token (signed by A, its issuer); the peer reloads the file.
     statement = revoke(ids["A"], [tok_b], now=time.time())
-    FileRevocationStore(workdir / "revocations.bin").add(statement)
-    print("  --  A revokes B's token; the reference peer reloads its revocation file", flush=True)
-    await anyio.sleep(1.0)  # the peer polls the file every 0.5 s
+    if nats:
+        from ..transport.nats import publish_revocation
+
+        how = await publish_revocation(nats, statement, prefix=NATS_PREFIX)
+        print(f"  --  A revokes B's token and publishes it over NATS ({how})", flush=True)
+        await anyio.sleep(0.5)
+    else:
+        FileRevocationStore(workdir / "revocations.bin").add(statement)
+        print("  --  A revokes B's token; the reference peer reloads its revocation file",
+              flush=True)  # fmt: skip
+        await anyio.sleep(1.0)  # the peer polls the file every 0.5 s
     await attempt("B", tok_b, "request", "echo", {"hello": "from B again"})
     await attempt("A", tok_a, "request", "echo", {"still": "works"})
 
 
-def run_demo(workdir: Path, backend: str = "asyncio") -> int:
+def run_demo(workdir: Path, backend: str = "asyncio", nats: str | None = None) -> int:
     """Run the whole demo in *workdir*; return the exit status."""
     print(f"m2mproto demo (working directory {workdir})\n")
     ids: dict[str, Identity] = {}
@@ -174,11 +209,11 @@ def run_demo(workdir: Path, backend: str = "asyncio") -> int:
     print("\n  root -> A: echo=*, log=*   (1 h)")
     print("  A -> B:    echo=*          (10 min, delegated: B may not log)\n")
 
-    proc, address = _start_peer(workdir, ids["root"].agent_id.text, backend)
+    proc, address = _start_peer(workdir, ids["root"].agent_id.text, backend, nats)
     transcript = Transcript()
     try:
         print(f"  reference peer listening on {address}\n")
-        anyio.run(_scenario, workdir, address, transcript, ids, backend=backend)
+        anyio.run(_scenario, workdir, address, transcript, ids, nats, backend=backend)
     finally:
         proc.terminate()
         try:
@@ -202,7 +237,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.keep:
         workdir = Path(args.keep)
         workdir.mkdir(parents=True, exist_ok=True)
-        return run_demo(workdir, args.backend)
+        return run_demo(workdir, args.backend, args.nats)
     with tempfile.TemporaryDirectory(prefix="m2m-demo-") as tmp:
         os.chmod(tmp, 0o700)
-        return run_demo(Path(tmp), args.backend)
+        return run_demo(Path(tmp), args.backend, args.nats)

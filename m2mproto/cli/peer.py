@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -105,16 +106,64 @@ def _state_path(args: argparse.Namespace, name: str) -> Path | None:
     return ensure_state_dir(args.state_dir) / name  # 0700; state files are 0600
 
 
+def _nats_args(p: argparse.ArgumentParser, *, serve: bool) -> None:
+    g = p.add_argument_group("NATS (spec/transports.md)")
+    g.add_argument("--nats", metavar="URL", help="carry sessions over NATS at URL (nats://...)")
+    g.add_argument(
+        "--service",
+        metavar="NAME",
+        help="serve (or reach) this service name; replicas of a name share the load",
+    )
+    g.add_argument("--nats-creds", metavar="FILE", help="NATS credentials file")
+    g.add_argument("--nats-prefix", default="m2m", metavar="TOKEN", help="subject prefix")
+    g.add_argument("--nats-ca", metavar="FILE", help="CA file: connect to NATS over TLS")
+    if serve:
+        g.add_argument(
+            "--feed-max-silence",
+            type=float,
+            default=10.0,
+            metavar="SECONDS",
+            help="warn when the revocation feed is unreachable this long (default 10)",
+        )
+        g.add_argument(
+            "--refuse-when-stale",
+            action="store_true",
+            help="refuse new sessions while the revocation feed is unreachable",
+        )
+
+
+def _nats_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if args.nats_creds:
+        options["user_credentials"] = args.nats_creds
+    if args.nats_ca:
+        import ssl
+
+        options["tls"] = ssl.create_default_context(cafile=args.nats_ca)
+    return options
+
+
+def _check_target(args: argparse.Namespace, flag: str) -> None:
+    """Exactly one of *flag* (``--listen`` / ``--connect``) and ``--nats``."""
+    if bool(getattr(args, flag.strip("-"))) == bool(args.nats):
+        raise LocalProtocolError(f"give {flag} or --nats (one of them)", ErrorCode.INVALID_ARGUMENT)
+    if args.nats and not flag == "--listen" and not args.peer:
+        raise LocalProtocolError("--nats needs --peer AGENT_ID", ErrorCode.INVALID_ARGUMENT)
+    if args.service and not args.nats:
+        raise LocalProtocolError("--service needs --nats", ErrorCode.INVALID_ARGUMENT)
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the reference peer (echo and log resources)")
     p.add_argument("--key", required=True, metavar="FILE", help="the server's private key file")
-    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="port 0 picks a free one")
+    p.add_argument("--listen", metavar="HOST:PORT", help="port 0 picks a free one")
     p.add_argument(
         "--root", action="append", required=True, metavar="AGENT_ID", help="a trust root"
     )
     p.add_argument("--revocations", metavar="FILE", help="revocation file (re-read on change)")
     p.add_argument("--log-file", metavar="FILE", help="append 'log' messages here as JSON lines")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    _nats_args(p, serve=True)
     _reliable_args(p, "serve 'log' with reliable delivery (spec/reliability.md)")
     _backend_arg(p)
     p.set_defaults(handler=cmd_serve)
@@ -126,7 +175,7 @@ def register(sub: Any) -> None:
         q = sub.add_parser(name, help=helptext)
         q.add_argument("--key", required=True, metavar="FILE", help="your private key file")
         q.add_argument("--token", action="append", metavar="FILE", help="token to present")
-        q.add_argument("--connect", required=True, metavar="HOST:PORT", help="the peer's address")
+        q.add_argument("--connect", metavar="HOST:PORT", help="the peer's address (or --nats)")
         q.add_argument(
             "--peer",
             metavar="AGENT_ID",
@@ -151,6 +200,7 @@ def register(sub: Any) -> None:
         q.add_argument("--json", action="store_true", help="print JSON (the default output)")
         q.add_argument("resource", metavar="RESOURCE")
         q.add_argument("message", metavar="JSON")
+        _nats_args(q, serve=False)
         if name == "send":
             _reliable_args(q, "deliver exactly once: resend across reconnects until acknowledged")
         _backend_arg(q)
@@ -187,10 +237,17 @@ class ReferencePeer:
 
         self.identity = Identity.load(args.key)
         self.roots = [AgentId.parse(r) for r in args.root]
-        self.host, self.port = parse_hostport(args.listen)
+        _check_target(args, "--listen")
+        self.args = args
+        self.host, self.port = parse_hostport(args.listen) if args.listen else ("", 0)
         self.revocations = open_revocations(args.revocations) if args.revocations else None
         self.log_file = Path(args.log_file) if args.log_file else None
-        self.server = Server(self.identity, trust_roots=self.roots, revocations=self.revocations)
+        store: Any = self.revocations
+        if args.nats:  # statements pushed over NATS, kept beside the file's (never written to it)
+            from ..transport.nats import FeedRevocationStore
+
+            store = FeedRevocationStore(self.revocations)
+        self.server = Server(self.identity, trust_roots=self.roots, revocations=store)
         self.server.stream("echo")(self.echo)
         self.dedup = None
         if getattr(args, "reliable", False):
@@ -264,9 +321,20 @@ class ReferencePeer:
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
-            host, port = await tg.start(self.server.serve_tcp, self.host, self.port)
-            shown = f"[{host}]" if ":" in host else host
-            print(f"listening on {shown}:{port}", flush=True)
+            if self.args.nats:
+                from ..transport.nats import serve_nats
+
+                listener = await tg.start(partial(
+                    serve_nats, self.server, self.args.nats, service=self.args.service,
+                    prefix=self.args.nats_prefix,
+                    revocation_feed=True, max_feed_silence=self.args.feed_max_silence,
+                    refuse_when_stale=self.args.refuse_when_stale,
+                    nats_options=_nats_options(self.args)))  # fmt: skip
+                print(f"listening on nats {' '.join(listener.subjects)}", flush=True)
+            else:
+                host, port = await tg.start(self.server.serve_tcp, self.host, self.port)
+                shown = f"[{host}]" if ":" in host else host
+                print(f"listening on {shown}:{port}", flush=True)
             logger.info("serving as %s, trusting %s", self.identity.agent_id.short,
                         ", ".join(r.short for r in self.roots))  # fmt: skip
             if self.revocations is not None:
@@ -369,17 +437,24 @@ async def _client(args: argparse.Namespace, value: Any) -> Any:
     from ..transport import connect
 
     if getattr(args, "reliable", False):
+        if args.nats:
+            message = "--reliable over --nats is not supported"
+            raise LocalProtocolError(message, ErrorCode.UNSUPPORTED)
         if args.ik or args.ik_cache:
-            raise LocalProtocolError(
-                "--ik is for one connection; --reliable reconnects with IK by itself",
-                ErrorCode.INVALID_ARGUMENT,
-            )
+            message = "--ik is not supported with --reliable"
+            raise LocalProtocolError(message, ErrorCode.UNSUPPORTED)
         return await _reliable_send(args, value)
     _state_path(args, "outbox.sqlite3")  # refuses --state-dir without --reliable
     identity = Identity.load(args.key)
     tokens = [read_token(t) for t in args.token or ()]
-    host, port = parse_hostport(args.connect)
+    _check_target(args, "--connect")
     expected = _expected(args)
+    if args.nats:
+        if args.ik or args.ik_cache:
+            message = "--ik is not supported with --nats"
+            raise LocalProtocolError(message, ErrorCode.UNSUPPORTED)
+        return await _nats_client(args, value, identity, tokens)
+    host, port = parse_hostport(args.connect)
     memory = _ik_memory(args)
     with anyio.fail_after(args.timeout):
         async with connect(
@@ -390,6 +465,23 @@ async def _client(args: argparse.Namespace, value: Any) -> Any:
             connect_timeout=args.timeout,
             ik=memory,
         ) as session:
+            if args.client_kind == "request":
+                return await session.request(args.resource, value, timeout=args.timeout)
+            await session.send(args.resource, value, confirm=True)
+            return None
+
+
+async def _nats_client(
+    args: argparse.Namespace, value: Any, identity: Identity, tokens: list[bytes]
+) -> Any:
+    from ..transport.nats import connect_nats
+
+    with anyio.fail_after(args.timeout):
+        async with connect_nats(
+            args.nats, identity=identity, peer=args.peer, service=args.service,
+            tokens=tokens, open_timeout=args.timeout, nats_options=_nats_options(args),
+            prefix=args.nats_prefix,
+        ) as session:  # fmt: skip
             if args.client_kind == "request":
                 return await session.request(args.resource, value, timeout=args.timeout)
             await session.send(args.resource, value, confirm=True)
@@ -407,7 +499,8 @@ def cmd_client(args: argparse.Namespace) -> int:
         reply = anyio.run(_client, args, value, backend=args.backend)
     except TimeoutError:
         raise M2MError(
-            f"no answer from {args.connect} within {args.timeout} s", ErrorCode.TIMEOUT
+            f"no answer from {args.connect or args.nats} within {args.timeout} s",
+            ErrorCode.TIMEOUT,
         ) from None
     elapsed = time.monotonic() - started
     if args.client_kind == "request":

@@ -12,6 +12,7 @@ import json
 import re
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from ..errors import ErrorCode, LocalProtocolError, TokenError
 from ..identity import AgentId, Identity
 from ..tokens import (
     FileRevocationStore,
+    InMemoryRevocationStore,
     TokenLimits,
     delegate,
     inspect,
@@ -165,8 +167,12 @@ def register(sub: Any) -> None:
     q = tsub.add_parser("revoke", help="sign a revocation of tokens and add it to a file")
     q.add_argument("--key", required=True, metavar="FILE", help="the revoker's private key file")
     q.add_argument("tokens", nargs="+", metavar="TOKEN_FILE", help="tokens to revoke")
-    q.add_argument("--out", required=True, metavar="FILE", help="revocation file (appended)")
+    q.add_argument("--out", metavar="FILE", help="revocation file (appended)")
     q.add_argument("--json", action="store_true", help="print the revoked IDs as JSON")
+    q.add_argument(
+        "--publish", metavar="URL", help="also publish it to every replica over NATS at URL"
+    )
+    q.add_argument("--nats-prefix", default="m2m", metavar="TOKEN", help="NATS subject prefix")
     q.set_defaults(handler=cmd_revoke)
 
 
@@ -237,6 +243,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish(url: str, statement: bytes, ids: list[str], as_json: bool, prefix: str) -> None:
+    """Publish *statement* over NATS (spec/transports.md, "Revocations")."""
+    import anyio
+
+    from ..transport.nats import publish_revocation
+
+    how = anyio.run(partial(publish_revocation, url, statement, prefix=prefix))  # OSError: 7
+    if as_json:
+        print(json.dumps({"published": url, "via": how, "revoked": ids}))
+    else:
+        print(f"revoked {', '.join(ids)} -> {url} ({how})")
+
+
 def cmd_revoke(args: argparse.Namespace) -> int:
     """Sign a statement for the tokens this key may revoke and append it, once.
 
@@ -246,6 +265,8 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     revoked in the file are reported and not signed again.
     """
     revoker = Identity.load(args.key)
+    if not args.out and not args.publish:
+        raise LocalProtocolError("give --out FILE and/or --publish URL", ErrorCode.INVALID_ARGUMENT)
     me = revoker.agent_id
     tokens: list[bytes] = []
     for path in args.tokens:
@@ -260,7 +281,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
             )
         tokens.append(token)
     try:
-        store = FileRevocationStore(args.out)
+        store = FileRevocationStore(args.out) if args.out else InMemoryRevocationStore()
     except TokenError as exc:
         raise LocalProtocolError(
             f"{args.out}: not a usable revocation file ({exc.code.name}: {exc.message})",
@@ -281,6 +302,10 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         except TokenError as exc:
             raise LocalProtocolError(exc.message, ErrorCode.INVALID_ARGUMENT) from None
     ids, old = [c.hex() for c in fresh], [c.hex() for c in already]
+    if args.publish and fresh:
+        _publish(args.publish, statement, ids, args.json, args.nats_prefix)
+    if not args.out:
+        return 0
     if args.json:
         print(json.dumps({"file": args.out, "revoked": ids, "already_revoked": old,
                           "revoker": me.text}))  # fmt: skip

@@ -37,6 +37,8 @@ from ..errors import (
     ErrorCode,
     LocalProtocolError,
     M2MError,
+    SendBufferFull,
+    StreamLimitReached,
     code_name,
 )
 from ..identity import AgentId
@@ -286,8 +288,8 @@ class Link:
             try:
                 self.apply(method, sid, data, end_stream=end_stream)
                 break
-            except LocalProtocolError as exc:
-                if exc.code != ErrorCode.FLOW_CONTROL_ERROR or self.conn.send_buffered() == 0:
+            except SendBufferFull:
+                if self.conn.send_buffered() == 0:
                     raise
             await self.pump.flushed.wait()
         chan = self.channels.get(sid)
@@ -319,9 +321,8 @@ class Link:
                 if wake:
                     self.pump.wake()
                 break
-            except LocalProtocolError as exc:  # StreamLimitReached once the core has it
-                if exc.code != ErrorCode.STREAM_LIMIT_ERROR:
-                    raise
+            except StreamLimitReached:
+                pass
             await self.pump.flushed.wait()
         chan = Channel(sid, resource, local=True)
         self.channels[sid] = chan

@@ -227,8 +227,12 @@ class MessageStream(_StreamBase, ObjectStream[Any]):
             raise anyio.EndOfStream
         return value
 
-    async def send(self, item: Any) -> None:
+    async def send(self, item: Any, *, end_stream: bool = False) -> None:
         """Send one message (any value the CBOR profile encodes).
+
+        With *end_stream*, the message is the last one: it carries our end of
+        the stream in the same frame (spec/application.md), as
+        ``send`` followed by ``send_eof`` would in two.
 
         Raises:
             LocalProtocolError: the value cannot be encoded or is too large.
@@ -236,5 +240,7 @@ class MessageStream(_StreamBase, ObjectStream[Any]):
             ConnectionClosedError.
         """
         self._check_send()
-        await self._link.queue_send(self._chan.stream_id, item, message=True)
+        await self._link.queue_send(
+            self._chan.stream_id, item, message=True, end_stream=end_stream
+        )
         await self._link.wait_drained(self._chan.stream_id)
