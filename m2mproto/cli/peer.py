@@ -190,7 +190,7 @@ def register(sub: Any) -> None:
             "--ik",
             action="store_true",
             help="remember the server's static key in a file (default "
-            "$XDG_STATE_HOME/m2mproto/peer-keys.json) and reconnect with the 1-RTT IK "
+            "$XDG_STATE_HOME/m2mproto/peer-keys.json) and reconnect with the IK "
             "handshake; a stale key falls back once to XX (needs --peer)",
         )
         q.add_argument(
