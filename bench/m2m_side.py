@@ -122,11 +122,14 @@ class M2MClient:
 
     name = "m2m"
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, ik: Any = False) -> None:
         transport = _require()
         from m2mproto.identity import Identity
 
         self._connect = transport.connect
+        # XX unless told otherwise (the handshake figure is a full handshake, like
+        # the TLS anchor's); bench.ik_bench passes a PeerStaticKeys for IK
+        self._ik = ik
         # one static key for all of this client's connections (signed once)
         self._static_keys = transport.StaticKeys()
         self._identity = Identity.load(directory / "client.pem")
@@ -140,6 +143,7 @@ class M2MClient:
             tokens=[self._token],
             peer=self._server_id,
             static_keys=self._static_keys,
+            ik=self._ik,
         )
         return M2MChannel(session)
 

@@ -1,86 +1,74 @@
-"""IK at the sans-IO core: a 1-RTT handshake to a responder whose static key we know.
+"""Reconnect with the 1-RTT IK handshake, and fall back to XX when the server restarted.
 
 Run: python examples/ik_reconnect.py
-XX (the default) learns the responder's Noise static key during the handshake;
-IK sends the initiator's identity already in the first message, encrypted to a
-static key the initiator knows in advance (Connection(remote_static=...)).
-A stale key (the responder restarted with a new one) fails with DECRYPT_ERROR,
-and the initiator falls back to XX once, on a new connection.
+The first connection runs XX and remembers the server's Noise static key (it
+was authenticated by the handshake). Later connections to the same server and
+address run IK with it. A restarted server has a new static key: IK to the old
+one fails with DECRYPT_ERROR, connect() forgets it and retries once with XX on
+a new connection, then remembers the new key.
 """
 
-import os
+import stat
+import tempfile
 import time
+from pathlib import Path
 
-from m2mproto import AuthenticationError, ErrorCode, Identity
-from m2mproto.connection import NEED_DATA, Connection, Role
-from m2mproto.events import ConnectionClosed, HandshakeCompleted
-from m2mproto.handshake import StaticKey
+import anyio
 
-
-def expect_peer(expected):
-    def check(peer):
-        if peer != expected:
-            raise AuthenticationError("unexpected peer", ErrorCode.AUTH_UNEXPECTED_PEER)
-
-    return check
+from m2mproto import Identity
+from m2mproto.tokens import issue
+from m2mproto.transport import PeerStaticKeys, Server, connect
 
 
-def handshake(initiator, responder):
-    """Shuttle bytes between two in-memory connections until both finished the handshake.
+async def main() -> None:
+    authority, server_identity, client = (Identity.generate() for _ in range(3))
+    token = issue(authority, client.agent_id, ["echo=*"], now=time.time(), ttl=3600,
+                  audience=server_identity.agent_id)
 
-    Returns the initiator's outcome (HandshakeCompleted or ConnectionClosed) and
-    the number of handshake flights that crossed.
-    """
-    now = time.monotonic()
-    initiator.start(now)
-    responder.start(now)
-    outcome, flights = {}, 0
-    for _ in range(10):  # bounded: a handshake is at most three flights
-        for src, dst in ((initiator, responder), (responder, initiator)):
-            if data := src.data_to_send():
-                flights += 1
-                dst.receive_data(data, now=now)
-            while dst not in outcome and (event := dst.next_event()) is not NEED_DATA:
-                if isinstance(event, (HandshakeCompleted, ConnectionClosed)):
-                    outcome[dst] = event
-        if len(outcome) == 2 or isinstance(outcome.get(initiator), ConnectionClosed):
-            return outcome[initiator], flights
-    raise RuntimeError("handshake did not finish")
+    def make_server():
+        server = Server(server_identity, trust_roots=[authority.agent_id])
 
+        @server.request("echo")
+        async def echo(msg, ctx):
+            return {"echo": msg, "pattern": ctx.peer.pattern}
 
-def main():
-    client, server = Identity.generate(), Identity.generate()
-    # The responder keeps one static key for the life of its process (the anyio
-    # transport does the same); IK needs a key that outlives one connection.
-    server_static = StaticKey.generate(server, os.urandom)
+        return server
 
-    def server_connection(static):
-        return Connection(Role.RESPONDER, server, static_key=static)
+    async def call(address, memory, value):
+        async with connect(address, identity=client, tokens=[token],
+                           peer=server_identity.agent_id, ik=memory) as session:
+            reply = await session.request("echo", value, timeout=5)
+            return session.peer.pattern, reply["pattern"]
 
-    def client_connection(remote_static=None):
-        return Connection(Role.INITIATOR, client, remote_static=remote_static,
-                          authenticate_peer=expect_peer(server.agent_id))
+    with tempfile.TemporaryDirectory() as tmp:
+        # The key memory, kept in a private file (0600) so later runs can use IK too.
+        # Without ik=..., connect() uses one in-memory PeerStaticKeys per process.
+        memory = PeerStaticKeys(Path(tmp, "peer-keys.json"))
+        async with anyio.create_task_group() as tg:
+            server = make_server()
+            address = await tg.start(server.serve_tcp, "127.0.0.1", 0)
+            client_saw, server_saw = await call(address, memory, 1)
+            print(f"first contact: {client_saw} (server saw {server_saw})")
+            client_saw, server_saw = await call(address, memory, 2)
+            print(f"reconnect: {client_saw} (server saw {server_saw})")
+            mode = stat.S_IMODE(Path(tmp, "peer-keys.json").stat().st_mode)
+            print(f"key memory: {len(memory)} key, file mode {mode:04o}")
+            await server.aclose()
+            tg.cancel_scope.cancel()
 
-    # First contact: XX. (The responder's static key is what IK will need next time.)
-    event, flights = handshake(client_connection(), server_connection(server_static))
-    print(f"first contact: {event.pattern}, {flights} handshake messages")
-
-    # Reconnect with IK to the key we know: the identity travels in message 1.
-    known_key = server_static.public
-    event, flights = handshake(client_connection(known_key), server_connection(server_static))
-    print(f"reconnect: {event.pattern}, {flights} handshake messages, "
-          f"peer is the server: {event.peer == server.agent_id}")
-
-    # The responder restarted with a new static key: our key is stale.
-    restarted = StaticKey.generate(server, os.urandom)
-    event, _ = handshake(client_connection(known_key), server_connection(restarted))
-    print("stale key:", ErrorCode(event.code).name)
-    if isinstance(event, ConnectionClosed) and event.code == ErrorCode.DECRYPT_ERROR:
-        known_key = None  # forget it; retry once with XX on a new connection
-        event, _ = handshake(client_connection(), server_connection(restarted))
-        print("fallback:", event.pattern, "authenticated", event.peer == server.agent_id)
+        # The server restarts on the same port: a new process state, a new static key.
+        async with anyio.create_task_group() as tg:
+            server = make_server()
+            await tg.start(server.serve_tcp, *address)
+            client_saw, _ = await call(address, memory, 3)
+            print(f"after the restart: {client_saw}, after {server.stats.failed} failed IK "
+                  f"handshake (DECRYPT_ERROR)")
+            client_saw, _ = await call(address, memory, 4)
+            print(f"next reconnect: {client_saw}")
+            await server.aclose()
+            tg.cancel_scope.cancel()
     print("done")
 
 
 if __name__ == "__main__":
-    main()
+    anyio.run(main)

@@ -440,6 +440,7 @@ class Connection:
             peer_params=dict(res.peer_params),
             pattern=res.pattern,
             version=res.version,
+            remote_static=res.peer_static,
         )
 
     def _accept_handshake_tokens(self, tokens: Sequence[bytes]) -> None:

@@ -68,6 +68,10 @@ class HandshakeCompleted(Event):
     pattern: str
     #: Negotiated protocol version.
     version: int
+    #: The peer's Noise static public key (32 bytes), authenticated by the identity
+    #: binding (spec/handshake.md 2.5): what an initiator remembers to reconnect
+    #: with IK (2.11). ``None`` only in events made by hand.
+    remote_static: bytes | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.peer, AgentId):
@@ -76,6 +80,10 @@ class HandshakeCompleted(Event):
             raise _bad("identity_key must be the peer's public key")
         if not isinstance(self.handshake_hash, bytes) or len(self.handshake_hash) != 32:
             raise _bad("handshake_hash must be 32 bytes")
+        if self.remote_static is not None and (
+            not isinstance(self.remote_static, bytes) or len(self.remote_static) != 32
+        ):
+            raise _bad("remote_static must be 32 bytes")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -105,3 +105,17 @@ def test_token_cost_bench_counts_signatures(tmp_path: Path) -> None:
     assert data["signatures_handshake_23_copies_cap_23"] == 8
     assert data["state_handshake_23_copies_cap_23"] == "ESTABLISHED"
     assert all(_positive(v) for k, v in data.items() if k.endswith(("_us", "_ms")))
+
+
+@pytest.mark.slow
+def test_ik_bench_runs_both_patterns() -> None:
+    """``python -m bench.ik_bench`` runs XX and IK (the IK client learned the key: it
+    asserts so) through the delaying relay too, and prints one line per figure."""
+    cmd = [sys.executable, "-m", "bench.ik_bench", "--backend", "asyncio", "--rounds", "1",
+           "--n", "2", "--delay-ms", "1"]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("in memory: one handshake pair") and " IK " in lines[0]
+    assert lines[1].startswith("asyncio  delay 1 ms: connect+auth+request  XX ")
+    assert " IK " in lines[1] and "saving" in lines[1]

@@ -191,6 +191,55 @@ def test_client_must_name_the_server(world: tuple[Path, dict[str, str]]) -> None
 
 
 @pytest.mark.slow
+def test_request_with_ik_remembers_the_key_in_a_private_file(
+    world: tuple[Path, dict[str, str]],
+) -> None:
+    """--ik keeps the server's static key in a 0600 file; a wrong key there falls back to XX
+    once (the server logs the failed IK handshake) and is replaced by the real one."""
+    d, ids = world
+    cache = d / "state" / "peer-keys.json"
+    env_home = {"XDG_STATE_HOME": str(d / "xdg")}
+    peer = start_serve(d, "--root", ids["root"])
+    try:
+        base = ("--key", "a.key", "--token", "a.tok", "--connect", peer.address,
+                "--peer", ids["srv"])  # fmt: skip
+        (d / "state").mkdir(mode=0o700, exist_ok=True)
+        assert json.loads(ok("request", *base, "--ik", "--ik-cache", str(cache), "echo", "1",
+                             cwd=d)) == 1  # fmt: skip
+        assert (cache.stat().st_mode & 0o777) == 0o600
+        learned = json.loads(cache.read_text())["entries"]
+        assert [(e["peer"], e["address"]) for e in learned] == [
+            (ids["srv"], "tcp:" + peer.address)
+        ]
+        assert json.loads(ok("request", *base, "--ik", "--ik-cache", str(cache), "echo", "2",
+                             cwd=d)) == 2  # fmt: skip
+        assert json.loads(cache.read_text())["entries"] == learned  # same key: IK worked
+        stale = json.loads(cache.read_text())
+        stale["entries"][0]["static_key"] = "11" * 32
+        cache.write_text(json.dumps(stale))
+        assert json.loads(ok("send", *base, "--ik", "--ik-cache", str(cache), "log", "3",
+                             cwd=d))["sent"] is True  # fmt: skip
+        assert json.loads(cache.read_text())["entries"] == learned  # refreshed
+        assert "DECRYPT_ERROR" in peer.log()  # the stale-key attempt, seen by the server
+        # the default file lives under $XDG_STATE_HOME
+        result = subprocess.run(
+            [sys.executable, "-m", "m2mproto", "request", *base, "--ik", "echo", "4"],
+            capture_output=True, text=True, timeout=60, cwd=d, env={**ENV, **env_home},
+        )  # fmt: skip
+        assert result.returncode == 0 and json.loads(result.stdout) == 4, result.stderr
+        assert (d / "xdg" / "m2mproto" / "peer-keys.json").stat().st_mode & 0o777 == 0o600
+        # misuse
+        result = m2m("request", *base, "--ik-cache", str(cache), "echo", "1", cwd=d)
+        assert result.returncode == EXIT_CODES["local"] and "--ik" in result.stderr
+        anyone = ("--key", "a.key", "--token", "a.tok", "--connect", peer.address,
+                  "--insecure-any-peer", "--ik")  # fmt: skip
+        result = m2m("request", *anyone, "echo", "1", cwd=d)
+        assert result.returncode == EXIT_CODES["local"] and "--peer" in result.stderr
+    finally:
+        stop(peer)
+
+
+@pytest.mark.slow
 def test_serve_untrusted_root_refuses_tokens(world: tuple[Path, dict[str, str]]) -> None:
     d, ids = world
     peer = start_serve(d, "--root", ids["b"])  # trusts someone else

@@ -162,3 +162,37 @@ def test_xx_is_unchanged() -> None:
         assert isinstance(p.events[c][0], HandshakeCompleted)
         assert p.events[c][0].pattern in ("XX", "XXhfs")
     assert p.wire[p.a][-1] == b""  # nothing sent after message 3
+
+
+def test_handshake_completed_reports_the_peers_authenticated_static_key() -> None:
+    """What an initiator remembers for IK (handshake.md 2.11): the responder's static key,
+    as Noise authenticated it, on both patterns and both sides."""
+    clock = FakeClock()
+    a, b = _initiator(), _responder(_Authz())
+    a.start(clock.now)
+    b.start(clock.now)
+    b.receive_data(a.data_to_send(), clock.now)
+    assert _events(b) == []
+    a.receive_data(b.data_to_send(), clock.now)
+    got_a = _events(a)
+    b.receive_data(a.data_to_send(), clock.now)
+    got_b = _events(b)
+    assert isinstance(got_a[0], HandshakeCompleted) and isinstance(got_b[0], HandshakeCompleted)
+    assert got_a[0].remote_static == x25519_public_key(STATIC_B)
+    assert got_b[0].remote_static is not None and len(got_b[0].remote_static) == 32
+    assert got_b[0].remote_static != got_a[0].remote_static
+    # XX to the same responder: the key arrives in message 2
+    xx = Connection(Role.INITIATOR, ALICE, Configuration(entropy=seeded_entropy(3)))
+    b2 = _responder(_Authz(), seed=4)
+    xx.start(clock.now)
+    b2.start(clock.now)
+    done: list[Event] = []
+    for _ in range(3):  # three flights
+        if data := xx.data_to_send():
+            b2.receive_data(data, clock.now)
+        _events(b2)
+        if data := b2.data_to_send():
+            xx.receive_data(data, clock.now)
+        done += [e for e in _events(xx) if isinstance(e, HandshakeCompleted)]
+    assert len(done) == 1 and done[0].pattern in ("XX", "XXhfs")
+    assert done[0].remote_static == x25519_public_key(STATIC_B)

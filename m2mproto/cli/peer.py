@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -212,6 +213,16 @@ def register(sub: Any) -> None:
             "--insecure-any-peer",
             action="store_true",
             help="accept any server that authenticates (it is NOT checked to be who you expect)",
+        )
+        q.add_argument(
+            "--ik",
+            action="store_true",
+            help="remember the server's static key in a file (default "
+            "$XDG_STATE_HOME/m2mproto/peer-keys.json) and reconnect with the IK "
+            "handshake; a stale key falls back once to XX (needs --peer)",
+        )
+        q.add_argument(
+            "--ik-cache", metavar="FILE", help="with --ik: keep the remembered keys in FILE (0600)"
         )
         q.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
         q.add_argument("resource", metavar="RESOURCE", help="the resource to call, e.g. echo")
@@ -430,12 +441,41 @@ async def _reliable_send(args: argparse.Namespace, value: Any) -> int:
         outbox.close()
 
 
+def _ik_memory(args: argparse.Namespace) -> Any:
+    """The persistent key memory for ``--ik`` (``--ik-cache`` or the default file), or False.
+
+    Raises:
+        LocalProtocolError: (``INVALID_ARGUMENT``) ``--ik-cache`` without ``--ik``, or
+            ``--ik`` without ``--peer``; (``KEY_FILE_*``) the file is unusable.
+    """
+    from ..transport import PeerStaticKeys
+
+    if not getattr(args, "ik", False):
+        if getattr(args, "ik_cache", None):
+            raise LocalProtocolError("--ik-cache needs --ik", ErrorCode.INVALID_ARGUMENT)
+        return False
+    if not args.peer:
+        raise LocalProtocolError(
+            "--ik needs --peer (IK is only used towards a named server)",
+            ErrorCode.INVALID_ARGUMENT,
+        )
+    if args.ik_cache:
+        return PeerStaticKeys(args.ik_cache)
+    from .._files import ensure_private_dir
+
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return PeerStaticKeys(ensure_private_dir(Path(base) / "m2mproto") / "peer-keys.json")
+
+
 async def _client(args: argparse.Namespace, value: Any) -> Any:
     from ..transport import connect
 
     if getattr(args, "reliable", False):
         if args.nats:
             message = "--reliable over --nats is not supported"
+            raise LocalProtocolError(message, ErrorCode.UNSUPPORTED)
+        if args.ik or args.ik_cache:
+            message = "--ik is not supported with --reliable"
             raise LocalProtocolError(message, ErrorCode.UNSUPPORTED)
         return await _reliable_send(args, value)
     _state_path(args, "outbox.sqlite3")  # refuses --state-dir without --reliable
@@ -444,8 +484,12 @@ async def _client(args: argparse.Namespace, value: Any) -> Any:
     _check_target(args, "--connect")
     expected = _expected(args)
     if args.nats:
+        if args.ik or args.ik_cache:
+            message = "--ik is not supported with --nats"
+            raise LocalProtocolError(message, ErrorCode.UNSUPPORTED)
         return await _nats_client(args, value, identity, tokens)
     host, port = parse_hostport(args.connect)
+    memory = _ik_memory(args)
     with anyio.fail_after(args.timeout):
         async with connect(
             (host, port),
@@ -453,6 +497,7 @@ async def _client(args: argparse.Namespace, value: Any) -> Any:
             tokens=tokens,
             peer=expected,
             connect_timeout=args.timeout,
+            ik=memory,
         ) as session:
             if getattr(args, "verbose", False):
                 print(f"connected to {session.peer.agent_id.text} ({session.suite})",

@@ -7,6 +7,7 @@ memory. See ``README.md`` for a complete client and server.
 """
 
 from ._keys import StaticKeys
+from ._peer_keys import PeerStaticKeys
 from .attributes import M2MAttribute
 from .client import connect, parse_hostport
 from .memory import MemoryByteStream, MemoryPair, memory_pair, memory_stream_pair
@@ -41,6 +42,7 @@ __all__ = [
     "MemoryPair",
     "MessageStream",
     "Peer",
+    "PeerStaticKeys",
     "RequestTimeout",
     "Route",
     "Router",

@@ -174,7 +174,8 @@ class Dispatcher(Generic[R]):
     def _handshake_completed(self, event: ev.HandshakeCompleted) -> None:
         self.last_activity = anyio.current_time()
         link = self._link
-        link.peer = Peer(event.peer)
+        base = event.pattern.removesuffix("hfs")  # XXhfs/IKhfs: the XX/IK pattern, hybrid
+        link.peer = Peer(event.peer, event.remote_static, base)
         link.log.extra = {"peer": event.peer.short, "address": link.address}
         link.log.info("handshake complete (%s)", "server" if self._server_side else "client")
         link.handshake_done.set()

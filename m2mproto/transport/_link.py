@@ -62,6 +62,13 @@ class Peer:
 
     #: The peer's self-certifying agent ID.
     agent_id: AgentId
+    #: The peer's Noise static public key (32 bytes), authenticated by the
+    #: handshake's identity binding: a client can reconnect with IK to it
+    #: (spec/handshake.md 2.11; :class:`~m2mproto.transport.PeerStaticKeys`).
+    static_key: bytes | None = None
+    #: The Noise pattern this session was authenticated with (``"XX"`` or ``"IK"``; whether
+    #: its hybrid post-quantum variant ran is in :attr:`Session.suite`).
+    pattern: str = "XX"
 
     @property
     def identity_key(self) -> bytes:

@@ -12,10 +12,11 @@ from any task (``async with session`` or ``aclose()`` ends it).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import anyio
 from anyio.abc import ByteStream
@@ -25,8 +26,10 @@ from ..errors import ErrorCode, LocalProtocolError, M2MError
 from ..identity import AgentId, Identity
 from ..tokens import RevocationStore, TokenAuthorizer
 from ..tokens.held import check_held
-from ._errors import network_error
+from ._errors import ConnectionClosedError, network_error
 from ._keys import StaticKeys
+from ._link import logger
+from ._peer_keys import PeerStaticKeys
 from .session import (
     DEFAULT_HIGH_WATER,
     AnyPeer,
@@ -100,6 +103,7 @@ def connect(
     high_water: int = DEFAULT_HIGH_WATER,
     static_keys: StaticKeys | None = None,
     on_event: EventHook | None = None,
+    ik: bool | PeerStaticKeys = False,
 ) -> SessionOpener:
     """Connect to *address* and authenticate as *identity*.
 
@@ -125,6 +129,22 @@ def connect(
             it each connection makes its own.
         on_event: ``on_event(session, event)`` for every event of the session's
             core, in order (see :data:`~m2mproto.transport.EventHook`).
+        ik: reconnect with the IK handshake when the server's Noise static key
+            is known (spec/handshake.md 2.11). ``False`` (the default): always
+            XX, nothing remembered. ``True``: the process-wide
+            :meth:`PeerStaticKeys.process_default` memory; or a
+            :class:`PeerStaticKeys` (for example one kept in a file). Only with
+            ``peer=`` naming the server and a TCP or Unix-socket *address*: the
+            key is looked up by both, remembered after every completed
+            handshake (authenticated as *peer*), and forgotten when IK fails
+            with ``DECRYPT_ERROR`` (the server restarted with a new key; an
+            attacker can cause the same), after which the connection is retried
+            **once** with XX on a new transport. No other failure is retried.
+            Off by default because it buys no latency: our first request follows
+            XX's third message without waiting, so the first reply takes as many
+            round trips either way (``python -m bench.ik_bench``), while IK costs
+            one more DH per side and encrypts our identity and tokens to the
+            server's static key rather than to an ephemeral one.
 
     Raises:
         LocalProtocolError: (``INVALID_ARGUMENT``, at once) no *peer* and no
@@ -156,17 +176,23 @@ def connect(
             revocations=revocations,
         )
     held = tuple(tokens)
-    cfg = config if config is not None else Configuration()
+    memory = _key_memory(ik, expected, address)
+    target = AgentId.parse(expected) if isinstance(expected, str) else expected
+    attempt = _Attempt(config)
 
-    async def prepare(config: Configuration | None = config) -> Session:
+    async def prepare() -> Session:
         check_held(held, identity.agent_id, now=time.time())
+        remote = None
+        if memory is not None and target is not None and not attempt.fell_back:
+            remote = memory.get(target, address)
+        attempt.remote_static = remote
         transport = await open_transport(address, connect_timeout=connect_timeout)
         try:
             return Session.create(
                 transport,
                 identity=identity,
                 server_side=False,
-                config=config,
+                config=attempt.config,
                 authorizer=authorizer,
                 tokens=held,
                 expected_peer=expected,
@@ -176,6 +202,7 @@ def connect(
                 high_water=high_water,
                 static_keys=static_keys,
                 on_event=on_event,
+                remote_static=remote,
             )
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -184,6 +211,7 @@ def connect(
 
     def hybrid_refused(exc: M2MError) -> bool:
         """The server refused the hybrid offer as a classical-only peer does."""
+        cfg = attempt.config if attempt.config is not None else Configuration()
         code = getattr(exc, "close_code", exc.code)  # the peer's ABORT code
         return (
             code == ErrorCode.VERSION_MISMATCH
@@ -193,8 +221,78 @@ def connect(
             and not isinstance(address, ByteStream)
         )
 
-    async def classical() -> Session:
-        """One classical retry whose offer still prefers the hybrid suite (spec 2.13)."""
-        return await prepare(dataclasses.replace(cfg, post_quantum_fallback=True))
+    def retry(error: M2MError) -> Callable[[], Awaitable[Session]] | None:
+        """How to try once more after a failed handshake, or None.
 
-    return SessionOpener(prepare, None, fallback=(hybrid_refused, classical))
+        A classical-only server refused the hybrid offer: one classical retry whose
+        offer still prefers the hybrid suite (spec/handshake.md 2.13). IK to a
+        remembered key failed with DECRYPT_ERROR: forget the key, retry with XX (2.11).
+        """
+        if hybrid_refused(error):
+            cfg = attempt.config if attempt.config is not None else Configuration()
+            attempt.config = dataclasses.replace(cfg, post_quantum_fallback=True)
+            return prepare
+        return prepare if stale_key(error) else None
+
+    def stale_key(error: M2MError) -> bool:
+        """IK to a remembered key failed with DECRYPT_ERROR: forget it (then retry with XX)."""
+        stale = attempt.remote_static
+        if memory is None or target is None or stale is None:
+            return False
+        if not isinstance(error, ConnectionClosedError) or error.close_code != (
+            ErrorCode.DECRYPT_ERROR
+        ):
+            return False  # not a symptom of a stale key (handshake.md 2.11)
+        attempt.fell_back = True
+        with contextlib.suppress(M2MError):  # an unwritable file must not stop the retry
+            if memory.get(target, address) == stale:  # not replaced meanwhile
+                memory.forget(target, address)
+        logger.info("IK to %s failed (DECRYPT_ERROR): stale key forgotten, retrying with XX",
+                    target.short)  # fmt: skip
+        return True
+
+    def ready(session: Session) -> None:
+        static = session.peer.static_key
+        if memory is None or target is None or static is None:
+            return
+        try:
+            memory.remember(target, static, address)
+        except M2MError as exc:
+            logger.warning("cannot remember the server's static key: %s", exc)
+
+    return SessionOpener(prepare, None, retry=retry, ready=ready)
+
+
+class _Attempt:
+    """What the current attempt of one ``connect`` uses."""
+
+    __slots__ = ("config", "fell_back", "remote_static")
+
+    def __init__(self, config: Configuration | None) -> None:
+        self.config = config
+        self.remote_static: bytes | None = None
+        self.fell_back = False
+
+
+def _key_memory(
+    ik: bool | PeerStaticKeys, expected: AgentId | str | None, address: Address
+) -> PeerStaticKeys | None:
+    """The key memory a ``connect`` uses, or None for XX only.
+
+    Raises:
+        LocalProtocolError: (``INVALID_ARGUMENT``) *ik* is neither a bool nor a memory.
+    """
+    if isinstance(ik, PeerStaticKeys):
+        memory = ik
+    elif ik is True:
+        memory = PeerStaticKeys.process_default()
+    elif ik is False:
+        return None
+    else:
+        raise LocalProtocolError(
+            "ik must be True, False or a PeerStaticKeys", ErrorCode.INVALID_ARGUMENT
+        )
+    # IK needs the expected server named, and a retry needs an address to reconnect to.
+    if expected is None or isinstance(address, ByteStream):
+        return None
+    return memory

@@ -254,6 +254,7 @@ class Session:
         high_water: int = DEFAULT_HIGH_WATER,
         static_keys: StaticKeys | None = None,
         on_event: EventHook | None = None,
+        remote_static: bytes | None = None,
     ) -> Session:
         """Build a session (and its Connection) without starting it; see :meth:`wrap`.
 
@@ -269,6 +270,8 @@ class Session:
         ``auto_window_update`` (off). A ``clock_offset`` other than 0 is refused.
         With *static_keys* the session uses (and caches there) one Noise static
         key per identity; without it, a fresh one (unless ``config.static_key``).
+        A client given *remote_static* (the server's Noise static key from an
+        earlier authenticated handshake, spec/handshake.md 2.11) runs IK.
 
         Raises:
             LocalProtocolError: (``INVALID_ARGUMENT``) a bad argument.
@@ -295,6 +298,7 @@ class Session:
             tokens=tokens,
             authenticate_peer=check,
             static_key=static,
+            remote_static=remote_static,
         )
         return cls(
             transport,
@@ -915,13 +919,16 @@ class SessionOpener:
         prepare: Callable[[], Awaitable[Session]],
         transport: ByteStream | None,
         *,
-        fallback: tuple[Callable[[M2MError], bool], Callable[[], Awaitable[Session]]]
-        | None = None,
+        retry: Callable[[M2MError], Callable[[], Awaitable[Session]] | None] | None = None,
+        ready: Callable[[Session], None] | None = None,
     ) -> None:
         self._prepare = prepare
         self._transport = transport
-        #: (when, how): a second session to try once if the first handshake fails so.
-        self._fallback = fallback
+        #: Asked after a failed handshake: how to prepare one more session, or None
+        #: (``connect``'s classical retry and its fallback from a stale IK key to XX).
+        self._retry = retry
+        #: Called with the session once its handshake completed.
+        self._ready = ready
         self._cm: contextlib.AbstractAsyncContextManager[Session] | None = None
 
     async def _made(self) -> Session:
@@ -933,22 +940,28 @@ class SessionOpener:
                     await anyio.aclose_forcefully(self._transport)
             raise
 
-    async def _ready(self, session: Session, launch: Callable[[Session], None]) -> Session:
-        """Launch *session* and wait for its handshake; retry once where the fallback says."""
-        launch(session)
-        try:
+    async def _until_ready(self, session: Session, launch: Callable[[Session], None]) -> Session:
+        """Launch *session* and wait for its handshake; where *retry* says so, try again."""
+        for _ in range(2):  # at most two retries: a stale IK key, then a classical-only peer
+            launch(session)
+            try:
+                await session._wait_ready()
+            except M2MError as exc:
+                again = self._retry(exc) if self._retry is not None else None
+                if again is None:
+                    raise
+                session = await again()  # closes its own transport if it fails
+            else:
+                break
+        else:
+            launch(session)
             await session._wait_ready()
-            return session
-        except M2MError as exc:
-            if self._fallback is None or not self._fallback[0](exc):
-                raise
-        retry = await self._fallback[1]()  # closes its own transport if it fails
-        launch(retry)
-        await retry._wait_ready()
-        return retry
+        if self._ready is not None:
+            self._ready(session)
+        return session
 
     async def _detached(self) -> Session:
-        return await self._ready(await self._made(), lambda s: s._launch(None))
+        return await self._until_ready(await self._made(), lambda s: s._launch(None))
 
     def __await__(self) -> Generator[Any, None, Session]:
         return self._detached().__await__()
@@ -961,7 +974,7 @@ class SessionOpener:
         error: BaseException | None = None
         async with anyio.create_task_group() as tg:
             try:
-                session = await self._ready(session, lambda s: s._launch(tg))
+                session = await self._until_ready(session, lambda s: s._launch(tg))
             except (M2MError, OSError) as exc:  # the lifetime is over already
                 error = exc
             else:
