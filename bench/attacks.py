@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from m2m_interop.netlink import TcpLink
+from m2m_interop.peer import Bugs, HostilePeer, Session
 from m2mproto import cbor
 from m2mproto.errors import ErrorCode
 from m2mproto.frames import (
@@ -44,9 +46,6 @@ from m2mproto.frames import (
 )
 from m2mproto.identity import Identity
 from m2mproto.tokens import delegate, issue
-
-from m2m_interop.netlink import TcpLink
-from m2m_interop.peer import Bugs, HostilePeer, Session
 
 HERE = Path(__file__).resolve().parent
 

@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     if tail:
         with contextlib.suppress(OSError):
             sock.sendall(tail)
-    sock.close()
+    _lingering_close(sock, eof)
     _report(link, shown)
     closed = link.local().closed_code
     print(f"M2M-RESULT: {_name(closed) if closed is not None else 'NONE'}", file=sys.stderr)
@@ -266,3 +266,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _lingering_close(sock: socket.socket, eof: bool, linger: float = 2.0) -> None:
+    """Half-close, then read and drop what the runner still sends until its EOF (at most
+    *linger* seconds), then close: closing with unread bytes would make the kernel send a
+    TCP reset, which can destroy the CLOSE frame we just sent (as the library's pump does).
+    """
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + linger
+        while not eof:  # bounded by the deadline
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            ready, _, _ = select.select([sock], [], [], left)
+            if ready and not sock.recv(65536):
+                eof = True
+    sock.close()
