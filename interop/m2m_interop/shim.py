@@ -220,10 +220,11 @@ def run(args: argparse.Namespace) -> int:
     if tail:
         with contextlib.suppress(OSError):
             sock.sendall(tail)
-    _lingering_close(sock, eof)
-    _report(link, shown)
+    _report(link, shown)  # the local outcome first: the runner reads it as the link ends
     closed = link.local().closed_code
-    print(f"M2M-RESULT: {_name(closed) if closed is not None else 'NONE'}", file=sys.stderr)
+    print(f"M2M-RESULT: {_name(closed) if closed is not None else 'NONE'}", file=sys.stderr,
+          flush=True)  # fmt: skip
+    _lingering_close(sock, eof)
     return 0 if closed == ErrorCode.NO_ERROR else 1
 
 
