@@ -271,8 +271,9 @@ if __name__ == "__main__":
 
 def _lingering_close(sock: socket.socket, eof: bool, linger: float = 2.0) -> None:
     """Half-close, then read and drop what the runner still sends until its EOF (at most
-    *linger* seconds), then close: closing with unread bytes would make the kernel send a
-    TCP reset, which can destroy the CLOSE frame we just sent (as the library's pump does).
+    *linger* seconds, or until it is quiet for 0.2 s), then close: closing with unread
+    bytes would make the kernel send a TCP reset, which can destroy the CLOSE frame we
+    just sent (as the library's pump does).
     """
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_WR)
@@ -281,7 +282,9 @@ def _lingering_close(sock: socket.socket, eof: bool, linger: float = 2.0) -> Non
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            ready, _, _ = select.select([sock], [], [], left)
-            if ready and not sock.recv(65536):
+            ready, _, _ = select.select([sock], [], [], min(left, 0.2))
+            if not ready:
+                break  # the runner went quiet: nothing left to reset the connection
+            if not sock.recv(65536):
                 eof = True
     sock.close()
