@@ -256,6 +256,17 @@ def memory(directory: Path, n: int) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         return tracemalloc.take_snapshot(), len(asyncio.all_tasks(loop))
 
+    def parked() -> collections.Counter[str]:
+        """Where the server's tasks wait (innermost frame of each)."""
+        where: collections.Counter[str] = collections.Counter()
+        for task in asyncio.all_tasks(asyncio.get_running_loop()):
+            names, coro = [], task.get_coro()
+            while coro is not None and hasattr(coro, "cr_code"):
+                names.append(coro.cr_code.co_name)
+                coro = coro.cr_await
+            where[" > ".join(names[-4:])] += 1
+        return where
+
     def open_clients(count: int) -> subprocess.Popen[str]:
         child = subprocess.Popen(
             [sys.executable, "-m", "bench.rr_counts", "--hold", str(count)]
@@ -283,6 +294,7 @@ def memory(directory: Path, n: int) -> dict[str, Any]:
     child = open_clients(n)
     time.sleep(0.5)
     after, tasks_after = server.call(snapshot)
+    waits = server.call(parked)
     close(child)
     server.stop()
     tracemalloc.stop()
@@ -297,6 +309,7 @@ def memory(directory: Path, n: int) -> dict[str, Any]:
         "bytes_per_conn": total,
         "tasks_per_conn": (tasks_after - tasks_before) / n,
         "by_file": dict(sorted(by_file.items(), key=lambda kv: -kv[1])),
+        "parked": {k: v for k, v in waits.items() if v >= n},
     }
 
 
@@ -308,7 +321,7 @@ def ir_run(n: int) -> None:
     from m2mproto.identity import Identity
     from m2mproto.transport import Server, memory_pair
 
-    server = Server(Identity.generate())
+    server = Server(Identity.generate(), authorizer_factory=lambda: None)  # no tokens
 
     @server.request("echo")
     async def echo(value: Any, ctx: Any) -> Any:
@@ -363,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             for name, size in list(mem["by_file"].items())[:12]:
                 print(f"  {size:8.0f} B  {name}")
+            for where, got in mem["parked"].items():
+                print(f"  {got / args.memory:4.1f} tasks/conn waiting in {where}")
     return 0
 
 

@@ -177,6 +177,10 @@ class Link:
             self.log.info("connection closed (%s, %s)", code_name(code), who)
         self.closed.set()
         self.handshake_done.set()  # a handshake still waited for has failed
+        if self.peer is None:
+            # The handshake failed (the core closed itself): its ABORT gets the
+            # same short chance to reach the peer as an abort's CLOSE.
+            self.pump.abort(grace=0.1)
         for chan in self.channels.values():
             chan.changed.notify()
         self.pump.flushed.notify()

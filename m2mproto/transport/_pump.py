@@ -62,7 +62,7 @@ from typing import Protocol
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import ByteStream
+from anyio.abc import ByteStream, TaskGroup
 
 from ..errors import ErrorCode, M2MError
 from ..events import Event
@@ -207,7 +207,10 @@ class Pump:
         "_send_done",
         "_send_scope",
         "_sending",
-        "_wake",
+        "_tg",
+        "_timer_scope",
+        "_writer_done",
+        "_writer_running",
         "bytes_received",
         "bytes_sent",
         "conn",
@@ -235,7 +238,6 @@ class Pump:
         self._need_data = need_data
         self._log = log
         self._linger = linger
-        self._wake = Signal()
         #: Fires each time the writer drained the outbox (send backpressure).
         self.flushed = Signal()
         #: Set when both tasks have finished and the transport is closed.
@@ -258,8 +260,16 @@ class Pump:
         self._send_scope: anyio.CancelScope | None = None
         #: Bytes :meth:`settle` took from the core for the writer (written first).
         self._held = b""
-        #: The deadline the parked writer sleeps until (-inf: not parked).
+        #: The deadline of the reader's timer scope (-inf: not armed).
         self._armed = -math.inf
+        #: The reader's timer scope: expires at the core's deadline (or earlier).
+        self._timer_scope: anyio.CancelScope | None = None
+        #: The pump's task group while it runs (the writer is spawned in it on demand).
+        self._tg: TaskGroup | None = None
+        #: A writer task runs now.
+        self._writer_running = False
+        #: The writer half-closed the transport or failed: none is spawned again.
+        self._writer_done = False
         self.bytes_sent = 0
         self.bytes_received = 0
 
@@ -268,7 +278,8 @@ class Pump:
     def wake(self) -> None:
         """Process new events and let the writer flush and re-arm the timer."""
         self.process()
-        self._wake.notify()
+        self._kick()
+        self._check_timer()
 
     def settle(self) -> None:
         """Like :meth:`wake`, but wake the writer only if there is work for it.
@@ -283,17 +294,32 @@ class Pump:
         """
         self.process()
         if self._finishing or self._sending or self._held:
-            self._wake.notify()  # the writer re-checks once the slot is free
+            self._kick()  # the writer re-checks once the slot is free
             return
         data = self.conn.data_to_send()
         if data:
             self._held = data
             self.flushed.notify()
-            self._wake.notify()
+            self._kick()
             return
+        self._check_timer()
+
+    def _kick(self) -> None:
+        """There may be work for the writer: spawn it unless it runs (or is done)."""
+        if self._writer_running or self._writer_done or self._tg is None:
+            return
+        self._writer_running = True
+        self._tg.start_soon(self._writer_task)
+
+    def _check_timer(self) -> None:
+        """Bring the reader's timer scope forward if the core's deadline is earlier.
+        (A later deadline is left alone: the scope expires early and re-arms.)"""
         timer = self.conn.get_timer()
         if timer is not None and timer < self._armed:
-            self._wake.notify()
+            self._armed = timer
+            scope = self._timer_scope
+            if scope is not None:
+                scope.deadline = timer
 
     def _take(self) -> bytes:
         """The bytes to write next: those held for the writer, then the core's."""
@@ -309,7 +335,7 @@ class Pump:
         task's cancellation (a record is never half-written) but not from
         :meth:`abort`.
         """
-        if self._sending or self._finishing or self._scope is None:
+        if self._sending or self._finishing or self._tg is None:
             self.wake()
             return
         self.process()
@@ -328,11 +354,9 @@ class Pump:
             self._sending = False
             self._send_done.notify()
         if self._finishing:
-            self._wake.notify()
+            self._kick()
         else:
-            timer = self.conn.get_timer()
-            if timer is not None and timer < self._armed:
-                self._wake.notify()
+            self._check_timer()
 
     async def _write(self, data: bytes) -> bool:
         """Write *data* (the caller holds the send slot); False if the transport failed."""
@@ -378,10 +402,12 @@ class Pump:
         """The core is closed: flush what is left, half-close, linger, stop."""
         if not self._finishing:
             self._finishing = True
-            self._wake.notify()
+            self._kick()
 
     def abort(self, grace: float = 0.0) -> None:
         """Stop both tasks and close the transport; *grace* seconds may flush a CLOSE."""
+        if self.finished.is_set():
+            return
         self._finishing = True
         deadline = -math.inf if grace <= 0 else anyio.current_time() + grace
         send_scope = self._send_scope
@@ -394,7 +420,7 @@ class Pump:
             scope.cancel()
         else:
             scope.deadline = min(scope.deadline, deadline)
-        self._wake.notify()
+        self._kick()
 
     def _stop_reader(self, deadline: float) -> None:
         """The writer is done: let the reader run until *deadline* at most."""
@@ -409,15 +435,22 @@ class Pump:
         (except cancellation of the enclosing scope)."""
         try:
             # One cancel scope for both tasks (an idle connection holds fewer
-            # scopes): the reader runs in this task, the writer as a child.
+            # scopes): the reader runs in this task, the writer as a child
+            # spawned when there is something to write.
             async with anyio.create_task_group() as tg:
                 self._scope = tg.cancel_scope
                 tg.cancel_scope.deadline = self._early_deadline
-                tg.start_soon(self._writer_task)
-                await self._reader()
+                self._tg = tg
+                try:
+                    self._kick()  # what the core queued before the pump ran
+                    await self._reader()
+                finally:
+                    if not self._writer_running:
+                        self._tg = None
         except Exception:  # pragma: no cover - defensive: the pump must never crash the session
             self._log.exception("transport pump failed")
         finally:
+            self._tg = None
             with anyio.CancelScope(shield=True):
                 if self._send_scope is not None:  # a caller's write must not outlive the pump
                     self._send_scope.cancel()
@@ -435,12 +468,41 @@ class Pump:
             self.process()
 
     async def _writer_task(self) -> None:
-        await self._writer()
-        # writer done: the reader lingers for the peer's EOF, bounded
-        self._stop_reader(anyio.current_time() + self._linger)
+        try:
+            done = await self._writer()
+        except BaseException:
+            self._writer_done = True  # cancelled: the pump is ending
+            raise
+        finally:
+            self._writer_running = False
+        if done:
+            self._writer_done = True
+            # writer done: the reader lingers for the peer's EOF, bounded
+            self._stop_reader(anyio.current_time() + self._linger)
 
     async def _reader(self) -> None:
-        while True:  # ends at EOF, a transport failure, or the pump's scope deadline
+        """Read until the end; at the core's deadline (the timer scope), act on it."""
+        while True:  # ends at EOF or a transport failure; each turn is one timer period
+            timer = self.conn.get_timer()
+            self._armed = math.inf if timer is None else float(timer)
+            ended = False
+            with anyio.CancelScope(deadline=self._armed) as scope:
+                self._timer_scope = scope
+                await self._read()
+                ended = True
+            self._timer_scope = None
+            self._armed = -math.inf
+            if ended:
+                return
+            # The scope expired: a deadline passed, or it was armed for one that
+            # has moved later since (then the core does nothing and we re-arm).
+            now = anyio.current_time()
+            with contextlib.suppress(M2MError):
+                self.conn.handle_timer(now)
+            self.settle()
+
+    async def _read(self) -> None:
+        while True:  # ends at EOF, a transport failure, or a deadline (the caller's scope)
             try:
                 data = await self.transport.receive(RECEIVE_SIZE)
             except anyio.EndOfStream:
@@ -459,10 +521,13 @@ class Pump:
                 self.conn.receive_data(data, anyio.current_time())
             except M2MError as exc:  # data after the core closed: ignore
                 self._log.debug("dropped %d bytes: %s", len(data), exc)
-            self.wake()
+            self.settle()  # the writer only if the input produced work for it
 
-    async def _writer(self) -> None:
-        while True:  # ends once the core closed and was flushed, or the transport failed
+    async def _writer(self) -> bool:
+        """Write until there is nothing to write; True once the transport is
+        half-closed (or failed), False when idle (the next :meth:`_kick` spawns
+        a writer again)."""
+        while True:  # ends when idle, once the core closed and was flushed, or on failure
             if self._sending:  # a flush() caller holds the send slot
                 await self._send_done.wait()
                 continue
@@ -476,23 +541,12 @@ class Pump:
                     self._sending = False
                     self._send_done.notify()
                 if not ok:
-                    return
+                    return True
                 continue
             if self._finishing:
                 try:
                     await self.transport.send_eof()
                 except Exception:
                     self._stop_reader(-math.inf)
-                return
-            timer = self.conn.get_timer()
-            deadline = math.inf if timer is None else float(timer)
-            self._armed = deadline
-            try:
-                with anyio.CancelScope(deadline=deadline):
-                    await self._wake.wait()
-            finally:
-                self._armed = -math.inf
-            now = anyio.current_time()
-            if timer is not None and now >= deadline:
-                self.conn.handle_timer(now)
-                self.process()
+                return True
+            return False

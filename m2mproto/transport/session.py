@@ -397,14 +397,10 @@ class Session:
                     self._start_error = exc
                     dispatch.mark_closed(exc.code, str(exc), remote=False)
                     pump.abort()
-                tg.start_soon(pump.run)
                 pump.wake()
-                await link.handshake_done.wait()
-                if link.peer is None:
-                    # The core failed the handshake (closed itself): its ABORT gets the
-                    # same short chance to reach the peer as an abort's CLOSE.
-                    pump.abort(grace=0.1)
-                await pump.finished.wait()
+                # The pump's reader runs in this task (one task less per session);
+                # a failed handshake is cut short by Link.mark_closed.
+                await pump.run()
                 dispatch.mark_closed(ErrorCode.TRUNCATED, "transport ended", remote=True)
                 info = link.closed_info
                 if info is not None and info[0] == ErrorCode.NO_ERROR and dispatch.running:
