@@ -24,7 +24,8 @@ and reports, per idle connection, the bytes still allocated by source file and
 the tasks the server holds for them.
 
 ``--ir N`` runs N requests in memory (``memory_pair``, one asyncio loop) and
-nothing else, for ``valgrind --tool=callgrind``: run it for two values of N and
+nothing else (with ``--sites``: and prints the counts per round trip, which are
+deterministic in memory), for ``valgrind --tool=callgrind``: run it for two values of N and
 divide the difference of the instruction counts (Ir) by the difference of N to
 get Ir per round trip (client and server together)::
 
@@ -246,7 +247,7 @@ def _hold(directory: Path, port: int, n: int) -> None:
     anyio.run(run, backend="asyncio")
 
 
-def memory(directory: Path, n: int) -> dict[str, Any]:
+def memory(directory: Path, n: int, lines: str = "") -> dict[str, Any]:
     """Bytes per idle connection held by the server, by source file (tracemalloc)."""
     tracemalloc.start(1)
     server = _ServerThread(directory)
@@ -305,18 +306,25 @@ def memory(directory: Path, n: int) -> dict[str, Any]:
         short = short.split("/m2mproto/")[-1] if "/m2mproto/" in short else short
         by_file[short] = by_file.get(short, 0.0) + stat.size_diff / n
     total = sum(by_file.values())
+    by_line = {}
+    if lines:
+        for stat in after.compare_to(before, "lineno"):
+            frame = stat.traceback[0]
+            if lines in frame.filename and abs(stat.size_diff) >= n * 32:
+                by_line[f"{frame.filename.split('/')[-1]}:{frame.lineno}"] = stat.size_diff / n
     return {
         "bytes_per_conn": total,
         "tasks_per_conn": (tasks_after - tasks_before) / n,
         "by_file": dict(sorted(by_file.items(), key=lambda kv: -kv[1])),
         "parked": {k: v for k, v in waits.items() if v >= n},
+        "by_line": by_line,
     }
 
 
 # -- Ir per round trip (valgrind) -------------------------------------------------------------
 
 
-def ir_run(n: int) -> None:
+def ir_run(n: int, counted: bool = False) -> None:
     """*n* in-memory round trips on asyncio and nothing else (for callgrind)."""
     from m2mproto.identity import Identity
     from m2mproto.transport import Server, memory_pair
@@ -328,10 +336,24 @@ def ir_run(n: int) -> None:
         return value
 
     async def run() -> None:
+        if counted:
+            asyncio.get_running_loop().set_task_factory(_task_factory)
         async with memory_pair(server=server) as (client, _server):
+            for _ in range(20):
+                await client.request("echo", MESSAGE)
+            before = COUNTS.copy()
             for _ in range(n):
                 await client.request("echo", MESSAGE)
+            if counted:
+                got = COUNTS - before
+                print(
+                    "in memory, both sides, per round trip: "
+                    + "  ".join(f"{what} {got[who, what] / n:.2f}" for who, what in sorted(got)),
+                    flush=True,
+                )
 
+    if counted:
+        instrument()
     anyio.run(run, backend="asyncio")
 
 
@@ -342,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sites", action="store_true", help="where scopes/events are made")
     parser.add_argument("--memory", type=int, default=0, help="idle connections to measure")
     parser.add_argument("--ir", type=int, default=0, help="in-memory round trips (callgrind)")
+    parser.add_argument("--lines", default="", help="by line, for files matching this")
+    parser.add_argument("--top", type=int, default=12, help="source files listed (memory)")
     parser.add_argument("--hold", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--dir", default="", help=argparse.SUPPRESS)
@@ -350,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         _hold(Path(args.dir), args.port, args.hold)
         return 0
     if args.ir:
-        ir_run(args.ir)
+        ir_run(args.ir, args.sites)
         return 0
     if not (args.counts or args.memory):
         args.counts, args.memory = 500, 200
@@ -368,14 +392,16 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
         if args.memory:
-            mem = memory(directory, args.memory)
+            mem = memory(directory, args.memory, args.lines)
             print(
                 f"server per idle connection: {mem['bytes_per_conn']:.0f} B traced"
                 f" (tracemalloc), {mem['tasks_per_conn']:.2f} tasks",
                 flush=True,
             )
-            for name, size in list(mem["by_file"].items())[:12]:
+            for name, size in list(mem["by_file"].items())[: args.top]:
                 print(f"  {size:8.0f} B  {name}")
+            for line, size in mem["by_line"].items():
+                print(f"  {size:8.0f} B  {line}")
             for where, got in mem["parked"].items():
                 print(f"  {got / args.memory:4.1f} tasks/conn waiting in {where}")
     return 0

@@ -97,6 +97,24 @@ class Dispatcher(Generic[R]):
     with ``REFUSED``); *serve_stream* and *serve_call* run a route's handler.
     """
 
+    # slotted: one per session
+    __slots__ = (
+        "_admit",
+        "_handlers",
+        "_link",
+        "_max_handlers",
+        "_serve_call",
+        "_serve_stream",
+        "_server_side",
+        "_tg",
+        "capabilities",
+        "idle",
+        "incoming",
+        "incoming_signal",
+        "last_activity",
+        "pings",
+    )
+
     def __init__(
         self,
         link: Link,

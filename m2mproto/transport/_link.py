@@ -141,6 +141,20 @@ def remote_address(transport: anyio.abc.ByteStream) -> str:
 class Link:
     """State and synchronous helpers shared by a session's parts (see the module doc)."""
 
+    # slotted: one per session
+    __slots__ = (
+        "channels",
+        "closed",
+        "closed_info",
+        "closing",
+        "conn",
+        "handshake_done",
+        "high_water",
+        "log",
+        "peer",
+        "pump",
+    )
+
     def __init__(
         self,
         conn: Connection,

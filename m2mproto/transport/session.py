@@ -198,6 +198,25 @@ class Session:
     called from any task either way.
     """
 
+    # slotted: one per connection, and an idle server holds many
+    __slots__ = (
+        "__weakref__",
+        "_accept_incoming",
+        "_authorizer",
+        "_conn",
+        "_current_incoming",
+        "_dispatch",
+        "_finished",
+        "_identity",
+        "_launched",
+        "_link",
+        "_pump",
+        "_routes",
+        "_server_side",
+        "_start_error",
+        "_transport",
+    )
+
     def __init__(
         self,
         transport: ByteStream,
