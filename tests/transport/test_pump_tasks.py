@@ -1,0 +1,104 @@
+"""The pump's tasks: one per idle session, the writer only while there is something
+to write, and handlers that never share context variables.
+
+An idle session holds one task (its lifetime, which runs the pump's reader); the
+writer is spawned when there is something to write and ends when idle, and the
+reader acts on the core's deadlines (keepalive pings, the idle timeout). Each
+handler runs in a fresh copy of the context, so what one handler sets in a
+``contextvars.ContextVar`` is never seen by the next.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from typing import Any
+
+import anyio
+import pytest
+from transport_util import make_server
+
+from m2mproto.config import Configuration
+from m2mproto.transport import Context, DataStream, memory_pair
+
+pytestmark = pytest.mark.anyio
+
+_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("m2m_test_handler_var", default="unset")
+
+
+def _task_names() -> list[str]:
+    return [task.name or "" for task in anyio.get_running_tasks()]
+
+
+async def _settle() -> None:
+    for _ in range(3):  # bounded: a few rounds of every task being blocked
+        await anyio.wait_all_tasks_blocked()
+        await anyio.sleep(0.01)
+
+
+async def test_an_idle_session_runs_no_writer_and_no_pump_task() -> None:
+    server = make_server(authorizer_factory=lambda: None)
+
+    @server.request("echo")
+    async def echo(value: Any, ctx: Context) -> Any:
+        return value
+
+    with anyio.fail_after(10):
+        async with memory_pair(server=server) as (client, _server):
+            for i in range(5):
+                assert await client.request("echo", i) == i
+            await _settle()
+            names = _task_names()
+            assert not [n for n in names if "_writer_task" in n], names
+            assert not [n for n in names if "Pump.run" in n], names
+            # writing spawns the writer again: a stream of data gets through
+            stream = await client.open_stream("nowhere")
+            await stream.send(b"x" * 200_000)
+            with pytest.raises(Exception):  # no route: the peer refuses the stream
+                await stream.receive()
+            await _settle()
+            assert not [n for n in _task_names() if "_writer_task" in n]
+            assert await client.request("echo", "still") == "still"
+
+
+async def test_the_reader_drives_the_core_timer_while_idle() -> None:
+    """With a keepalive, an idle session pings on the reader's timer scope: the peer's
+    activity clock moves although the application sends nothing."""
+    server = make_server(authorizer_factory=lambda: None)
+    config = Configuration(keepalive_interval=0.05)
+    with anyio.fail_after(10):
+        async with memory_pair(server=server, config=config) as (client, server_side):
+            start = server_side._pump.bytes_received
+            await anyio.sleep(0.4)
+            # several keepalive pings arrived (each is a record)
+            assert server_side._pump.bytes_received > start
+            assert not client.closed and not server_side.closed
+
+
+async def test_handlers_do_not_share_context_variables() -> None:
+    server = make_server(authorizer_factory=lambda: None)
+    seen: list[str] = []
+
+    @server.request("set")
+    async def set_var(value: Any, ctx: Context) -> Any:
+        before = _VAR.get()
+        _VAR.set(value)
+        await anyio.sleep(0)
+        return before
+
+    @server.stream("stream")
+    async def stream_handler(stream: DataStream, ctx: Context) -> None:
+        seen.append(_VAR.get())
+        _VAR.set("from-stream")
+        await stream.send(b"ok")
+
+    with anyio.fail_after(10):
+        async with memory_pair(server=server) as (client, _server):
+            for value in ("a", "b", "c"):
+                assert await client.request("set", value) == "unset"
+            for _ in range(2):
+                stream = await client.open_stream("stream")
+                assert await stream.receive() == b"ok"
+                await stream.aclose()
+            assert await client.request("set", "d") == "unset"
+    assert seen == ["unset", "unset"]
+    assert _VAR.get() == "unset"
