@@ -269,9 +269,9 @@ def memory(directory: Path, n: int, lines: str = "") -> dict[str, Any]:
         return where
 
     def open_clients(count: int) -> subprocess.Popen[str]:
+        argv = ["-m", "bench.rr_counts", "--hold", str(count), "--port", str(server.port)]
         child = subprocess.Popen(
-            [sys.executable, "-m", "bench.rr_counts", "--hold", str(count)]
-            + ["--port", str(server.port), "--dir", str(directory)],
+            [sys.executable, *argv, "--dir", str(directory)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
