@@ -102,6 +102,10 @@ class ConnectionDriver(Protocol):
 RECEIVE_SIZE = 262144
 
 
+#: Seconds an idle writer task waits for more work before it ends.
+WRITER_IDLE = 0.5
+
+
 class Signal:
     """A re-armable broadcast: ``wait()`` returns at the next ``notify()``.
 
@@ -209,7 +213,9 @@ class Pump:
         "_sending",
         "_tg",
         "_timer_scope",
+        "_wake",
         "_writer_done",
+        "_writer_parked",
         "_writer_running",
         "bytes_received",
         "bytes_sent",
@@ -268,6 +274,10 @@ class Pump:
         self._tg: TaskGroup | None = None
         #: A writer task runs now.
         self._writer_running = False
+        #: The writer waits (at most ``WRITER_IDLE`` seconds) for more work.
+        self._writer_parked = False
+        #: Wakes the parked writer.
+        self._wake = Signal()
         #: The writer half-closed the transport or failed: none is spawned again.
         self._writer_done = False
         self.bytes_sent = 0
@@ -307,6 +317,8 @@ class Pump:
     def _kick(self) -> None:
         """There may be work for the writer: spawn it unless it runs (or is done)."""
         if self._writer_running or self._writer_done or self._tg is None:
+            if self._writer_parked:
+                self._wake.notify()
             return
         self._writer_running = True
         self._tg.start_soon(self._writer_task)
@@ -527,6 +539,7 @@ class Pump:
         """Write until there is nothing to write; True once the transport is
         half-closed (or failed), False when idle (the next :meth:`_kick` spawns
         a writer again)."""
+        idle_once = False
         while True:  # ends when idle, once the core closed and was flushed, or on failure
             if self._sending:  # a flush() caller holds the send slot
                 await self._send_done.wait()
@@ -549,4 +562,14 @@ class Pump:
                 except Exception:
                     self._stop_reader(-math.inf)
                 return True
-            return False
+            if idle_once:
+                return False
+            # Nothing to write: wait a little for more (a busy connection keeps
+            # its writer), then end (an idle connection holds no writer task).
+            self._writer_parked = True
+            try:
+                with anyio.move_on_after(WRITER_IDLE) as scope:
+                    await self._wake.wait()
+            finally:
+                self._writer_parked = False
+            idle_once = scope.cancelled_caught

@@ -2,7 +2,8 @@
 to write, and handlers that never share context variables.
 
 An idle session holds one task (its lifetime, which runs the pump's reader); the
-writer is spawned when there is something to write and ends when idle, and the
+writer is spawned when there is something to write and ends once idle for
+``WRITER_IDLE`` seconds, and the
 reader acts on the core's deadlines (keepalive pings, the idle timeout). Each
 handler runs in a fresh copy of the context, so what one handler sets in a
 ``contextvars.ContextVar`` is never seen by the next.
@@ -19,6 +20,7 @@ from transport_util import make_server
 
 from m2mproto.config import Configuration
 from m2mproto.transport import Context, DataStream, memory_pair
+from m2mproto.transport._pump import WRITER_IDLE
 
 pytestmark = pytest.mark.anyio
 
@@ -30,6 +32,8 @@ def _task_names() -> list[str]:
 
 
 async def _settle() -> None:
+    """Until a writer that found nothing more to write has ended."""
+    await anyio.sleep(WRITER_IDLE + 0.1)
     for _ in range(3):  # bounded: a few rounds of every task being blocked
         await anyio.wait_all_tasks_blocked()
         await anyio.sleep(0.01)
