@@ -3,18 +3,27 @@
 Theory of operation
 -------------------
 The Connection never does I/O; this module is the only place its bytes meet a
-transport. A :class:`Pump` runs two tasks for one connection:
+transport. A :class:`Pump` runs in the task that calls :meth:`Pump.run` (the
+session's lifetime), so an idle connection holds that one task:
 
-* the *reader* awaits ``transport.receive()``, feeds the bytes to
-  ``conn.receive_data`` and pulls every event with ``conn.next_event()`` until
-  it reports ``NEED_DATA``, handing each event to the session's callback.
-  End of stream and transport failures are fed to the core as EOF
-  (``receive_data(b"")``), so the core decides what they mean (a clean end after
-  CLOSE, otherwise ``TRUNCATED``).
-* the *writer* task drains ``conn.data_to_send()`` when woken; when there is
-  nothing to send it sleeps until it is woken or until the core's timer
-  (``conn.get_timer()``, on anyio's clock) expires, and then calls
-  ``conn.handle_timer(now)``.
+* the *reader* (in that task) awaits ``transport.receive()``, feeds the bytes
+  to ``conn.receive_data`` and pulls every event with ``conn.next_event()``
+  until it reports ``NEED_DATA``, handing each event to the session's
+  callback. End of stream and transport failures are fed to the core as EOF
+  (``receive_data(b"")``), so the core decides what they mean (a clean end
+  after CLOSE, otherwise ``TRUNCATED``). It also keeps the core's timer: it
+  receives inside a cancel scope whose deadline is ``conn.get_timer()`` (on
+  anyio's clock); when the scope expires it calls ``conn.handle_timer(now)``
+  and re-arms. A deadline that moved earlier (a close, a keepalive) brings the
+  scope forward at once; one that moved later (each receive pushes the idle
+  timeout) is left alone, so the scope expires early once per period and the
+  core does nothing. The receive is therefore cancelled at a timer expiry, as
+  it already is at the end of the linger: the byte stream must tolerate a
+  cancelled ``receive`` (anyio's sockets, TLS, memory and NATS streams do).
+* the *writer* task is spawned in the pump's task group when there is
+  something to write (or a close to finish); it drains ``conn.data_to_send()``
+  and, once there is nothing left, waits :data:`WRITER_IDLE` seconds for more
+  (a busy stream keeps its writer) and then ends.
 
 Writes and the send slot
 ------------------------
@@ -28,12 +37,13 @@ never half-written) that :meth:`Pump.abort` and the pump's end still cancel
 only bytes already taken from the core. If the slot is busy the writer task is
 woken instead. This saves the two task switches of handing the write to the
 writer. Other state changes (stream writes, which should coalesce) call
-:meth:`Pump.wake`, which dispatches new events and wakes the writer. A
+:meth:`Pump.wake`, which dispatches new events and wakes (or spawns) the
+writer. The reader calls :meth:`Pump.settle` after each receive. A
 consumer that just drained an inbox calls :meth:`Pump.settle`, which wakes the
 writer only when there is something for it: bytes the core produced (taken at
 once and held for the writer, ahead of anything taken later), a closing
-connection, or a core deadline earlier than the one the writer sleeps on. The
-reader never writes: a reader blocked on a full transport would stop reading
+connection; and it brings the reader's timer forward if the core's deadline is
+earlier. The reader never writes: a reader blocked on a full transport would stop reading
 and could deadlock two peers.
 
 Because application tasks only change the Connection synchronously and write
@@ -295,8 +305,8 @@ class Pump:
         """Like :meth:`wake`, but wake the writer only if there is work for it.
 
         Work is: bytes the core has to send (taken now and held for the
-        writer, ahead of anything taken later), a closing connection, or a
-        core deadline earlier than the one the writer sleeps on. For paths
+        writer, ahead of anything taken later) or a closing connection; a
+        core deadline earlier than the reader's timer brings it forward. For paths
         that rarely produce output (the reader after each receive, the
         application taking an item): an idle writer is not woken for nothing.
         Senders use :meth:`wake` or :meth:`flush`, which leave the sealing to
