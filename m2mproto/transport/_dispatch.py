@@ -112,6 +112,7 @@ class Dispatcher(Generic[R]):
         "incoming",
         "incoming_signal",
         "last_activity",
+        "on_session_event",
         "pings",
     )
 

@@ -143,6 +143,7 @@ class Link:
 
     # slotted: one per session
     __slots__ = (
+        "address",
         "channels",
         "closed",
         "closed_info",
@@ -153,6 +154,7 @@ class Link:
         "log",
         "peer",
         "pump",
+        "source",
     )
 
     def __init__(

@@ -203,6 +203,7 @@ class Session:
         "__weakref__",
         "_accept_incoming",
         "_authorizer",
+        "_await_token_verdict",
         "_conn",
         "_current_incoming",
         "_dispatch",
