@@ -17,9 +17,14 @@ session's lifetime), so an idle connection holds that one task:
   and re-arms. A deadline that moved earlier (a close, a keepalive) brings the
   scope forward at once; one that moved later (each receive pushes the idle
   timeout) is left alone, so the scope expires early once per period and the
-  core does nothing. The receive is therefore cancelled at a timer expiry, as
-  it already is at the end of the linger: the byte stream must tolerate a
-  cancelled ``receive`` (anyio's sockets, TLS, memory and NATS streams do).
+  core does nothing. The receive is therefore cancelled at a timer expiry:
+  that is done only on byte streams whose ``receive`` is known to lose
+  nothing when cancelled (:func:`receive_cancel_safe`: anyio's TCP and Unix
+  socket streams, the memory and NATS streams). On any other stream (anyio's
+  ``TLSStream`` drops the bytes it decrypted if cancelled while it flushes TLS
+  protocol output, such as the answer to a key update) the same timer loop
+  runs in a task of its own around a plain wait, and the reader's receive is
+  cancelled only at the end of the connection.
 * the *writer* task is spawned in the pump's task group when there is
   something to write (or a close to finish); it drains ``conn.data_to_send()``
   and, once there is nothing left, waits :data:`WRITER_IDLE` seconds for more
@@ -67,17 +72,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import ByteStream, TaskGroup
+from anyio.abc import ByteStream, SocketStream, TaskGroup
 
 from ..errors import ErrorCode, M2MError
 from ..events import Event
 
-__all__ = ["ConnectionDriver", "Flag", "Pump", "Signal"]
+__all__ = ["ConnectionDriver", "Flag", "Pump", "Signal", "receive_cancel_safe"]
 
 
 class ConnectionDriver(Protocol):
@@ -114,6 +119,20 @@ RECEIVE_SIZE = 262144
 
 #: Seconds an idle writer task waits for more work before it ends.
 WRITER_IDLE = 0.5
+
+
+def receive_cancel_safe(transport: ByteStream) -> bool:
+    """Whether a cancelled ``transport.receive()`` is known to consume nothing.
+
+    True for anyio's own socket streams (TCP and Unix, every backend) and for
+    streams that say so with a true ``m2m_receive_cancel_safe`` class attribute
+    (the memory and NATS streams). Unknown streams are assumed unsafe.
+    """
+    if getattr(type(transport), "m2m_receive_cancel_safe", False) is True:
+        return True
+    return isinstance(transport, SocketStream) and type(transport).__module__.startswith(
+        "anyio._backends."
+    )
 
 
 class Signal:
@@ -233,6 +252,7 @@ class Pump:
         "finished",
         "flushed",
         "on_event",
+        "timer_wakeups",
         "transport",
         "transport_error",
     )
@@ -292,6 +312,8 @@ class Pump:
         self._writer_done = False
         self.bytes_sent = 0
         self.bytes_received = 0
+        #: Times the timer scope expired (the core's deadline, or an early re-arm).
+        self.timer_wakeups = 0
 
     # -- called by the session ---------------------------------------------------
 
@@ -465,7 +487,17 @@ class Pump:
                 self._tg = tg
                 try:
                     self._kick()  # what the core queued before the pump ran
-                    await self._reader()
+                    if receive_cancel_safe(self.transport):
+                        await self._timed(self._read)
+                    else:
+                        # the timer in a task of its own; the receive is never cancelled
+                        # before the end (the flag ends the timer task with the reader)
+                        read_done = Flag()
+                        tg.start_soon(self._timed, read_done.wait)
+                        try:
+                            await self._read()
+                        finally:
+                            read_done.set()
                 finally:
                     if not self._writer_running:
                         self._tg = None
@@ -502,15 +534,16 @@ class Pump:
             # writer done: the reader lingers for the peer's EOF, bounded
             self._stop_reader(anyio.current_time() + self._linger)
 
-    async def _reader(self) -> None:
-        """Read until the end; at the core's deadline (the timer scope), act on it."""
-        while True:  # ends at EOF or a transport failure; each turn is one timer period
+    async def _timed(self, wait: Callable[[], Awaitable[None]]) -> None:
+        """Await *wait()* until it returns; at each of the core's deadlines (the
+        timer scope, which cancels it) act on the timer and await it again."""
+        while True:  # ends when *wait* returns; each turn is one timer period
             timer = self.conn.get_timer()
             self._armed = math.inf if timer is None else float(timer)
             ended = False
             with anyio.CancelScope(deadline=self._armed) as scope:
                 self._timer_scope = scope
-                await self._read()
+                await wait()
                 ended = True
             self._timer_scope = None
             self._armed = -math.inf
@@ -518,6 +551,7 @@ class Pump:
                 return
             # The scope expired: a deadline passed, or it was armed for one that
             # has moved later since (then the core does nothing and we re-arm).
+            self.timer_wakeups += 1
             now = anyio.current_time()
             with contextlib.suppress(M2MError):
                 self.conn.handle_timer(now)

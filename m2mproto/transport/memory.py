@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 from anyio.abc import ByteStream
@@ -34,6 +34,9 @@ __all__ = ["MemoryByteStream", "MemoryPair", "memory_pair", "memory_stream_pair"
 
 class MemoryByteStream(ByteStream):
     """One end of an in-memory, bounded, bidirectional byte stream."""
+
+    #: A cancelled ``receive`` consumes nothing (the pump may cancel it at a timer).
+    m2m_receive_cancel_safe: ClassVar[bool] = True
 
     def __init__(
         self, send: MemoryObjectSendStream[bytes], receive: MemoryObjectReceiveStream[bytes]

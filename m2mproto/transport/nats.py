@@ -42,7 +42,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import anyio
 from anyio.abc import ByteStream, Listener, SocketAttribute, TaskGroup
@@ -452,6 +452,9 @@ class NatsLink:
 
 class NatsByteStream(ByteStream):
     """One end of an m2mproto session carried over NATS (see the module docstring)."""
+
+    #: A cancelled ``receive`` consumes nothing (the pump may cancel it at a timer).
+    m2m_receive_cancel_safe: ClassVar[bool] = True
 
     def __init__(
         self,
