@@ -11,18 +11,31 @@ Data and messages go to their stream's :class:`~._link.Channel` inbox (credit
 is returned only when the application takes them). A stream the peer opens is
 offered to the session's ``admit`` callback, which answers with a plan: serve
 it with a stream handler now, hand its first message to a call handler, deliver
-that message to ``async for incoming in session``, or refuse it. Handlers run
-as tasks in the session's task group, each in its own cancel scope; resets,
-the end of streams and the close wake whoever waits. After every event the
+that message to ``async for incoming in session``, or refuse it. Resets, the
+end of streams and the close wake whoever waits. After every event the
 ``flushed`` signal fires, since any event may have moved flow-control credit.
+
+Handlers run in *workers*: tasks of the session's task group, each running
+one handler at a time. A worker that finished its handler waits
+:data:`WORKER_IDLE` seconds for the next one and then ends, so sequential
+requests reuse one task instead of spawning one each, concurrent handlers
+each have a worker of their own (a slow handler never delays another), and an
+idle session holds none. Each handler runs in the copy of the context taken
+when its stream arrived (as a task of its own would), so what one handler
+sets in a ``contextvars.ContextVar`` is never seen by the next one on the same
+worker. A reset of a handler's stream cancels its worker (the cancel scope is
+the worker's, one per worker rather than per handler); the worker ends with
+it.
 """
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import logging
+import types
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -35,7 +48,10 @@ from ._pump import Flag, Signal
 from ._streams import Incoming
 from ._throttle import LogThrottle
 
-__all__ = ["HANDLERS", "Dispatcher", "Plan", "describe"]
+__all__ = ["HANDLERS", "WORKER_IDLE", "Dispatcher", "Plan", "describe"]
+
+#: Seconds a worker that finished its handler waits for the next one before it ends.
+WORKER_IDLE = 0.5
 
 _trace = logger
 
@@ -78,6 +94,49 @@ def describe(event: ev.Event) -> str:
 
 R = TypeVar("R")
 
+_Func = Callable[..., Coroutine[Any, Any, None]]
+_Job = tuple["Channel", _Func, tuple[Any, ...], contextvars.Context]
+
+
+class _Worker:
+    """A task that runs handlers one at a time (see the module docstring)."""
+
+    __slots__ = ("job", "scope", "wake")
+
+    def __init__(self, job: _Job) -> None:
+        #: The handler to run next (None: none, the worker waits or ends).
+        self.job: _Job | None = job
+        #: Cancelled by a reset of the stream whose handler it runs (ends the worker).
+        self.scope = anyio.CancelScope()
+        #: Set when a waiting worker is handed a job.
+        self.wake = Flag()
+
+
+@types.coroutine
+def _in_context(
+    ctx: contextvars.Context, coro: Coroutine[Any, Any, None]
+) -> Generator[Any, Any, None]:
+    """Await *coro* with every step run in *ctx* (the task's own context is not
+    touched): what a task does, without a task. Yields and exceptions pass
+    through unchanged, so cancellation and the event loop see the worker task."""
+    send, throw = coro.send, coro.throw
+    value: Any = None
+    error: BaseException | None = None
+    while True:  # one turn per suspension of *coro*; ends when it returns or raises
+        try:
+            if error is None:
+                yielded = ctx.run(send, value)
+            else:
+                yielded = ctx.run(throw, error)
+                error = None
+        except StopIteration:
+            return
+        try:
+            value = yield yielded
+        except BaseException as exc:  # thrown into the worker: pass it on
+            error = exc
+            value = None
+
 
 class Plan(enum.Enum):
     """What to do with a stream the peer opened (the ``admit`` callback's answer)."""
@@ -103,6 +162,7 @@ class Dispatcher(Generic[R]):
         "_handlers",
         "_link",
         "_max_handlers",
+        "_parked",
         "_serve_call",
         "_serve_stream",
         "_server_side",
@@ -120,8 +180,8 @@ class Dispatcher(Generic[R]):
         self,
         link: Link,
         admit: Callable[[Channel], tuple[Plan, R | None] | None],
-        serve_stream: Callable[[Channel, R], Awaitable[None]],
-        serve_call: Callable[[Channel, R, Any, object], Awaitable[None]],
+        serve_stream: Callable[[Channel, R], Coroutine[Any, Any, None]],
+        serve_call: Callable[[Channel, R, Any, object], Coroutine[Any, Any, None]],
         *,
         server_side: bool,
     ) -> None:
@@ -134,8 +194,10 @@ class Dispatcher(Generic[R]):
         #: At most this many handler tasks at once (the peer's stream limit).
         self._max_handlers = link.conn.config.max_concurrent_streams
         self._tg: TaskGroup | None = None
-        #: Cancel scope of each running handler, by the channel it serves.
-        self._handlers: dict[Channel, anyio.CancelScope] = {}
+        #: The worker of each running handler, by the channel it serves.
+        self._handlers: dict[Channel, _Worker] = {}
+        #: Workers waiting for a handler to run (most recent last).
+        self._parked: list[_Worker] = []
         #: Set while no handler runs.
         self.idle = Flag()
         self.idle.set()
@@ -165,8 +227,8 @@ class Dispatcher(Generic[R]):
         self._tg = tg
 
     def cancel_handlers(self) -> None:
-        for scope in list(self._handlers.values()):
-            scope.cancel()
+        for worker in list(self._handlers.values()):
+            worker.scope.cancel()
 
     def mark_closed(self, code: int, reason: str, remote: bool) -> None:
         """The connection is over: record it and wake every waiter."""
@@ -309,41 +371,72 @@ class Dispatcher(Generic[R]):
             return
         chan.reset = (code, remote)
         chan.first = None
-        scope = self._handlers.get(chan)
-        if scope is not None:
+        worker = self._handlers.get(chan)
+        if worker is not None:
             # Either side's reset ends the handler: the core has freed the stream's
             # slot, so a handler left running would let the peer start one more per
             # open (Rapid Reset, or MadeYouReset when the core resets a bad message).
-            scope.cancel()
+            worker.scope.cancel()
         chan.changed.notify()
         link.log.debug("stream %d to %r reset (%s, %s)", sid, chan.resource, code_name(code),
                        "peer" if remote else "local")  # fmt: skip
 
     # -- handler tasks ------------------------------------------------------------------
 
-    def _spawn(self, chan: Channel, func: Callable[..., Awaitable[None]], *args: Any) -> None:
+    def _spawn(self, chan: Channel, func: _Func, *args: Any) -> None:
+        """Run ``func(*args)`` for *chan*: on a waiting worker, or a new one."""
         if self._tg is None or self._link.closed.is_set():
             return
-        scope = anyio.CancelScope()
-        self._handlers[chan] = scope
+        job: _Job = (chan, func, args, contextvars.copy_context())
         self.idle.clear()
-        self._tg.start_soon(self._handler_task, chan, scope, func, *args)
+        if self._parked:
+            worker = self._parked.pop()
+            worker.job = job
+            self._handlers[chan] = worker
+            worker.wake.set()
+            return
+        worker = _Worker(job)
+        self._handlers[chan] = worker
+        self._tg.start_soon(self._worker, worker)
 
-    async def _handler_task(
-        self,
-        chan: Channel,
-        scope: anyio.CancelScope,
-        func: Callable[..., Awaitable[None]],
-        *args: Any,
-    ) -> None:
+    def _release(self, chan: Channel) -> None:
+        del self._handlers[chan]
+        if not self._handlers:
+            self.idle.set()
+
+    async def _worker(self, worker: _Worker) -> None:
+        with worker.scope:
+            try:
+                while True:  # one turn per handler; ends when idle or cancelled
+                    job = worker.job
+                    if job is None:
+                        return
+                    chan, func, args, ctx = job
+                    try:
+                        if not worker.scope.cancel_called:  # not reset before it could start
+                            await _in_context(ctx, func(*args))
+                    finally:
+                        worker.job = None
+                        self._release(chan)
+                    await self._park(worker)
+            finally:
+                job = worker.job
+                if job is not None:  # handed a handler it never ran (cancelled meanwhile)
+                    worker.job = None
+                    self._release(job[0])
+
+    async def _park(self, worker: _Worker) -> None:
+        """Wait at most :data:`WORKER_IDLE` seconds to be handed the next handler."""
+        if self._tg is None or worker.scope.cancel_called:
+            return
+        worker.wake.clear()
+        self._parked.append(worker)
         try:
-            if not scope.cancel_called:  # not reset before it could start
-                with scope:
-                    await func(*args)
+            with anyio.move_on_after(WORKER_IDLE):
+                await worker.wake.wait()
         finally:
-            del self._handlers[chan]
-            if not self._handlers:
-                self.idle.set()
+            if worker.job is None:  # not handed one: leave the pool
+                self._parked.remove(worker)
 
 
 _Handler = Callable[[Dispatcher[Any], Any], None]
