@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextvars
 import enum
 import logging
+import math
 import types
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
@@ -106,7 +107,8 @@ class _Worker:
     def __init__(self, job: _Job) -> None:
         #: The handler to run next (None: none, the worker waits or ends).
         self.job: _Job | None = job
-        #: Cancelled by a reset of the stream whose handler it runs (ends the worker).
+        #: Cancelled by a reset of the stream whose handler it runs (ends the worker);
+        #: its deadline bounds the wait for the next handler.
         self.scope = anyio.CancelScope()
         #: Set when a waiting worker is handed a job.
         self.wake = Flag()
@@ -389,8 +391,11 @@ class Dispatcher(Generic[R]):
             return
         job: _Job = (chan, func, args, contextvars.copy_context())
         self.idle.clear()
-        if self._parked:
+        while self._parked:  # most recent first; skip one whose wait just expired
             worker = self._parked.pop()
+            if worker.scope.cancel_called:
+                continue
+            worker.scope.deadline = math.inf
             worker.job = job
             self._handlers[chan] = worker
             worker.wake.set()
@@ -426,16 +431,20 @@ class Dispatcher(Generic[R]):
                     self._release(job[0])
 
     async def _park(self, worker: _Worker) -> None:
-        """Wait at most :data:`WORKER_IDLE` seconds to be handed the next handler."""
+        """Wait at most :data:`WORKER_IDLE` seconds to be handed the next handler.
+
+        The wait is bounded by the worker's own scope (its deadline, set back to
+        infinity by :meth:`_spawn` with the job): no cancel scope per wait.
+        """
         if self._tg is None or worker.scope.cancel_called:
             return
         worker.wake.clear()
+        worker.scope.deadline = anyio.current_time() + WORKER_IDLE
         self._parked.append(worker)
         try:
-            with anyio.move_on_after(WORKER_IDLE):
-                await worker.wake.wait()
+            await worker.wake.wait()
         finally:
-            if worker.job is None:  # not handed one: leave the pool
+            if worker.job is None and worker in self._parked:  # not handed one: leave
                 self._parked.remove(worker)
 
 
