@@ -1,4 +1,4 @@
-"""Event dispatch: turns the Connection's events into channel status and handler tasks.
+"""Event dispatch: turns the Connection's events into channel status and handler runs.
 
 Theory of operation
 -------------------
@@ -193,7 +193,7 @@ class Dispatcher(Generic[R]):
         self._serve_stream = serve_stream
         self._serve_call = serve_call
         self._server_side = server_side
-        #: At most this many handler tasks at once (the peer's stream limit).
+        #: At most this many handlers at once (the peer's stream limit).
         self._max_handlers = link.conn.config.max_concurrent_streams
         self._tg: TaskGroup | None = None
         #: The worker of each running handler, by the channel it serves.
@@ -383,7 +383,7 @@ class Dispatcher(Generic[R]):
         link.log.debug("stream %d to %r reset (%s, %s)", sid, chan.resource, code_name(code),
                        "peer" if remote else "local")  # fmt: skip
 
-    # -- handler tasks ------------------------------------------------------------------
+    # -- handler workers ----------------------------------------------------------------
 
     def _spawn(self, chan: Channel, func: _Func, *args: Any) -> None:
         """Run ``func(*args)`` for *chan*: on a waiting worker, or a new one."""
