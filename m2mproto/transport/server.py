@@ -352,6 +352,7 @@ class Server:
             await anyio.aclose_forcefully(transport)
             return
         established = False
+        cut = False  # the handshake ran out of time (not evicted)
         self._addresses[transport] = remote_address(transport)
         try:
             authorizer = self.new_authorizer()
@@ -385,6 +386,8 @@ class Server:
                         self.handshake_failed(exc, transport)
                     finally:
                         self._release(entry)
+                cut = entry.scope.cancelled_caught and not entry.evicted
+                del entry  # an idle session keeps no admission slot (nor its scope)
                 if established and self._established[source] >= self.max_sessions_per_source:
                     # handshakes from this source finished together past the cap
                     self.stats.source_limited += 1
@@ -412,7 +415,7 @@ class Server:
             if not established:  # evicted, backstop deadline, or failed: make sure it is shut
                 with anyio.CancelScope(shield=True):
                     await anyio.aclose_forcefully(transport)
-        if not established and entry.scope.cancelled_caught and not entry.evicted:
+        if not established and cut:
             self.stats.failed += 1
             self.stats.timed_out += 1
 
