@@ -190,13 +190,17 @@ _MALFORMED: list[tuple[str, str, str, str, bytes]] = [
      bytes.fromhex("840c004040")),
 ]  # fmt: skip
 
+def _send_raw(raw: bytes) -> Callable[[Session], object]:
+    return lambda s: s.send(raw)
+
+
 for _num, _name, _what, _code, _raw in _MALFORMED:
     case(
         f"5.9/{_num}",
         _name,
         f"frames.md §2: {_what} is {_code} where request/reply is negotiated.",
         conn(_code),
-    )(_then(lambda s, raw=_raw: s.send(raw)))
+    )(_then(_send_raw(_raw)))
 
 
 case(

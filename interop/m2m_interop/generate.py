@@ -523,7 +523,7 @@ _INVALID_FRAMES: list[tuple[str, str, ErrorCode, str]] = [
 
 
 def _frames_file() -> dict[str, Any]:
-    valid = []
+    valid: list[dict[str, Any]] = []
     for name, frame in _VALID_FRAMES:
         enc = encode_frame(frame)
         cs = CipherState(_NOISE, FRAME_RECORD_KEY)
@@ -531,7 +531,7 @@ def _frames_file() -> dict[str, Any]:
         valid.append(
             {"name": name, "frame": frame_to_json(frame), "cbor": _hex(enc), "record": _hex(record)}
         )
-    invalid = []
+    invalid: list[dict[str, Any]] = []
     for name, hexstr, code, comment in _INVALID_FRAMES:
         invalid.append(
             {
