@@ -426,20 +426,21 @@ class Receiver:
         """REQUEST: exactly OPEN(s, resource) then MESSAGE(s, payload, last, end_stream).
 
         Every check, charge and credit of those two frames applies unchanged
-        (the decoder admits REQUEST only where it was negotiated). Events:
-        ``StreamOpened``, ``MessageReceived``, ``StreamEnded`` as for the pair,
-        or the refusal's ``StreamReset`` (the payload is then discarded like a
-        message on a refused stream: its connection credit goes back at once).
+        (the decoder admits REQUEST only where it was negotiated). Events, all
+        queued: ``StreamOpened``, ``MessageReceived``, ``StreamEnded`` as for
+        the pair, or the refusal's ``StreamReset`` (the payload is then a
+        message on a dead stream: its connection credit goes back at once).
         """
         opened = self._on_open(f)  # type: ignore[arg-type]  # the fields OPEN has
         events = self._events
+        # The open's event is queued before the message is applied: if the message
+        # fails the connection, the open was still reported, as for the two frames.
+        events.append(opened)
         at = len(events)
         got = self._on_message(MessageFrame(f.stream_id, f.payload, True, True))
-        if type(opened) is not StreamOpened:  # refused at the open: the stream is dead
-            return opened
         if got is not None:
-            events.insert(at, got)
-        return opened
+            events.insert(at, got)  # before the StreamEnded the message queued
+        return None
 
     def _on_reply(self, f: ReplyFrame) -> Event | None:
         """REPLY: exactly MESSAGE(s, payload, last, end_stream) on a stream the receiver opened.
