@@ -108,7 +108,9 @@ def kinds(frames: Sequence[Frame]) -> list[str]:
     st.text(min_size=1, max_size=60).filter(lambda r: 1 <= len(r.encode()) <= 256),
     st.binary(max_size=300),
 )
-def test_request_and_reply_round_trip_on_both_decoder_paths(sid: int, res: str, data: bytes) -> None:
+def test_request_and_reply_round_trip_on_both_decoder_paths(
+    sid: int, res: str, data: bytes
+) -> None:
     for frame in (RequestFrame(sid, res, data), ReplyFrame(sid, data)):
         raw = encode_frame(frame)
         assert decode_frames(raw, request_reply=True) == [frame]  # fast path
