@@ -190,6 +190,7 @@ _MALFORMED: list[tuple[str, str, str, str, bytes]] = [
      bytes.fromhex("840c004040")),
 ]  # fmt: skip
 
+
 def _send_raw(raw: bytes) -> Callable[[Session], object]:
     return lambda s: s.send(raw)
 

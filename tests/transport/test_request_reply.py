@@ -152,20 +152,22 @@ async def test_errors_refusals_and_cancellation_over_request_frames() -> None:
 
 async def test_request_reply_over_tcp(sealed: Sealed) -> None:
     with anyio.fail_after(20):
-        async with running_tcp(server()) as address:
-            async with await connect(
+        async with (
+            running_tcp(server()) as address,
+            await connect(
                 address, identity=CLIENT_ID, tokens=[token(TOKEN)], peer=SERVER_ID.agent_id
-            ) as s:
-                start = len(sealed)
-                results = []
-                async with anyio.create_task_group() as tg:
+            ) as s,
+        ):
+            start = len(sealed)
+            results = []
+            async with anyio.create_task_group() as tg:
 
-                    async def one(i: int) -> None:
-                        results.append(await s.request("echo", i))
+                async def one(i: int) -> None:
+                    results.append(await s.request("echo", i))
 
-                    for i in range(20):
-                        tg.start_soon(one, i)
-                assert sorted(results) == list(range(20))
-                assert s.connection.peer_parameters is not None
-                assert s.connection.peer_parameters.request_reply == 1
-                assert set(kinds(sealed, s.connection._writer, start)) == {"RequestFrame"}
+                for i in range(20):
+                    tg.start_soon(one, i)
+            assert sorted(results) == list(range(20))
+            assert s.connection.peer_parameters is not None
+            assert s.connection.peer_parameters.request_reply == 1
+            assert set(kinds(sealed, s.connection._writer, start)) == {"RequestFrame"}
