@@ -58,6 +58,8 @@ with instrumented(__name__):
         OpenFrame,
         PingFrame,
         PongFrame,
+        ReplyFrame,
+        RequestFrame,
         ResetFrame,
         StreamFrame,
         TokenFrame,
@@ -69,7 +71,7 @@ with instrumented(__name__):
     from m2mproto.tokens import TokenAuthorizer
 
 #: What the peer advertises (small, so the target's send side hits its limits).
-PEER_PARAMS = {1: 3, 2: 1024, 3: 4096, 4: 4096}
+PEER_PARAMS = {1: 3, 2: 1024, 3: 4096, 4: 4096, 5: 1}  # 5: REQUEST/REPLY negotiated
 T0 = 100.0  # the target's monotonic clock at the start
 RESOURCES = ("echo", "files/a", "files/b/c", "nope", "x" * 256)
 MAX_OPS = 48
@@ -222,7 +224,7 @@ class Harness:
 
     def frame(self) -> Frame:
         r = self.r
-        kind = r.u8() % 12
+        kind = r.u8() % 14
         if kind in (0, 1):
             sid = self.sid()
             data = bytes(self.size() if r.u8() & 1 else r.u8())
@@ -258,6 +260,12 @@ class Harness:
             return KeyUpdateFrame(bool(r.u8() & 1))
         if kind == 10:
             return CloseFrame(r.u16() % 0x50, r.blob(40).decode("utf-8", "replace"))
+        if kind in (12, 13):  # REQUEST / REPLY (negotiated: the peer advertises parameter 5)
+            flags = r.u8()
+            payload = cbor.encode({"n": r.u16(), "b": bytes(r.u8())}) if flags & 4 else r.blob(3000)
+            if kind == 12:
+                return RequestFrame(self.sid(), r.choice(RESOURCES), payload)
+            return ReplyFrame(self.sid(), payload)
         return ExtensionFrame(64 + r.u8(), (r.blob(16),))
 
     # -- peer output ---------------------------------------------------------------
@@ -372,10 +380,15 @@ class Harness:
             if plaintext is None:
                 break
             self.plaintexts.append(plaintext)
-            frames = decode_frames(plaintext)
+            frames = decode_frames(plaintext, request_reply=True)
             for f in frames:
-                if isinstance(f, (StreamFrame, MessageFrame)):
-                    n = len(f.data) if isinstance(f, StreamFrame) else len(f.fragment)
+                if isinstance(f, (StreamFrame, MessageFrame, RequestFrame, ReplyFrame)):
+                    if isinstance(f, StreamFrame):
+                        n = len(f.data)
+                    elif isinstance(f, MessageFrame):
+                        n = len(f.fragment)
+                    else:
+                        n = len(f.payload)
                     total = self.target_sent.get(f.stream_id, 0) + n
                     self.target_sent[f.stream_id] = total
                     self.target_total += n

@@ -37,6 +37,8 @@ from .frames import (
     KeyUpdateFrame,
     OpenFrame,
     ResetFrame,
+    append_reply_frame,
+    append_request_frame,
     encode_frame,
 )
 from .records import MAX_RECORD_PLAINTEXT, RecordWriter
@@ -141,6 +143,7 @@ class FrameOutbox:
         "order",
         "pings",
         "raw",
+        "request_reply",
     )
 
     def __init__(
@@ -163,6 +166,9 @@ class FrameOutbox:
         #: The code and reason of our close (set once by ``Connection.close``).
         self.local_close: tuple[int, str] = (ErrorCode.NO_ERROR, "")
         self.pings = Pings()
+        #: REQUEST and REPLY frames were negotiated: a stream whose whole output is one
+        #: message ending its half, fitting credit and the record, goes out as one of them.
+        self.request_reply = False
 
     # -- queueing ------------------------------------------------------------
 
@@ -270,6 +276,10 @@ class FrameOutbox:
                     if s is not None:
                         table.finish_if_done(s)
                     continue
+                if self.request_reply and self._whole_message(s, rec, conn_send):
+                    progressed = True
+                    table.finish_if_done(s)
+                    continue
                 if s.open_pending:
                     rec.add(encode_frame(OpenFrame(sid, s.resource)))
                     s.open_pending = False
@@ -290,3 +300,39 @@ class FrameOutbox:
                     table.finish_if_done(s)
             if not progressed:
                 return
+
+    def _whole_message(self, s: Stream, rec: _Records, conn_send: SendCredit) -> bool:
+        """Send *s*'s output as one REQUEST (OPEN pending) or REPLY (a peer's stream) frame.
+
+        Only when it is exactly one whole message ending our half, within the
+        stream's and the connection's credit, in one record; otherwise (False)
+        the ordinary OPEN / MESSAGE frames carry it (spec/application.md §7.2).
+        """
+        data = s.single_final_message()
+        if data is None:
+            return False
+        n = len(data)
+        credit = s.send_credit
+        if n > credit.limit - credit.sent or n > conn_send.limit - conn_send.sent:
+            return False
+        if s.open_pending:
+            raw = s.resource.encode("utf-8")
+        elif s.local:
+            return False  # a message on our own stream is a request: MESSAGE frames
+        else:
+            raw = b""
+        size = len(raw) + n + 24  # head, kind, stream ID, two length heads: at most 24
+        if size > MAX_RECORD_PLAINTEXT:
+            return False
+        if len(rec.buf) + size > MAX_RECORD_PLAINTEXT:
+            rec.flush()
+        if s.open_pending:
+            append_request_frame(rec.buf, s.stream_id, raw, data)
+            s.open_pending = False
+        else:
+            append_reply_frame(rec.buf, s.stream_id, data)
+        s.sent_whole(n)
+        conn_send.sent += n
+        if n:
+            self._budgets.data_sent()
+        return True

@@ -61,6 +61,8 @@ from .frames import (
     OpenFrame,
     PingFrame,
     PongFrame,
+    ReplyFrame,
+    RequestFrame,
     ResetFrame,
     StreamFrame,
     TokenFrame,
@@ -91,6 +93,7 @@ class Receiver:
         "_outbox",
         "_params",
         "_reader",
+        "_rr",
         "_send_close",
         "_table",
         "_terminate",
@@ -116,8 +119,11 @@ class Receiver:
         timers: Timers,
         send_close: Callable[[int, str], None],
         terminate: Callable[..., None],
+        request_reply: bool = False,
     ) -> None:
         self._cfg = cfg
+        #: REQUEST and REPLY frames were negotiated (both sides advertised them).
+        self._rr = request_reply
         self._reader = reader
         self._params = params
         self._table = table
@@ -164,7 +170,7 @@ class Receiver:
                 return None
             return NEED_DATA
         try:
-            frames = decode_frames(plaintext)
+            frames = decode_frames(plaintext, request_reply=self._rr)
         except RemoteProtocolError as exc:
             raise _Fail(exc.code, exc.message) from None
         if not frames:
@@ -416,6 +422,36 @@ class Receiver:
         self._budgets.progress()  # only an accepted OPEN is progress
         return StreamOpened(stream_id=sid, resource=f.resource, grant=grant)
 
+    def _on_request(self, f: RequestFrame) -> Event | None:
+        """REQUEST: exactly OPEN(s, resource) then MESSAGE(s, payload, last, end_stream).
+
+        Every check, charge and credit of those two frames applies unchanged
+        (the decoder admits REQUEST only where it was negotiated). Events, all
+        queued: ``StreamOpened``, ``MessageReceived``, ``StreamEnded`` as for
+        the pair, or the refusal's ``StreamReset`` (the payload is then a
+        message on a dead stream: its connection credit goes back at once).
+        """
+        opened = self._on_open(f)  # type: ignore[arg-type]  # the fields OPEN has
+        events = self._events
+        # The open's event is queued before the message is applied: if the message
+        # fails the connection, the open was still reported, as for the two frames.
+        events.append(opened)
+        at = len(events)
+        got = self._on_message(MessageFrame(f.stream_id, f.payload, True, True))
+        if got is not None:
+            events.insert(at, got)  # before the StreamEnded the message queued
+        return None
+
+    def _on_reply(self, f: ReplyFrame) -> Event | None:
+        """REPLY: exactly MESSAGE(s, payload, last, end_stream) on a stream the receiver opened.
+
+        Raises:
+            _Fail: ``PROTOCOL_ERROR`` on a stream ID of the peer's own parity.
+        """
+        if not self._table.is_local_id(f.stream_id):
+            raise _Fail(ErrorCode.PROTOCOL_ERROR, f"REPLY on stream {f.stream_id} the peer opened")
+        return self._on_message(MessageFrame(f.stream_id, f.payload, True, True))
+
     def _on_reset(self, f: ResetFrame) -> Event | None:
         s = self._lookup(f.stream_id, "RESET", crossing=True)
         self._budgets.charge_churn(self._timers.now)
@@ -533,6 +569,8 @@ _HANDLERS: dict[type[Any], str] = {
     TokenFrame: "_on_token",
     KeyUpdateFrame: "_on_key_update",
     CloseFrame: "_on_close",
+    RequestFrame: "_on_request",
+    ReplyFrame: "_on_reply",
     ExtensionFrame: "_on_extension",
 }
 # Exhaustiveness: a frame class without a handler fails at import.

@@ -188,6 +188,10 @@ class Configuration:
     #: offer: the offer still says the hybrid suite is preferred, so a hybrid-capable
     #: responder detects that the first offer was suppressed (``DOWNGRADE_DETECTED``).
     post_quantum_fallback: bool = False
+    #: Advertise request/reply frames (transport parameter 5, spec/streams.md §2): when
+    #: the peer advertises them too, a request or reply that fits one frame travels as
+    #: one REQUEST or REPLY frame instead of OPEN + MESSAGE / MESSAGE.
+    request_reply: bool = True
 
     def __post_init__(self) -> None:
         if not callable(self.entropy):
@@ -238,6 +242,7 @@ class Configuration:
             initial_stream_window=self.initial_stream_window,
             initial_connection_window=self.initial_connection_window,
             max_message_size=self.max_message_size,
+            request_reply=1 if self.request_reply else 0,
         )
 
 
@@ -257,17 +262,23 @@ class TransportParameters:
     initial_connection_window: int = 1 * MiB
     #: Key 4: largest message the sender accepts.
     max_message_size: int = 1 * MiB
+    #: Key 5: 1 if the sender accepts REQUEST and REPLY frames (absent: 0, it does not).
+    request_reply: int = 0
 
     _KEYS = (
         (1, "max_concurrent_streams"),
         (2, "initial_stream_window"),
         (3, "initial_connection_window"),
         (4, "max_message_size"),
+        (5, "request_reply"),
     )
 
     def to_params(self) -> dict[int, Any]:
-        """The ``{uint: value}`` map for the handshake payload."""
-        return {key: getattr(self, name) for key, name in self._KEYS}
+        """The ``{uint: value}`` map for the handshake payload (key 5 only when 1)."""
+        params = {key: getattr(self, name) for key, name in self._KEYS[:4]}
+        if self.request_reply:
+            params[5] = 1
+        return params
 
     @classmethod
     def from_params(cls, params: Mapping[int, Any]) -> TransportParameters:
@@ -282,10 +293,15 @@ class TransportParameters:
             if key not in params:
                 continue
             value = params[key]
-            low = 0 if key == 1 else 1
-            if type(value) is not int or not low <= value <= MAX_VARINT:
+            low = 0 if key in (1, 5) else 1
+            if type(value) is not int or not low <= value <= _param_max(key):
                 raise RemoteProtocolError(
                     f"transport parameter {key} ({name}) out of range", ErrorCode.PROTOCOL_ERROR
                 )
             values[name] = value
         return cls(**values)
+
+
+def _param_max(key: int) -> int:
+    """Largest valid value of transport parameter *key*."""
+    return 1 if key == 5 else MAX_VARINT

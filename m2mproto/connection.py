@@ -391,6 +391,8 @@ class Connection:
         except RemoteProtocolError as exc:
             raise _Fail(exc.code, exc.message) from None
         tr.conn_send.limit = params.initial_connection_window
+        rr = cfg.request_reply and params.request_reply == 1
+        self._outbox.request_reply = rr
         self._receiver = Receiver(
             cfg,
             reader=tr.reader,
@@ -405,6 +407,7 @@ class Connection:
             timers=self._timers,
             send_close=self._send_close,
             terminate=self._terminate,
+            request_reply=rr,
         )
         if confirm:
             self._unconfirmed = (res, params, handshaking.late_tokens)

@@ -11,7 +11,10 @@ bytes received (the CBOR decoder checks every declared length first).
 Kinds ``0..63`` are the *core range*: a kind in it that this version does not
 define is ``PROTOCOL_ERROR``. Kinds ``>= 64`` are the *extension range*: a
 receiver that does not know the kind ignores the frame (it still has to be
-valid CBOR within the depth bound).
+valid CBOR within the depth bound). Kinds 11 (REQUEST) and 12 (REPLY) exist
+only on a connection where both sides advertised the request/reply transport
+parameter: the decoder is told so (``request_reply=True``); elsewhere they are
+unknown core kinds, exactly as for a peer of an earlier version.
 
 Errors (all :class:`~m2mproto.errors.RemoteProtocolError`):
 
@@ -49,6 +52,7 @@ __all__ = [
     "MAX_RESOURCE_BYTES",
     "MAX_TOKEN_BYTES",
     "MAX_VARINT",
+    "REQUEST_REPLY_KINDS",
     "CloseFrame",
     "ExtensionFrame",
     "Frame",
@@ -59,11 +63,15 @@ __all__ = [
     "OpenFrame",
     "PingFrame",
     "PongFrame",
+    "ReplyFrame",
+    "RequestFrame",
     "ResetFrame",
     "StreamFrame",
     "TokenFrame",
     "WindowUpdateFrame",
     "append_data_frame",
+    "append_reply_frame",
+    "append_request_frame",
     "decode_frame",
     "decode_frames",
     "encode_frame",
@@ -111,6 +119,15 @@ class FrameKind(IntEnum):
     KEY_UPDATE = 9
     #: Closes the connection with a code and reason.
     CLOSE = 10
+    #: OPEN and one whole message ending the sender's half (negotiated, spec/streams.md §2).
+    REQUEST = 11
+    #: One whole message ending the sender's half of a stream the receiver opened (negotiated).
+    REPLY = 12
+
+
+#: Kinds that exist only on a connection where both sides advertised transport
+#: parameter 5 (request_reply); elsewhere they are unknown core kinds.
+REQUEST_REPLY_KINDS = frozenset({FrameKind.REQUEST.value, FrameKind.REPLY.value})
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +211,23 @@ class CloseFrame:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestFrame:
+    """``[11, stream_id, resource, payload]``: OPEN + MESSAGE(payload, last, end_stream)."""
+
+    stream_id: int
+    resource: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyFrame:
+    """``[12, stream_id, payload]``: MESSAGE(payload, last, end_stream) on the receiver's stream."""
+
+    stream_id: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ExtensionFrame:
     """A frame of the extension range (kind >= 64); ignored by this version."""
 
@@ -212,6 +246,8 @@ Frame = (
     | TokenFrame
     | KeyUpdateFrame
     | CloseFrame
+    | RequestFrame
+    | ReplyFrame
     | ExtensionFrame
 )
 
@@ -485,6 +521,73 @@ def _dec_close(items: list[Any]) -> CloseFrame:
     return CloseFrame(code, reason)
 
 
+def _enc_resource(resource: str) -> bytes:
+    raw = resource.encode("utf-8")
+    if not 1 <= len(raw) <= MAX_RESOURCE_BYTES:
+        raise _bad(f"resource must be 1..{MAX_RESOURCE_BYTES} UTF-8 bytes")
+    return raw
+
+
+def _dec_resource(value: Any) -> str:
+    resource = _text(value, "resource")
+    size = len(resource.encode("utf-8"))
+    if size == 0:
+        raise RemoteProtocolError("empty resource name", ErrorCode.PROTOCOL_ERROR)
+    if size > MAX_RESOURCE_BYTES:
+        raise RemoteProtocolError("resource name too long", ErrorCode.FRAME_SIZE_ERROR)
+    return resource
+
+
+def append_request_frame(
+    buf: bytearray, stream_id: int, resource_raw: bytes, payload: bytes, /
+) -> None:
+    """Append one REQUEST frame (*resource_raw*: the checked UTF-8 resource) to *buf*."""
+    buf += b"\x84\x0b"
+    buf += head(0, stream_id)
+    buf += head(3, len(resource_raw))
+    buf += resource_raw
+    buf += head(2, len(payload))
+    buf += payload
+
+
+def append_reply_frame(buf: bytearray, stream_id: int, payload: bytes, /) -> None:
+    """Append one REPLY frame to *buf*."""
+    buf += b"\x83\x0c"
+    buf += head(0, stream_id)
+    buf += head(2, len(payload))
+    buf += payload
+
+
+def _enc_request(f: RequestFrame) -> bytes:
+    _check_id(f.stream_id)
+    raw = _enc_resource(f.resource)
+    if type(f.payload) is not bytes:
+        raise _bad("payload must be bytes")
+    buf = bytearray()
+    append_request_frame(buf, f.stream_id, raw, f.payload)
+    return bytes(buf)
+
+
+def _dec_request(items: list[Any]) -> RequestFrame:
+    sid = _stream_id(items[1])
+    resource = _text(items[2], "resource")
+    payload = _bytes(items[3], "payload")
+    return RequestFrame(sid, _dec_resource(resource), payload)
+
+
+def _enc_reply(f: ReplyFrame) -> bytes:
+    _check_id(f.stream_id)
+    if type(f.payload) is not bytes:
+        raise _bad("payload must be bytes")
+    buf = bytearray()
+    append_reply_frame(buf, f.stream_id, f.payload)
+    return bytes(buf)
+
+
+def _dec_reply(items: list[Any]) -> ReplyFrame:
+    return ReplyFrame(_stream_id(items[1]), _bytes(items[2], "payload"))
+
+
 def _enc_extension(f: ExtensionFrame) -> bytes:
     if f.kind < EXTENSION_KIND_MIN or f.kind > 2**64 - 1:
         raise _bad("extension kinds are 64..2^64-1")
@@ -523,8 +626,15 @@ FRAME_SPECS: tuple[FrameSpec, ...] = (
     FrameSpec(FrameKind.TOKEN, TokenFrame, 2, _dec_token, _enc_token),
     FrameSpec(FrameKind.KEY_UPDATE, KeyUpdateFrame, 2, _dec_key_update, _enc_key_update),
     FrameSpec(FrameKind.CLOSE, CloseFrame, 3, _dec_close, _enc_close),
+    FrameSpec(FrameKind.REQUEST, RequestFrame, 4, _dec_request, _enc_request),
+    FrameSpec(FrameKind.REPLY, ReplyFrame, 3, _dec_reply, _enc_reply),
 )
-_BY_KIND: dict[int, FrameSpec] = {spec.kind.value: spec for spec in FRAME_SPECS}
+#: Core kinds on a connection with request/reply negotiated.
+_BY_KIND_RR: dict[int, FrameSpec] = {spec.kind.value: spec for spec in FRAME_SPECS}
+#: Core kinds on any other connection (kinds 11 and 12 are then unknown).
+_BY_KIND: dict[int, FrameSpec] = {
+    k: spec for k, spec in _BY_KIND_RR.items() if k not in REQUEST_REPLY_KINDS
+}
 _ENCODERS: dict[type[Any], Callable[[Any], bytes]] = {spec.cls: spec.encode for spec in FRAME_SPECS}
 _ENCODERS[ExtensionFrame] = _enc_extension
 
@@ -554,13 +664,13 @@ def encode_frame(frame: Frame) -> bytes:
 # --------------------------------------------------------------------------
 
 
-def _from_items(items: Any) -> Frame:
+def _from_items(items: Any, request_reply: bool = False) -> Frame:
     if type(items) is not list or not items:
         raise DecodeError("a frame is a non-empty CBOR array")
     kind = _uint(items[0], "kind")
     if kind >= EXTENSION_KIND_MIN:
         return ExtensionFrame(kind, tuple(items[1:]))
-    spec = _BY_KIND.get(kind)
+    spec = (_BY_KIND_RR if request_reply else _BY_KIND).get(kind)
     if spec is None:
         raise RemoteProtocolError(
             f"unknown frame kind {kind} in the core range", ErrorCode.PROTOCOL_ERROR
@@ -573,14 +683,19 @@ def _from_items(items: Any) -> Frame:
     return frame
 
 
-def decode_frame(data: bytes | memoryview, offset: int = 0) -> tuple[Frame, int]:
+def decode_frame(
+    data: bytes | memoryview, offset: int = 0, *, request_reply: bool = False
+) -> tuple[Frame, int]:
     """Decode the frame at *offset*; return ``(frame, next_offset)``.
+
+    With *request_reply* (negotiated on the connection), kinds 11 (REQUEST)
+    and 12 (REPLY) are core kinds; otherwise they are unknown core kinds.
 
     Raises:
         RemoteProtocolError: with the code listed in the module docstring.
     """
     items, end = cbor.decode_prefix(data, offset, max_depth=FRAME_MAX_DEPTH)
-    return _from_items(items), end
+    return _from_items(items, request_reply), end
 
 
 _HEAD_SIZE = {24: 1, 25: 2, 26: 4, 27: 8}
@@ -655,14 +770,48 @@ def _fast_data_frame(data: bytes, offset: int, end: int) -> tuple[Frame, int] | 
     return None
 
 
-def decode_frames(plaintext: bytes | memoryview) -> list[Frame]:
+def _fast_rr_frame(data: bytes, offset: int, end: int) -> tuple[Frame, int] | None:
+    """Decode a REQUEST or REPLY frame in its one valid encoding, or return None.
+
+    Like :func:`_fast_data_frame`, a fast path only: anything it does not
+    accept (a resource that is empty, too long or not UTF-8, truncation, a
+    non-shortest head) goes to the strict decoder, which reports the error.
+    """
+    request = data[offset] == 0x84
+    sid, p = _fast_uint(data, offset + 2, 0x00, end)
+    if sid < 0:
+        return None
+    resource = ""
+    if request:
+        n, p = _fast_uint(data, p, 0x60, end)
+        q = p + n
+        if not 1 <= n <= MAX_RESOURCE_BYTES or q > end:
+            return None
+        try:
+            resource = data[p:q].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        p = q
+    n, p = _fast_uint(data, p, 0x40, end)
+    q = p + n
+    if n < 0 or q > end:
+        return None
+    if request:
+        return RequestFrame(sid, resource, data[p:q]), q
+    return ReplyFrame(sid, data[p:q]), q
+
+
+def decode_frames(plaintext: bytes | memoryview, *, request_reply: bool = False) -> list[Frame]:
     """Decode every frame of one record plaintext (possibly none).
+
+    *request_reply*: as for :func:`decode_frame`.
 
     The whole record is validated before anything is returned, so a record
     with one bad frame changes nothing. A KEY_UPDATE frame must be the last
-    frame of its record. STREAM and MESSAGE frames in their (only valid)
-    deterministic encoding take a fast path; every other byte sequence goes
-    through the strict CBOR decoder, so nothing is accepted that it rejects.
+    frame of its record. STREAM and MESSAGE frames (and REQUEST and REPLY
+    where negotiated) in their (only valid) deterministic encoding take a
+    fast path; every other byte sequence goes through the strict CBOR
+    decoder, so nothing is accepted that it rejects.
 
     Raises:
         RemoteProtocolError: with the code listed in the module docstring.
@@ -675,7 +824,7 @@ def decode_frames(plaintext: bytes | memoryview) -> list[Frame]:
     while offset < end:
         if fast:
             b0 = plaintext[offset]
-            if (b0 == 0x84 or b0 == 0x85) and offset + 1 < end:
+            if 0x83 <= b0 <= 0x85 and offset + 1 < end:
                 kind = plaintext[offset + 1]
                 if (b0 == 0x84 and kind == 1) or (b0 == 0x85 and kind == 3):
                     hit = _fast_data_frame(plaintext, offset, end)  # type: ignore[arg-type]
@@ -683,7 +832,13 @@ def decode_frames(plaintext: bytes | memoryview) -> list[Frame]:
                         append(hit[0])
                         offset = hit[1]
                         continue
-        frame, offset = decode_frame(plaintext, offset)
+                elif request_reply and ((b0 == 0x84 and kind == 11) or (b0 == 0x83 and kind == 12)):
+                    hit = _fast_rr_frame(plaintext, offset, end)  # type: ignore[arg-type]
+                    if hit is not None:
+                        append(hit[0])
+                        offset = hit[1]
+                        continue
+        frame, offset = decode_frame(plaintext, offset, request_reply=request_reply)
         append(frame)
     for frame in frames[:-1]:
         if isinstance(frame, KeyUpdateFrame):

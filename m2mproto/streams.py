@@ -329,6 +329,24 @@ class Stream:
         """Whether a frame is waiting (it may still be blocked on credit)."""
         return bool(self._queue) or self.open_pending
 
+    def single_final_message(self) -> bytes | None:
+        """The queued output if it is exactly one unsent message ending our half, else None."""
+        queue = self._queue
+        if len(queue) != 1:
+            return None
+        item = queue[0]
+        if not (item.is_message and item.end_stream) or item.offset:
+            return None
+        return item.data
+
+    def sent_whole(self, n: int) -> None:
+        """The message of :meth:`single_final_message` (*n* bytes) went out in one frame."""
+        self._queue.clear()
+        self.send_credit.sent += n
+        self.send_buffered -= n
+        self.totals.send_buffered -= n
+        self.end_sent = True
+
     def drop_pending(self) -> int:
         """Discard everything queued (on reset); return the bytes dropped."""
         dropped = self.send_buffered

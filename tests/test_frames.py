@@ -20,6 +20,8 @@ from m2mproto.frames import (
     OpenFrame,
     PingFrame,
     PongFrame,
+    ReplyFrame,
+    RequestFrame,
     ResetFrame,
     StreamFrame,
     TokenFrame,
@@ -277,10 +279,12 @@ def test_frame_table_is_exhaustive() -> None:
         TokenFrame: TokenFrame(b"t"),
         KeyUpdateFrame: KeyUpdateFrame(True),
         CloseFrame: CloseFrame(0, "bye"),
+        RequestFrame: RequestFrame(4, "r", b"\x01"),
+        ReplyFrame: ReplyFrame(5, b"\x02"),
         ExtensionFrame: ExtensionFrame(70, (1, "x")),
     }
     assert set(samples) == FRAME_CLASSES
     for spec in FRAME_SPECS:
         raw = encode_frame(samples[spec.cls])
         assert raw[1] == spec.kind and raw[0] == 0x80 + spec.arity
-        assert decode_frames(raw) == [samples[spec.cls]]
+        assert decode_frames(raw, request_reply=True) == [samples[spec.cls]]

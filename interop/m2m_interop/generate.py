@@ -32,6 +32,8 @@ from m2mproto.frames import (
     OpenFrame,
     PingFrame,
     PongFrame,
+    ReplyFrame,
+    RequestFrame,
     ResetFrame,
     StreamFrame,
     TokenFrame,
@@ -107,6 +109,15 @@ def frame_to_json(frame: Frame) -> dict[str, Any]:
         return {"kind": "KEY_UPDATE", "update_requested": frame.update_requested}
     if isinstance(frame, CloseFrame):
         return {"kind": "CLOSE", "code": frame.code, "reason": frame.reason}
+    if isinstance(frame, RequestFrame):
+        return {
+            "kind": "REQUEST",
+            "stream_id": frame.stream_id,
+            "resource": frame.resource,
+            "payload": _hex(frame.payload),
+        }
+    if isinstance(frame, ReplyFrame):
+        return {"kind": "REPLY", "stream_id": frame.stream_id, "payload": _hex(frame.payload)}
     return {"kind": frame.kind, "fields_cbor": _hex(cbor.encode(list(frame.fields)))}
 
 
@@ -138,6 +149,10 @@ def frame_from_json(obj: dict[str, Any]) -> Frame:
         return KeyUpdateFrame(obj["update_requested"])
     if kind == "CLOSE":
         return CloseFrame(obj["code"], obj["reason"])
+    if kind == "REQUEST":
+        return RequestFrame(obj["stream_id"], obj["resource"], b(obj["payload"]))
+    if kind == "REPLY":
+        return ReplyFrame(obj["stream_id"], b(obj["payload"]))
     if isinstance(kind, int):
         return ExtensionFrame(kind, tuple(cbor.decode(b(obj["fields_cbor"]))))
     raise LocalProtocolError(f"unknown frame kind {kind!r}", ErrorCode.INVALID_ARGUMENT)
@@ -345,6 +360,56 @@ _VALID_FRAMES: list[tuple[str, Frame]] = [
     ("extension", ExtensionFrame(64, (1, "x"))),
 ]
 
+#: Valid only where request/reply is negotiated (transport parameter 5): entries
+#: carry ``"request_reply": true``; elsewhere kinds 11 and 12 are unknown core kinds.
+_VALID_RR_FRAMES: list[tuple[str, Frame]] = [
+    ("request", RequestFrame(0, "orders/get", bytes.fromhex("a1626964182a"))),
+    ("request-empty-payload", RequestFrame(4611686018427387902, "r", b"")),
+    ("reply", ReplyFrame(1, bytes.fromhex("a1626964182a"))),
+]
+
+# (name, hex, code, comment) -- REQUEST / REPLY frames a receiver that negotiated
+# request/reply MUST reject (frames.md §2; kinds 11 and 12 are core kinds there).
+_INVALID_RR_FRAMES: list[tuple[str, str, ErrorCode, str]] = [
+    ("request-arity", "830b0061" + "72", ErrorCode.DECODE_ERROR, "REQUEST with 2 fields"),
+    ("reply-arity", "840c004040", ErrorCode.DECODE_ERROR, "REPLY with 3 fields"),
+    ("request-id-text", "840b6161617240", ErrorCode.DECODE_ERROR, "stream ID as text"),
+    (
+        "request-id-2^62",
+        "840b1b4000000000000000617240",
+        ErrorCode.PROTOCOL_ERROR,
+        "stream ID above 2^62-1",
+    ),
+    ("request-resource-bytes", "840b00417240", ErrorCode.DECODE_ERROR, "resource as bytes"),
+    ("request-payload-text", "840b00617260", ErrorCode.DECODE_ERROR, "payload as text"),
+    ("request-resource-empty", "840b006040", ErrorCode.PROTOCOL_ERROR, "empty resource"),
+    (
+        "request-resource-257",
+        "840b00" + "790101" + "61" * 257 + "40",
+        ErrorCode.FRAME_SIZE_ERROR,
+        "resource 257 bytes",
+    ),
+    ("request-resource-bad-utf8", "840b0061ff40", ErrorCode.DECODE_ERROR, "resource not UTF-8"),
+    ("request-truncated", "840b00617242", ErrorCode.DECODE_ERROR, "payload beyond the end"),
+    ("reply-id-negative", "830c2040", ErrorCode.DECODE_ERROR, "negative stream ID"),
+    ("reply-id-2^62", "830c1b400000000000000040", ErrorCode.PROTOCOL_ERROR, "stream ID 2^62"),
+    ("reply-payload-bool", "830c01f5", ErrorCode.DECODE_ERROR, "payload as a bool"),
+    ("reply-non-shortest", "830c180140", ErrorCode.DECODE_ERROR, "stream ID 1 in 2 bytes"),
+    (
+        "order-request-range-before-size",
+        "840b1b4000000000000000" + "790101" + "61" * 257 + "40",
+        ErrorCode.PROTOCOL_ERROR,
+        "REQUEST with stream ID 2^62 and a 257-byte resource: rule 5 before the size rule",
+    ),
+    (
+        "order-request-types-before-size",
+        "840b00" + "790101" + "61" * 257 + "60",
+        ErrorCode.DECODE_ERROR,
+        "REQUEST with a 257-byte resource and a text payload: every field's type (rule 4) "
+        "before the resource size rule",
+    ),
+]
+
 # (name, hex, code, comment) — frames a receiver MUST reject.
 _INVALID_FRAMES: list[tuple[str, str, ErrorCode, str]] = [
     ("not-array", "a10101", ErrorCode.DECODE_ERROR, "a map, not an array"),
@@ -458,7 +523,7 @@ _INVALID_FRAMES: list[tuple[str, str, ErrorCode, str]] = [
 
 
 def _frames_file() -> dict[str, Any]:
-    valid = []
+    valid: list[dict[str, Any]] = []
     for name, frame in _VALID_FRAMES:
         enc = encode_frame(frame)
         cs = CipherState(_NOISE, FRAME_RECORD_KEY)
@@ -466,7 +531,7 @@ def _frames_file() -> dict[str, Any]:
         valid.append(
             {"name": name, "frame": frame_to_json(frame), "cbor": _hex(enc), "record": _hex(record)}
         )
-    invalid = []
+    invalid: list[dict[str, Any]] = []
     for name, hexstr, code, comment in _INVALID_FRAMES:
         invalid.append(
             {
@@ -475,6 +540,30 @@ def _frames_file() -> dict[str, Any]:
                 "result": "invalid",
                 "code": code.name,
                 "comment": comment,
+            }
+        )
+    for name, frame in _VALID_RR_FRAMES:
+        enc = encode_frame(frame)
+        cs = CipherState(_NOISE, FRAME_RECORD_KEY)
+        record = RecordWriter(cs, key_update_after=2**24, max_records_per_key=2**32).seal(enc)
+        valid.append(
+            {
+                "name": name,
+                "frame": frame_to_json(frame),
+                "cbor": _hex(enc),
+                "record": _hex(record),
+                "request_reply": True,
+            }
+        )
+    for name, hexstr, code, comment in _INVALID_RR_FRAMES:
+        invalid.append(
+            {
+                "name": name,
+                "plaintext": hexstr,
+                "result": "invalid",
+                "code": code.name,
+                "comment": comment,
+                "request_reply": True,
             }
         )
     return {
@@ -663,9 +752,72 @@ _EXCHANGES: list[tuple[str, str, list[tuple[str, list[Frame]]]]] = [
 ]
 
 
+def _req(sid: int, resource: str, value: Any) -> RequestFrame:
+    return RequestFrame(sid, resource, cbor.encode(value))
+
+
+#: The same conventions where both sides advertised request/reply (transport
+#: parameter 5, spec/application.md §7.8): entries carry ``"request_reply": true``.
+_RR_EXCHANGES: list[tuple[str, str, list[tuple[str, list[Frame]]]]] = [
+    (
+        "request-reply-frames",
+        "§7.8 request/reply negotiated: the request is one REQUEST frame (OPEN and the "
+        "message with last and end-stream), the reply one REPLY frame (the message with last "
+        "and end-stream). The stream is then closed both ways.",
+        [
+            ("initiator", [_req(0, "orders/get", {"id": 42})]),
+            ("responder", [ReplyFrame(0, cbor.encode({"id": 42, "state": "shipped"}))]),
+        ],
+    ),
+    (
+        "request-reply-frames-separate-end",
+        "§7.8 a REQUEST answered by a stream handler: its reply is an ordinary MESSAGE (last, "
+        "not end-stream) and its end an empty STREAM frame; a requester MUST accept it.",
+        [
+            ("initiator", [_req(0, "echo", {"hello": "world"})]),
+            ("responder", [_msg(0, {"hello": "world"}, end=False), _end(0)]),
+        ],
+    ),
+    (
+        "one-way-frames",
+        "§7.8 one-way message as a REQUEST frame; the receiver ends its half after handling it.",
+        [
+            ("initiator", [_req(0, "log", {"event": "boot"})]),
+            ("responder", [_end(0)]),
+        ],
+    ),
+    (
+        "error-application-frames",
+        "§7.8 / §7.5 error reply to a REQUEST: RESET(APPLICATION_ERROR, final size 0).",
+        [
+            ("initiator", [_req(0, "fail", {"id": 1})]),
+            ("responder", [ResetFrame(0, ErrorCode.APPLICATION_ERROR, 0)]),
+        ],
+    ),
+    (
+        "error-refused-frames",
+        "§7.8 / §7.5 no handler for the REQUEST's resource: RESET(REFUSED).",
+        [
+            ("initiator", [_req(0, "nothing/here", {"id": 1})]),
+            ("responder", [ResetFrame(0, ErrorCode.REFUSED, 0)]),
+        ],
+    ),
+    (
+        "error-unauthorized-frames",
+        "§7.8 / streams.md §7 no stream/open capability for the REQUEST's resource: "
+        "RESET(UNAUTHORIZED); the payload is discarded and its connection credit returned.",
+        [
+            ("initiator", [_req(0, "admin", {"op": "drop"})]),
+            ("responder", [ResetFrame(0, ErrorCode.UNAUTHORIZED, 0)]),
+        ],
+    ),
+]
+
+
 def _application_file() -> dict[str, Any]:
     exchanges = []
-    for name, comment, records in _EXCHANGES:
+    rr_names = {name for name, _c, _r in _RR_EXCHANGES}
+    for name, comment, records in _EXCHANGES + _RR_EXCHANGES:
         out = []
         for sender, frames in records:
             plaintext = b"".join(encode_frame(f) for f in frames)
@@ -676,6 +828,8 @@ def _application_file() -> dict[str, Any]:
                     if f.last:
                         messages.append(cbor.to_json(cbor.decode(partial)))
                         partial = b""
+                elif isinstance(f, (RequestFrame, ReplyFrame)):
+                    messages.append(cbor.to_json(cbor.decode(f.payload)))
             entry: dict[str, Any] = {
                 "sender": sender,
                 "frames": [frame_to_json(f) for f in frames],
@@ -684,7 +838,10 @@ def _application_file() -> dict[str, Any]:
             if messages:
                 entry["messages"] = messages
             out.append(entry)
-        exchanges.append({"name": name, "comment": comment, "records": out})
+        exchange: dict[str, Any] = {"name": name, "comment": comment, "records": out}
+        if name in rr_names:
+            exchange["request_reply"] = True
+        exchanges.append(exchange)
     return {
         "format": _FORMAT,
         "description": (

@@ -33,6 +33,8 @@ from m2mproto.frames import (
     OpenFrame,
     PingFrame,
     PongFrame,
+    ReplyFrame,
+    RequestFrame,
     ResetFrame,
     StreamFrame,
     decode_frames,
@@ -405,6 +407,18 @@ class Session:
     def link(self) -> Link:
         return self.peer.link
 
+    @property
+    def iut_request_reply(self) -> bool:
+        """The IUT advertised request/reply (transport parameter 5 = 1)."""
+        payload = self.peer.peer_payload
+        params = payload.get(3) if isinstance(payload, dict) else None
+        return isinstance(params, dict) and params.get(5) == 1
+
+    @property
+    def request_reply(self) -> bool:
+        """Both sides advertised request/reply: REQUEST and REPLY frames are core kinds."""
+        return self.peer.bugs.params.get(5) == 1 and self.iut_request_reply
+
     # ------------------------------------------------------------------ sending
 
     def seal(self, plaintext: bytes, *, length: int | None = None) -> bytes:
@@ -421,7 +435,10 @@ class Session:
         An OPEN of one of our stream IDs moves :meth:`open_stream` past it.
         """
         for i in items:
-            if isinstance(i, OpenFrame) and i.stream_id % 2 == self.next_stream % 2:
+            if (
+                isinstance(i, (OpenFrame, RequestFrame))
+                and i.stream_id % 2 == self.next_stream % 2
+            ):
                 self.next_stream = max(self.next_stream, i.stream_id + 2)
         return b"".join(i if isinstance(i, bytes) else encode_frame(i) for i in items)
 
@@ -471,7 +488,7 @@ class Session:
             self.first_record = False
             try:
                 plaintext = self.recv_cs.decrypt_with_ad(b"", body)
-                got = decode_frames(plaintext)
+                got = decode_frames(plaintext, request_reply=self.request_reply)
             except M2MError as exc:
                 raise PeerError(f"IUT sent an invalid record ({exc.code.name})") from None
             frames.extend(got)
@@ -490,7 +507,9 @@ class Session:
         self.send(OpenFrame(sid, resource), MessageFrame(sid, data, True, True))
         got = self.receive()
         replies = [f for f in got.of(MessageFrame) if f.stream_id == sid]
-        ok = any(f.fragment == data and f.last for f in replies)
+        ok = any(f.fragment == data and f.last for f in replies) or any(
+            f.payload == data for f in got.of(ReplyFrame) if f.stream_id == sid
+        )
         return ok, got
 
     def ping(self, payload: bytes = b"live") -> tuple[bool, Received]:

@@ -29,7 +29,13 @@ from xml.etree import ElementTree as ET
 from m2mproto import __version__
 from m2mproto.errors import ErrorCode
 
-from . import cases_handshake, cases_records, cases_streams, cases_tokens  # noqa: F401
+from . import (  # noqa: F401
+    cases_handshake,
+    cases_records,
+    cases_request_reply,
+    cases_streams,
+    cases_tokens,
+)
 from .framework import CASES, Actual, Case, CaseError, Ctx, select
 from .inprocess import IUTProfile, make_link
 from .netlink import Unsupported

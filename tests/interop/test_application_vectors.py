@@ -13,6 +13,7 @@ import pytest
 from test_vectors import TOKENS, _token_context, conforms
 
 from m2mproto import cbor
+from m2mproto.config import Configuration
 from m2mproto.errors import ErrorCode, TokenError
 from m2mproto.frames import decode_frame, decode_frames, encode_frame
 from m2mproto.identity import AgentId, Identity
@@ -29,16 +30,17 @@ EXCHANGES = {e["name"]: e for e in APP["exchanges"]}
 
 @pytest.mark.parametrize("e", APP["exchanges"], ids=lambda e: e["name"])
 def test_exchange_records_decode_as_listed(e: dict[str, Any]) -> None:
+    rr = e.get("request_reply", False)
     for record in e["records"]:
         plaintext = bytes.fromhex(record["plaintext"])
-        frames = decode_frames(plaintext)
+        frames = decode_frames(plaintext, request_reply=rr)
         assert [generate.frame_to_json(f) for f in frames] == record["frames"]
         assert b"".join(encode_frame(generate.frame_from_json(f)) for f in record["frames"]) == (
             plaintext
         )
         offset = 0
         for _ in frames:  # every frame conforms to the CDDL of frames.md
-            _frame, end = decode_frame(plaintext, offset)
+            _frame, end = decode_frame(plaintext, offset, request_reply=rr)
             conforms("frames.md", "frame", plaintext[offset:end])
             offset = end
         partial, messages = b"", []
@@ -48,6 +50,8 @@ def test_exchange_records_decode_as_listed(e: dict[str, Any]) -> None:
                 if f["last"]:
                     messages.append(cbor.to_json(cbor.decode(partial)))
                     partial = b""
+            elif f["kind"] in ("REQUEST", "REPLY"):
+                messages.append(cbor.to_json(cbor.decode(bytes.fromhex(f["payload"]))))
         assert messages == record.get("messages", [])
     senders = [r["sender"] for r in e["records"]]
     assert senders[0] == "initiator" and "responder" in senders
@@ -62,8 +66,8 @@ def test_every_exchange_ends_both_halves_or_resets() -> None:
             for f in record["frames"]:
                 if f["kind"] == "RESET":
                     reset = True
-                if f.get("end_stream"):
-                    ended[record["sender"]] = True
+                if f.get("end_stream") or f["kind"] in ("REQUEST", "REPLY"):
+                    ended[record["sender"]] = True  # REQUEST and REPLY end the sender's half
         assert reset or all(ended.values()), e["name"]
 
 
@@ -92,8 +96,12 @@ def sealed(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, bytes]]]
     yield log
 
 
-def _server() -> Server:
-    server = Server(Identity.generate(), authorizer_factory=lambda: _OnlyEcho())
+def _server(request_reply: bool) -> Server:
+    server = Server(
+        Identity.generate(),
+        authorizer_factory=lambda: _OnlyEcho(),
+        config=Configuration(request_reply=request_reply),
+    )
 
     @server.request("orders/get")
     async def get(value: Any, ctx: Context) -> Any:
@@ -152,14 +160,14 @@ class _Granted:
 
 
 def _frames_by_sender(
-    log: list[tuple[int, bytes]], writers: dict[int, str], start: int
+    log: list[tuple[int, bytes]], writers: dict[int, str], start: int, rr: bool
 ) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {"initiator": [], "responder": []}
     for writer, plaintext in log[start:]:
         side = writers[writer]
         out[side] += [
             generate.frame_to_json(f)
-            for f in decode_frames(plaintext)
+            for f in decode_frames(plaintext, request_reply=rr)
             if type(f).__name__ not in ("WindowUpdateFrame", "CloseFrame")
         ]
     return out
@@ -231,6 +239,13 @@ SCENARIOS: dict[str, Callable[[Session], Awaitable[None]]] = {
     "error-unauthorized": _failing("admin", {"op": "drop"}, ErrorCode.UNAUTHORIZED),
     "byte-stream-echo": _bytes,
     "message-stream": _messages,
+    # the same calls where both sides advertise request/reply (spec/application.md §7.8)
+    "request-reply-frames": _request,
+    "request-reply-frames-separate-end": _request_echo,
+    "one-way-frames": _one_way,
+    "error-application-frames": _failing("fail", {"id": 1}, ErrorCode.APPLICATION_ERROR),
+    "error-refused-frames": _failing("nothing/here", {"id": 1}, ErrorCode.REFUSED),
+    "error-unauthorized-frames": _failing("admin", {"op": "drop"}, ErrorCode.UNAUTHORIZED),
 }
 
 
@@ -245,8 +260,11 @@ def test_every_exchange_has_a_live_scenario_or_a_reason() -> None:
 async def test_sessions_put_the_vector_frames_on_the_wire(
     name: str, sealed: list[tuple[int, bytes]]
 ) -> None:
+    rr = EXCHANGES[name].get("request_reply", False)
     with anyio.fail_after(20):
-        async with memory_pair(server=_server()) as (client, server_side):
+        # the client always advertises request/reply; the server decides (a peer
+        # without it, as before the frames existed, for the other exchanges)
+        async with memory_pair(server=_server(rr)) as (client, server_side):
             writers = {
                 id(client.connection._writer): "initiator",
                 id(server_side.connection._writer): "responder",
@@ -254,7 +272,7 @@ async def test_sessions_put_the_vector_frames_on_the_wire(
             start = len(sealed)
             await SCENARIOS[name](client)
             await anyio.sleep(0.05)  # let a trailing frame (an end) be sealed
-            got = _frames_by_sender(sealed, writers, start)
+            got = _frames_by_sender(sealed, writers, start, rr)
     assert got == _expected(name)
 
 
