@@ -59,12 +59,16 @@ __all__ = [
     "NativePump",
     "NativeStream",
     "open_native",
+    "open_native_socket",
     "use_native",
 ]
 
 #: Set to ``0`` to make ``connect()`` and the server's TCP/Unix listeners use anyio
 #: streams on asyncio too (``anyio`` path); any other value or unset: the native path.
 ENV_VAR = "M2MPROTO_NATIVE"
+
+#: Connections a listener accepts before it is served (more are cut).
+ACCEPT_BACKLOG = 128
 
 #: Bytes held for a session that has not started its pump yet before reading pauses.
 HOLD_LIMIT = 262144
@@ -258,6 +262,17 @@ async def open_native(address: tuple[str, int] | str) -> NativeStream:
     return protocol.stream
 
 
+async def open_native_socket(sock: socket.socket) -> NativeStream:
+    """Drive an already connected stream socket (TCP, Unix, one end of a ``socketpair``)."""
+    loop = asyncio.get_running_loop()
+    if sock.family == socket.AF_UNIX:
+        _t, protocol = await loop.create_unix_connection(_Protocol, sock=sock)
+    else:
+        _t, protocol = await loop.create_connection(_Protocol, sock=sock)
+    assert protocol.stream is not None
+    return protocol.stream
+
+
 class NativeListener(anyio.abc.Listener[NativeStream]):
     """An ``asyncio.Server`` as an anyio listener of :class:`NativeStream`."""
 
@@ -269,16 +284,14 @@ class NativeListener(anyio.abc.Listener[NativeStream]):
     async def tcp(cls, host: str, port: int) -> NativeListener:
         accepting = _Accepting()
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            accepting.factory, host, port, start_serving=False, reuse_address=True
-        )
+        server = await loop.create_server(accepting.factory, host, port, reuse_address=True)
         return cls(server, accepting)
 
     @classmethod
     async def unix(cls, path: str | os.PathLike[str]) -> NativeListener:
         accepting = _Accepting()
         loop = asyncio.get_running_loop()
-        server = await loop.create_unix_server(accepting.factory, path, start_serving=False)
+        server = await loop.create_unix_server(accepting.factory, path)
         return cls(server, accepting)
 
     @property
@@ -296,12 +309,11 @@ class NativeListener(anyio.abc.Listener[NativeStream]):
             async with anyio.create_task_group() as tg:
                 await self.serve(handler, tg)
             return
-        self._accepting.on_accept = lambda stream: task_group.start_soon(handler, stream)
-        await self._server.start_serving()
+        self._accepting.serve(lambda stream: task_group.start_soon(handler, stream))
         await anyio.sleep_forever()
 
     async def aclose(self) -> None:
-        self._accepting.on_accept = None
+        self._accepting.close()
         self._server.close()  # the listening sockets only; accepted ones stay
 
     @property
@@ -317,10 +329,25 @@ class NativeListener(anyio.abc.Listener[NativeStream]):
 
 
 class _Accepting:
-    """The protocol factory of a listener: hands each accepted stream to ``on_accept``."""
+    """The protocol factory of a listener: hands each accepted stream to ``on_accept``
+    (listening starts at creation, like anyio's listeners: streams accepted before
+    :meth:`serve` wait for it, at most :data:`ACCEPT_BACKLOG` of them)."""
 
     def __init__(self) -> None:
         self.on_accept: Callable[[NativeStream], Any] | None = None
+        self._waiting: list[NativeStream] | None = []
+
+    def serve(self, on_accept: Callable[[NativeStream], Any]) -> None:
+        self.on_accept = on_accept
+        waiting, self._waiting = self._waiting or [], None
+        for stream in waiting:
+            on_accept(stream)
+
+    def close(self) -> None:
+        self.on_accept = None
+        waiting, self._waiting = self._waiting or [], None
+        for stream in waiting:
+            stream.abort()
 
     def factory(self) -> _Protocol:
         return _Protocol(self._made)
@@ -331,10 +358,12 @@ class _Accepting:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         accept = self.on_accept
-        if accept is None:  # the listener is closing
-            stream.abort()
-        else:
+        if accept is not None:
             accept(stream)
+        elif self._waiting is not None and len(self._waiting) < ACCEPT_BACKLOG:
+            self._waiting.append(stream)
+        else:  # closing, or too many before serve()
+            stream.abort()
 
 
 class NativePump:
