@@ -17,7 +17,13 @@ deterministic enough to compare paths on a noisy machine (wall time is not)::
 On asyncio m2mproto takes its native path unless ``M2MPROTO_NATIVE=0`` (the
 anyio streams path). Every phase runs under ``anyio.fail_after``.
 
-Run: ``python -m bench.rr_ir --material DIR [--make] [--proto m2m|tls] [--n N]
+``--proto core`` is the floor under both paths: the same exchange between two
+sans-IO ``Connection`` objects in memory, no transport, no event loop (open a
+stream, the request message with end-of-stream, the reply message with
+end-of-stream, credit returned as the transport does); without the bench
+server's token authorizer.
+
+Run: ``python -m bench.rr_ir --material DIR [--make] [--proto m2m|tls|core] [--n N]
 [--backend asyncio|trio]``.
 """
 
@@ -30,6 +36,7 @@ from typing import Any
 import anyio
 
 from . import m2m_side, tls_anchor
+from .m2m_side import ECHO
 from .net import HOST, MESSAGE
 
 __all__ = ["main"]
@@ -59,11 +66,48 @@ async def _run(proto: str, material: Path, n: int) -> None:
             tg.cancel_scope.cancel()
 
 
+def _core(n: int) -> None:
+    from m2mproto.config import Configuration
+    from m2mproto.connection import NEED_DATA, Connection, Role
+    from m2mproto.events import MessageReceived
+    from m2mproto.identity import Identity
+
+    cfg = Configuration(auto_window_update=False)
+    a = Connection(Role.INITIATOR, Identity.generate(), cfg)
+    b = Connection(Role.RESPONDER, Identity.generate(), cfg)
+    a.start(0.0)
+    b.start(0.0)
+
+    def deliver(src: Connection, dst: Connection) -> list[Any]:
+        data = src.data_to_send()
+        if data:
+            dst.receive_data(data, 0.0)
+        got = []
+        while (event := dst.next_event()) is not NEED_DATA:
+            if isinstance(event, MessageReceived):
+                dst.acknowledge_data(event.stream_id, event.size or 0)
+                got.append(event)
+        return got
+
+    for _ in range(10):  # the handshake
+        deliver(a, b)
+        deliver(b, a)
+    for _ in range(20 + n):
+        sid = a.open_stream(ECHO)
+        a.send_message(sid, MESSAGE, end_stream=True)
+        (request,) = deliver(a, b)
+        b.send_message(request.stream_id, request.value, end_stream=True)
+        (reply,) = deliver(b, a)
+        assert reply.value == MESSAGE
+        deliver(a, b)  # credit back
+        deliver(b, a)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.rr_ir")
     parser.add_argument("--material", type=Path, required=True)
     parser.add_argument("--make", action="store_true", help="write the key material and exit")
-    parser.add_argument("--proto", choices=("m2m", "tls"), default="m2m")
+    parser.add_argument("--proto", choices=("m2m", "tls", "core"), default="m2m")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     args = parser.parse_args(argv)
@@ -71,6 +115,9 @@ def main(argv: list[str] | None = None) -> None:
         for proto, side in (("m2m", m2m_side), ("tls", tls_anchor)):
             (args.material / proto).mkdir(parents=True, exist_ok=True)
             side.make_material(args.material / proto)
+        return
+    if args.proto == "core":
+        _core(args.n)
         return
     anyio.run(_run, args.proto, args.material, args.n, backend=args.backend)
 
