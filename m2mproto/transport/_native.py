@@ -13,8 +13,11 @@ its own:
   pulls every event right there, in the event loop's callback, handing each to
   the session's callback (which wakes waiters and starts handler tasks);
 * *writing*: every :meth:`~NativePump.wake` / :meth:`~NativePump.flush` takes
-  what the core sealed and calls ``transport.write`` at once. ``write`` never
-  blocks, so there is no send slot and no shield: a record is either in the
+  what the core sealed and calls ``transport.write`` at once;
+  :meth:`~NativePump.settle` (after a receive, after the application took an
+  item) writes once the callbacks ready now have run, so the credit it frees
+  and a reply a handler queues meanwhile leave in one record, and no empty
+  ``data_to_send`` is asked for per receive. ``write`` never blocks, so there is no send slot and no shield: a record is either in the
   core or handed whole to the transport. Backpressure: while the transport's
   buffer is above its high-water mark (``pause_writing`` until
   ``resume_writing``) nothing is taken from the core, so queued stream data
@@ -387,6 +390,7 @@ class NativePump:
         "_timer_at",
         "_timer_handle",
         "_transport",
+        "_write_pending",
         "_wrote_eof",
         "bytes_received",
         "bytes_sent",
@@ -425,6 +429,8 @@ class NativePump:
         self._eof_fed = False
         self._peer_eof = False
         self._wrote_eof = False
+        #: A deferred write is scheduled (:meth:`settle`).
+        self._write_pending = False
         self._paused = False
         self._started = False
         self._timer_at = math.inf
@@ -441,7 +447,17 @@ class NativePump:
         self.process()
         self._write_out()
 
-    settle = wake
+    def settle(self) -> None:
+        """Process new events; write once the callbacks ready now have run (coalesced
+        with what they queue: a reply, the credit of what they took)."""
+        self.process()
+        if not self._write_pending:
+            self._write_pending = True
+            self._loop.call_soon(self._write_deferred)
+
+    def _write_deferred(self) -> None:
+        if self._write_pending:  # else a write since took everything
+            self._write_out()
 
     async def flush(self) -> None:
         """:meth:`wake` (writes never wait here)."""
@@ -508,7 +524,7 @@ class NativePump:
             self.conn.receive_data(data, self._loop.time())
         except M2MError as exc:  # data after the core closed: ignore
             self._log.debug("dropped %d bytes: %s", len(data), exc)
-        self.wake()
+        self.settle()
 
     def eof_received(self) -> bool:
         self._peer_eof = True
@@ -536,6 +552,7 @@ class NativePump:
     def _write_out(self) -> None:
         """Write what the core sealed (unless paused), half-close once finishing, and
         re-arm the core's timer."""
+        self._write_pending = False
         transport = self._transport
         if self._paused or self._wrote_eof or self.finished.is_set() or transport.is_closing():
             return
@@ -552,7 +569,11 @@ class NativePump:
                 if self._peer_eof or not transport.can_write_eof():
                     transport.close()  # after the buffered bytes
                     return
-                transport.write_eof()
+                try:
+                    transport.write_eof()
+                except OSError:  # the peer is gone already (ENOTCONN)
+                    self._kill()
+                    return
                 self._kill_after(self._loop.time() + self._linger)
             return
         timer = self.conn.get_timer()
