@@ -73,9 +73,24 @@ async def test_the_path_follows_the_backend_and_the_escape_hatch(tmp_path: Any) 
         ):
             assert await s.request("echo", 3) == 3
             assert type(s._pump) is expected
+    # Server(native=False) does the same for the sessions it accepts
+    anyio_server = _open_server(native=False)
+    with anyio.fail_after(10):
+        async with (
+            running_tcp(anyio_server) as address,
+            await connect(address, identity=CLIENT_ID, peer=SERVER_ID.agent_id) as s,
+        ):
+            assert await s.request("echo", 4) == 4
+            assert type(s._pump) is expected
+            (served,) = anyio_server.sessions
+            assert type(served._pump) is Pump
     if sniffio.current_async_library() != "asyncio":
         with pytest.raises(LocalProtocolError) as info:
             await connect(address, identity=CLIENT_ID, peer=SERVER_ID.agent_id, native=True)
+        assert info.value.code == ErrorCode.INVALID_ARGUMENT
+        with pytest.raises(LocalProtocolError) as info:
+            async with _open_server(native=True).listen_tcp():
+                pass  # pragma: no cover
         assert info.value.code == ErrorCode.INVALID_ARGUMENT
 
 
