@@ -17,8 +17,9 @@ its own:
   :meth:`~NativePump.settle` (after a receive, after the application took an
   item) writes once the callbacks ready now have run, so the credit it frees
   and a reply a handler queues meanwhile leave in one record, and no empty
-  ``data_to_send`` is asked for per receive. ``write`` never blocks, so there is no send slot and no shield: a record is either in the
-  core or handed whole to the transport. Backpressure: while the transport's
+  ``data_to_send`` is asked for per receive. ``write`` never blocks, so there
+  is no send slot and no shield: a record is either in the core or handed whole
+  to the transport. Backpressure: while the transport's
   buffer is above its high-water mark (``pause_writing`` until
   ``resume_writing``) nothing is taken from the core, so queued stream data
   stays there and senders wait on ``flushed`` exactly as with the anyio pump;
@@ -86,7 +87,7 @@ def use_native(native: bool | None) -> bool:
     """
     if native is False:
         return False
-    on_asyncio = _backend() == "asyncio"
+    on_asyncio = _on_asyncio()
     if native is True:
         if not on_asyncio:
             raise LocalProtocolError(
@@ -96,13 +97,12 @@ def use_native(native: bool | None) -> bool:
     return on_asyncio and os.environ.get(ENV_VAR, "1") != "0"
 
 
-def _backend() -> str:
-    import sniffio
-
+def _on_asyncio() -> bool:
+    """Whether this runs in an asyncio task (anyio's asyncio backend included)."""
     try:
-        return sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
-        return ""
+        return asyncio.current_task() is not None
+    except RuntimeError:  # no running asyncio loop: trio
+        return False
 
 
 class _Protocol(asyncio.Protocol):

@@ -11,7 +11,6 @@ from typing import Any
 
 import anyio
 import pytest
-import sniffio
 from anyio.abc import ByteStream
 from transport_util import CLIENT_ID, SERVER_ID, make_server, running_tcp
 
@@ -26,7 +25,7 @@ from m2mproto.transport import (
     Session,
     connect,
 )
-from m2mproto.transport._native import ENV_VAR, NativePump
+from m2mproto.transport._native import ENV_VAR, NativePump, _on_asyncio
 from m2mproto.transport._pump import Pump
 from m2mproto.transport.session import DEFAULT_HIGH_WATER
 
@@ -36,7 +35,7 @@ KiB = 1024
 
 
 def _native_expected() -> bool:
-    return sniffio.current_async_library() == "asyncio" and os.environ.get(ENV_VAR) != "0"
+    return _on_asyncio() and os.environ.get(ENV_VAR) != "0"
 
 
 def _open_server(**kwargs: Any) -> Server:
@@ -84,7 +83,7 @@ async def test_the_path_follows_the_backend_and_the_escape_hatch(tmp_path: Any) 
             assert type(s._pump) is expected
             (served,) = anyio_server.sessions
             assert type(served._pump) is Pump
-    if sniffio.current_async_library() != "asyncio":
+    if not _on_asyncio():
         with pytest.raises(LocalProtocolError) as info:
             await connect(address, identity=CLIENT_ID, peer=SERVER_ID.agent_id, native=True)
         assert info.value.code == ErrorCode.INVALID_ARGUMENT
