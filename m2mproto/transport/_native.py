@@ -12,12 +12,14 @@ its own:
 * *reading*: the protocol's ``data_received`` feeds ``conn.receive_data`` and
   pulls every event right there, in the event loop's callback, handing each to
   the session's callback (which wakes waiters and starts handler tasks);
-* *writing*: every :meth:`~NativePump.wake` / :meth:`~NativePump.flush` takes
-  what the core sealed and calls ``transport.write`` at once;
-  :meth:`~NativePump.settle` (after a receive, after the application took an
-  item) writes once the callbacks ready now have run, so the credit it frees
-  and a reply a handler queues meanwhile leave in one record, and no empty
-  ``data_to_send`` is asked for per receive. ``write`` never blocks, so there
+* *writing*: :meth:`~NativePump.flush` (a request or a reply) takes what the
+  core sealed and calls ``transport.write`` at once; :meth:`~NativePump.wake`
+  and :meth:`~NativePump.settle` (stream data, control calls, after a receive,
+  after the application took an item) write once the callbacks ready now have
+  run, so consecutive sends coalesce into few records and writes (as the anyio
+  pump's writer task does), the credit a receive frees leaves with the reply a
+  handler queues meanwhile, and no empty ``data_to_send`` is asked for per
+  receive. ``write`` never blocks, so there
   is no send slot and no shield: a record is either in the core or handed whole
   to the transport. Backpressure: while the transport's
   buffer is above its high-water mark (``pause_writing`` until
@@ -443,25 +445,24 @@ class NativePump:
     # -- the Pump interface --------------------------------------------------------------
 
     def wake(self) -> None:
-        """Process new events, write what the core sealed, re-arm the timer."""
-        self.process()
-        self._write_out()
-
-    def settle(self) -> None:
         """Process new events; write once the callbacks ready now have run (coalesced
-        with what they queue: a reply, the credit of what they took)."""
+        with what they queue: more stream data, a reply, the credit of what they took)."""
         self.process()
         if not self._write_pending:
             self._write_pending = True
             self._loop.call_soon(self._write_deferred)
+
+    settle = wake
 
     def _write_deferred(self) -> None:
         if self._write_pending:  # else a write since took everything
             self._write_out()
 
     async def flush(self) -> None:
-        """:meth:`wake` (writes never wait here)."""
-        self.wake()
+        """Process new events and write what the core sealed at once (a request or a
+        reply: someone waits for it). Writes never wait here."""
+        self.process()
+        self._write_out()
 
     def process(self) -> None:
         """Pull every pending event from the core and dispatch it, in order
