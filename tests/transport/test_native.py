@@ -363,3 +363,43 @@ async def test_server_aclose_with_live_connections_closes_them_gracefully() -> N
             assert not server.sessions
     # the close ends the session: a reply not queued before it is not sent
     assert outcome == [ErrorCode.NO_ERROR]
+
+
+async def test_bytes_before_the_session_starts_are_held_up_to_a_bound() -> None:
+    """A client that floods an accepted connection before its session runs (the listener
+    not served yet): the protocol holds at most HOLD_LIMIT bytes and one read, then stops
+    reading, so the sender blocks instead of the server's memory growing."""
+    if not _native_expected():
+        pytest.skip("the native listener's hold: asyncio native path only")
+    from m2mproto.transport._native import HOLD_LIMIT, NativeListener, _Accepting
+
+    accepted: list[Any] = []
+    listener = await NativeListener.tcp("127.0.0.1", 0)
+    accepting: _Accepting = listener._accepting
+    with anyio.fail_after(10):
+        host, port = listener.local_address
+        raw = await anyio.connect_tcp(host, port)
+        sent = 0
+        with anyio.move_on_after(1.0):  # until the sender blocks (reading paused, buffers full)
+            for _ in range(4096):  # at most 64 MiB
+                await raw.send(b"\xee" * 16384)
+                sent += 16384
+        assert accepting._waiting is not None
+        (stream,) = accepting._waiting
+        held = stream._protocol._held_size
+        assert 0 < held <= HOLD_LIMIT + 262144, held
+        assert sent < 64 << 20
+        # served now: the held bytes go to the handler's session (here: just counted)
+        async with anyio.create_task_group() as tg:
+
+            async def handler(s: Any) -> None:
+                accepted.append(s)
+
+            tg.start_soon(listener.serve, handler, tg)
+            while not accepted:
+                await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+        await listener.aclose()
+        await raw.aclose()
+        await stream.aclose()
+    assert accepted == [stream]
