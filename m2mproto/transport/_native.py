@@ -232,7 +232,7 @@ class NativeStream(anyio.abc.AsyncResource, anyio.TypedAttributeProvider):
         self._transport.abort()
 
     async def aclose(self) -> None:
-        """Cut the connection (if no pump runs it) and wait until it is gone."""
+        """Cut the connection at once and wait (at most 1 s) until the loop has closed it."""
         self._transport.abort()
         with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
             await self._lost.wait()
