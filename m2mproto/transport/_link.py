@@ -44,6 +44,7 @@ from ..errors import (
 )
 from ..identity import AgentId
 from ._errors import ConnectionClosedError, address_text, reset_error
+from ._native import NativePump, NativeStream
 from ._pump import Flag, Pump, Signal
 
 __all__ = ["DEFAULT_HIGH_WATER", "Channel", "Link", "Peer"]
@@ -127,7 +128,7 @@ class _PeerLog(logging.LoggerAdapter[logging.Logger]):
         return f"[{extra.get('peer', '?')}{where}] {msg}", kwargs
 
 
-def remote_address(transport: anyio.abc.ByteStream) -> str:
+def remote_address(transport: anyio.abc.ByteStream | NativeStream) -> str:
     """The peer's address as text (``host:port``, a socket path), or ``""`` if unknown."""
     from anyio.abc import SocketAttribute
 
@@ -160,7 +161,7 @@ class Link:
     def __init__(
         self,
         conn: Connection,
-        transport: anyio.abc.ByteStream,
+        transport: anyio.abc.ByteStream | NativeStream,
         *,
         high_water: int = DEFAULT_HIGH_WATER,
         linger: float = 2.0,
@@ -172,7 +173,12 @@ class Link:
         #: The peer's host (its address without the port): the key of throttled log lines.
         self.source = self.address.rpartition(":")[0] or self.address
         self.log: _PeerLog = _PeerLog(logger, {"peer": "handshake", "address": self.address})
-        self.pump = Pump(conn, transport, _unbound, NEED_DATA, self.log, linger=linger)
+        #: The anyio pump, or the asyncio-native one for a native stream (same interface).
+        self.pump: Pump | NativePump
+        if isinstance(transport, NativeStream):
+            self.pump = NativePump(conn, transport, _unbound, NEED_DATA, self.log, linger=linger)
+        else:
+            self.pump = Pump(conn, transport, _unbound, NEED_DATA, self.log, linger=linger)
         self.channels: dict[int, Channel] = {}
         #: Set when the handshake is over either way: completed (``peer`` is
         #: then set) or the session closed first.

@@ -23,6 +23,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ..errors import ErrorCode, LocalProtocolError, M2MError
 from ..identity import AgentId, Identity
 from ..tokens import TokenAuthorizer
+from ._native import AnyTransport
 from .session import RouteTable, Session
 
 if TYPE_CHECKING:
@@ -105,9 +106,13 @@ class MemoryPair:
         self._kwargs = kwargs
         self._cm: contextlib.AbstractAsyncContextManager[tuple[Session, Session]] | None = None
 
-    def _make(self) -> tuple[Session, Session]:
+    async def _streams(self) -> tuple[AnyTransport, AnyTransport]:
+        """The two connected ends (the transport tests swap in a socket pair)."""
+        return memory_stream_pair(self._kwargs["max_buffer_chunks"])
+
+    async def _make(self) -> tuple[Session, Session]:
         kw = self._kwargs
-        a, b = memory_stream_pair(kw["max_buffer_chunks"])
+        a, b = await self._streams()
         client = Session.create(a, server_side=False, **kw["client"])
         server = Session.create(b, server_side=True, **kw["server"])
         return client, server
@@ -124,7 +129,7 @@ class MemoryPair:
             raise
 
     async def _detached(self) -> tuple[Session, Session]:
-        client, server = self._make()
+        client, server = await self._make()
         client._launch(None)
         server._launch(None)
         await self._ready(client, server)
@@ -135,7 +140,7 @@ class MemoryPair:
 
     @contextlib.asynccontextmanager
     async def _structured(self) -> AsyncIterator[tuple[Session, Session]]:
-        client, server = self._make()
+        client, server = await self._make()
         error: BaseException | None = None  # raised outside the task group: not wrapped
         async with anyio.create_task_group() as tg:
             client._launch(tg)

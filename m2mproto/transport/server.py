@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from anyio.abc import ByteStream, Listener, SocketAttribute, TaskGroup, TaskStatus
+from anyio.abc import Listener, SocketAttribute, TaskGroup, TaskStatus
 
 from ..config import Authorizer, Configuration
 from ..errors import ErrorCode, LocalProtocolError, M2MError
@@ -54,6 +54,7 @@ from ..tokens import RevocationStore, TokenAuthorizer
 from ._errors import network_error
 from ._keys import StaticKeys
 from ._link import remote_address
+from ._native import AnyTransport, NativeListener, use_native
 from ._pump import Flag
 from ._throttle import LogThrottle
 from .routing import (
@@ -117,7 +118,7 @@ def _holds_grant(authorizer: object, peer: AgentId) -> bool:
     return bool(grants(peer)) if callable(grants) else True
 
 
-def _source_of(transport: ByteStream) -> str:
+def _source_of(transport: AnyTransport) -> str:
     """The remote IP address of *transport* (``"local"`` for Unix sockets and memory)."""
     address = transport.extra(SocketAttribute.remote_address, None)
     if isinstance(address, tuple) and address:
@@ -146,6 +147,7 @@ class Server:
         handshake_timeout: float | None = None,
         high_water: int = DEFAULT_HIGH_WATER,
         on_event: EventHook | None = None,
+        native: bool | None = None,
     ) -> None:
         """Create a server.
 
@@ -171,6 +173,13 @@ class Server:
         *on_event* is called as ``on_event(session, event)`` for every event of
         every session's core, from the handshake on (see
         :data:`~m2mproto.transport.EventHook`).
+
+        *native*: on asyncio, :meth:`listen_tcp` and :meth:`listen_unix` accept
+        connections driven by ``asyncio.Protocol`` callbacks instead of anyio
+        streams (the same behaviour, fewer instructions per record). ``None``
+        (the default): native on asyncio unless the environment variable
+        ``M2MPROTO_NATIVE`` is ``0``; ``False``: always the anyio path; ``True``:
+        native (listening outside asyncio is then an error).
 
         Raises:
             LocalProtocolError: (``INVALID_ARGUMENT``) bad limits.
@@ -209,8 +218,10 @@ class Server:
         self.handshake_timeout = (config or Configuration()).handshake_timeout
         self.high_water = high_water
         self.on_event = on_event
+        #: Native listeners on asyncio (see ``native`` above; None: the environment decides).
+        self.native = native
         #: Peer address of each connection in its handshake (for handshake_failed).
-        self._addresses: dict[ByteStream, str] = {}
+        self._addresses: dict[AnyTransport, str] = {}
         #: Per-source throttle of handshake-failure lines.
         self.log_throttle = LogThrottle()
         #: Live sessions (after the handshake).
@@ -280,7 +291,7 @@ class Server:
             revocations=self.revocations,
         )
 
-    def handshake_failed(self, exc: BaseException, transport: ByteStream) -> None:
+    def handshake_failed(self, exc: BaseException, transport: AnyTransport) -> None:
         """Called when an accepted connection fails its handshake (override to customise).
 
         The default logs one line at INFO naming the peer's address and the
@@ -327,7 +338,7 @@ class Server:
         self._per_source[source] += 1
         return entry
 
-    async def handle(self, transport: ByteStream) -> None:
+    async def handle(self, transport: AnyTransport) -> None:
         """Handshake on *transport*, serve the session until it ends, close it.
 
         Never raises for a failing peer (see :meth:`handshake_failed`).
@@ -495,8 +506,12 @@ class Server:
             NetworkError: (``LISTEN_FAILED``, also an ``OSError``) the address is in
                 use or cannot be bound; the message names it.
         """
+        listener: Listener[Any]
         try:
-            listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+            if use_native(self.native):
+                listener = await NativeListener.tcp(host, port)
+            else:
+                listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
         except OSError as exc:
             raise network_error(exc, listen=True, address=(host, port)) from exc
         address = listener.extra(SocketAttribute.local_address)
@@ -506,8 +521,12 @@ class Server:
     @contextlib.asynccontextmanager
     async def listen_unix(self, path: str | os.PathLike[str]) -> AsyncIterator[str]:
         """:meth:`listen` on the Unix socket *path* (removed afterwards)."""
+        listener: Listener[Any]
         try:
-            listener = await anyio.create_unix_listener(path)
+            if use_native(self.native):
+                listener = await NativeListener.unix(path)
+            else:
+                listener = await anyio.create_unix_listener(path)
         except OSError as exc:
             raise network_error(exc, listen=True, address=path) from exc
         try:

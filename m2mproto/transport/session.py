@@ -74,6 +74,7 @@ from ._dispatch import Dispatcher, Plan
 from ._errors import ConnectionClosedError, RequestTimeout, StreamResetError
 from ._keys import StaticKeys
 from ._link import DEFAULT_HIGH_WATER, Channel, Link, Peer, logger
+from ._native import AnyTransport
 from ._pump import Flag
 from ._streams import DataStream, Incoming, MessageStream
 from .attributes import M2MAttribute
@@ -220,7 +221,7 @@ class Session:
 
     def __init__(
         self,
-        transport: ByteStream,
+        transport: AnyTransport,
         conn: Connection,
         *,
         server_side: bool,
@@ -260,7 +261,7 @@ class Session:
     @classmethod
     def create(
         cls,
-        transport: ByteStream,
+        transport: AnyTransport,
         *,
         identity: Identity,
         server_side: bool = False,
@@ -933,7 +934,7 @@ class SessionOpener:
     def __init__(
         self,
         prepare: Callable[[], Awaitable[Session]],
-        transport: ByteStream | None,
+        transport: AnyTransport | None,
         *,
         retry: Callable[[M2MError], Callable[[], Awaitable[Session]] | None] | None = None,
         ready: Callable[[Session], None] | None = None,

@@ -17,6 +17,7 @@ from anyio.abc import ByteStream
 from transport_util import make_server
 
 from m2mproto.transport import ConnectionClosedError, Context, memory_pair
+from m2mproto.transport._pump import Pump
 
 pytestmark = pytest.mark.anyio
 
@@ -97,6 +98,9 @@ async def test_a_cancelled_caller_does_not_cut_a_write_but_abort_does() -> None:
     with anyio.fail_after(20):
         async with memory_pair(server=_echo_server()) as (client, _srv):
             assert (await client.request("echo", {"n": 1}))["n"] == 1
+            if not isinstance(client._pump, Pump):
+                # the native pump has no send slot to hold: transport.write never waits
+                pytest.skip("a write that waits exists only on the anyio path")
             wrapper = _StuckSend(client._pump.transport)
             client._pump.transport = wrapper
             wrapper.stuck = True

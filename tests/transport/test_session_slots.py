@@ -65,7 +65,9 @@ async def test_one_source_cannot_take_every_established_slot() -> None:
         await wait_for(lambda: server.stats.accepted == 40)
         live = [s for s in held if not s.closed]
         assert len(server.sessions) <= 16 and len(live) <= 16
-        assert server.stats.source_limited >= 40 - 16
+        # the rest were refused: past the source cap, or evicted as pending handshakes
+        # of that source (how many of each depends on how fast accepts arrive)
+        assert server.stats.source_limited + server.stats.evicted >= 40 - 16
         benign = await benign_request(address)
         for s in held:
             await s.aclose()
