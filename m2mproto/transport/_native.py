@@ -400,6 +400,7 @@ class NativePump:
         "finished",
         "flushed",
         "on_event",
+        "timer_wakeups",
         "transport",
         "transport_error",
     )
@@ -425,6 +426,8 @@ class NativePump:
         self._linger = linger
         self.flushed = Signal()
         self.finished = Flag()
+        #: Times the core's timer fell due (as the anyio pump counts them).
+        self.timer_wakeups = 0
         self.transport_error: BaseException | None = None
         self._finishing = False
         self._processing = False
@@ -592,6 +595,7 @@ class NativePump:
         now = self._loop.time()
         timer = self.conn.get_timer()
         if timer is not None and now >= timer:
+            self.timer_wakeups += 1
             with contextlib.suppress(M2MError):
                 self.conn.handle_timer(now)
         self.wake()
