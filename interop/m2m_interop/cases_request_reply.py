@@ -56,11 +56,21 @@ def _message_of(size: int) -> bytes:
 
 
 def _then(
-    send: Callable[[Session], object], *, sid: int | None = None, **bugs: Any
+    send: Callable[[Session], object],
+    *,
+    sid: int | None = None,
+    tokens: Callable[[], list[bytes]] | None = None,
+    **bugs: Any,
 ) -> Callable[[Ctx], Actual]:
-    """Negotiate, run *send*, observe (on stream *sid* for stream errors)."""
+    """Negotiate, run *send*, observe (on stream *sid* for stream errors).
+
+    *tokens* is called when the case runs, not at import: a run against a
+    socket target re-roots the catalog (``--root-key``) after the import.
+    """
 
     def run(ctx: Ctx) -> Actual:
+        if tokens is not None:
+            bugs["tokens"] = tokens()
         s = _rr(ctx, **bugs)
         send(s)
         return ctx.observe(s, sid=sid)
@@ -309,7 +319,7 @@ case(
     _then(
         lambda s: s.send(RequestFrame(0, "log", _message_of(17))),
         sid=0,
-        tokens=[_caveat_token(16, b"rr-caveat-001")],
+        tokens=lambda: [_caveat_token(16, b"rr-caveat-001")],
     )
 )
 
@@ -324,7 +334,7 @@ case(
     _then(
         lambda s: s.send(RequestFrame(0, "log", _VALUE)),
         sid=0,
-        tokens=[restricted_token(("echo", "stream/open"), ("echo", "msg/send"))],
+        tokens=lambda: [restricted_token(("echo", "stream/open"), ("echo", "msg/send"))],
     )
 )
 
@@ -338,7 +348,7 @@ case(
     _then(
         lambda s: s.send(RequestFrame(0, "log", _VALUE)),
         sid=0,
-        tokens=[restricted_token(("*", "stream/open"), ("echo", "msg/send"))],
+        tokens=lambda: [restricted_token(("*", "stream/open"), ("echo", "msg/send"))],
     )
 )
 
@@ -363,7 +373,7 @@ case(
 )(
     _then(
         lambda s: s.send(RequestFrame(0, "log", _message_of(4097))),
-        tokens=[restricted_token(("echo", "stream/open"), ("echo", "msg/send"))],
+        tokens=lambda: [restricted_token(("echo", "stream/open"), ("echo", "msg/send"))],
     )
 )
 
@@ -404,7 +414,7 @@ def _requests(
     n: int,
     make: Callable[[int], list[Any]],
     *,
-    tokens: list[bytes] | None = None,
+    tokens: Callable[[], list[bytes]] | None = None,
     drain: bool = False,
 ) -> Callable[[Ctx], Actual]:
     """*n* rounds of the frames ``make(stream_id)``, 50 per record batch.
@@ -414,7 +424,7 @@ def _requests(
     """
 
     def run(ctx: Ctx) -> Actual:
-        s = _rr(ctx, tokens=tokens) if tokens is not None else _rr(ctx)
+        s = _rr(ctx, tokens=tokens()) if tokens is not None else _rr(ctx)
         for i in range(n):
             s.send(*make(2 * i))
             if i % 50 == 49:
@@ -435,7 +445,8 @@ def _rapid(sid: int) -> list[Any]:
     return [RequestFrame(sid, "log", _VALUE), ResetFrame(sid, ErrorCode.CANCELLED, len(_VALUE))]
 
 
-_NO_LOG = [restricted_token(("echo", "stream/open"), ("echo", "msg/send"))]
+def _no_log() -> list[bytes]:
+    return [restricted_token(("echo", "stream/open"), ("echo", "msg/send"))]
 
 case(
     "5.9/31",
@@ -459,7 +470,7 @@ case(
     "streams.md §6.2: 201 REQUESTs refused at the open (UNAUTHORIZED) are ENHANCE_YOUR_CALM.",
     conn("ENHANCE_YOUR_CALM"),
     needs={"frozen-clock"},
-)(_requests(201, lambda sid: [RequestFrame(sid, "log", _VALUE)], tokens=_NO_LOG))
+)(_requests(201, lambda sid: [RequestFrame(sid, "log", _VALUE)], tokens=_no_log))
 
 case(
     "5.9/34",
@@ -493,7 +504,7 @@ case(
     "streams.md §6.3: 32 REQUESTs with an empty payload refused at the open are accepted "
     "(boundary of 5.9/37).",
     ok(),
-)(_requests(32, lambda sid: [RequestFrame(sid, "log", b"")], tokens=_NO_LOG, drain=True))
+)(_requests(32, lambda sid: [RequestFrame(sid, "log", b"")], tokens=_no_log, drain=True))
 
 case(
     "5.9/37",
@@ -501,4 +512,4 @@ case(
     "streams.md §6.3: a refused REQUEST is not progress and its empty payload is an empty "
     "message on a dead stream: 33 of them are ENHANCE_YOUR_CALM.",
     conn("ENHANCE_YOUR_CALM"),
-)(_requests(33, lambda sid: [RequestFrame(sid, "log", b"")], tokens=_NO_LOG))
+)(_requests(33, lambda sid: [RequestFrame(sid, "log", b"")], tokens=_no_log))

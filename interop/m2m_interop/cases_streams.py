@@ -782,14 +782,14 @@ def _made_you_reset(
     n: int,
     body: Callable[[int], bytes],
     *,
-    tokens: list[bytes] | None = None,
+    tokens: Callable[[], list[bytes]] | None = None,
     resource: Callable[[int], str] = lambda i: "log",
 ) -> Callable[[Ctx], Actual]:
     """Streams the IUT must reset itself (MadeYouReset, CVE-2025-8671): each OPEN is
     followed by a message the IUT refuses (or the OPEN itself is refused)."""
 
     def run(ctx: Ctx) -> Actual:
-        s = ctx.session(tokens=tokens) if tokens is not None else ctx.session()
+        s = ctx.session(tokens=tokens()) if tokens is not None else ctx.session()
         for i in range(n):
             sid = 2 * i
             s.send(OpenFrame(sid, resource(i)), MessageFrame(sid, body(i), True, False))
@@ -844,7 +844,7 @@ case(
     _made_you_reset(
         201,
         lambda i: b"\x01",
-        tokens=[restricted_token(("*", "stream/open"), ("echo", "msg/send"))],
+        tokens=lambda: [restricted_token(("*", "stream/open"), ("echo", "msg/send"))],
     )
 )
 
@@ -859,7 +859,7 @@ case(
     _made_you_reset(
         201,
         lambda i: b"\x01",
-        tokens=[restricted_token(("echo", "stream/open"), ("log", "msg/send"))],
+        tokens=lambda: [restricted_token(("echo", "stream/open"), ("log", "msg/send"))],
         resource=lambda i: "log" if i % 2 == 0 else "echo",
     )
 )

@@ -12,12 +12,12 @@ import anyio
 import pytest
 from test_vectors import TOKENS, _token_context, conforms
 
+from m2m_interop import generate
 from m2mproto import cbor
 from m2mproto.config import Configuration
 from m2mproto.errors import ErrorCode, TokenError
 from m2mproto.frames import decode_frame, decode_frames, encode_frame
 from m2mproto.identity import AgentId, Identity
-from m2m_interop import generate
 from m2mproto.records import RecordWriter
 from m2mproto.tokens import TokenLimits, verify
 from m2mproto.transport import Context, DataStream, Server, Session, memory_pair

@@ -88,7 +88,9 @@ def test_tcp_target_slice(serve: tuple[str, int, Path], monkeypatch: pytest.Monk
     monkeypatch.setattr(mint, "NOW", mint.NOW)
     mint.set_root(Identity.load(root_key), int(time.time()))
     try:
-        cases = select(CASES, ["2.1", "3.1/5", "3.1/7", "4.1/1", "4.2/3", "6.6/1", "6.6/10"])
+        # 5.9/24, /25 and /36 carry tokens of their own (signed by the target's root)
+        ids = ["2.1", "3.1/5", "3.1/7", "4.1/1", "4.2/3", "6.6/1", "6.6/10", "5.9/24", "5.9/25"]
+        cases = select(CASES, [*ids, "5.9/36"])
         results = runner.run_cases(
             cases, tcp_factory(host, port), capabilities=runner.CAPABILITIES["tcp"]
         )
@@ -99,3 +101,17 @@ def test_tcp_target_slice(serve: tuple[str, int, Path], monkeypatch: pytest.Monk
     assert sum(r.result == "PASS" for r in results) >= 8
     skipped = {r.case.id for r in results if r.result == "SKIP"}
     assert "2.1/8" in skipped  # needs a configured IUT
+
+
+
+def test_catalog_follows_a_new_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every case mints its tokens when it runs: a run against a socket target re-roots the
+    catalog (``--root-key``) after it was imported, and a token signed at import time would
+    carry the default root (TOKEN_INVALID at the target)."""
+    monkeypatch.setattr(mint, "ROOT", mint.ROOT)
+    try:
+        mint.set_root(Identity.generate())  # the in-process IUT trusts mint.ROOT when it starts
+        results = runner.run_cases(CASES)
+    finally:
+        mint._CATALOG.clear()
+    assert [(r.case.id, r.result, r.note) for r in results if r.result != "PASS"] == []
