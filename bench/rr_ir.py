@@ -23,8 +23,11 @@ stream, the request message with end-of-stream, the reply message with
 end-of-stream, credit returned as the transport does); without the bench
 server's token authorizer.
 
+``--kind bulk`` counts 64 KiB writes on the bulk stream instead (the
+bench's ``bulk_mb_s``; each run ends with a barrier request; m2m and tls only).
+
 Run: ``python -m bench.rr_ir --material DIR [--make] [--proto m2m|tls|core] [--n N]
-[--backend asyncio|trio]``.
+[--backend asyncio|trio] [--kind rr|bulk]``.
 """
 
 from __future__ import annotations
@@ -37,12 +40,12 @@ import anyio
 
 from . import m2m_side, tls_anchor
 from .m2m_side import ECHO
-from .net import HOST, MESSAGE
+from .net import CHUNK, HOST, MESSAGE
 
 __all__ = ["main"]
 
 
-async def _run(proto: str, material: Path, n: int) -> None:
+async def _run(proto: str, material: Path, n: int, kind: str = "rr") -> None:
     side: Any = m2m_side if proto == "m2m" else tls_anchor
     directory = material / proto
     client = m2m_side.make_client(directory) if proto == "m2m" else tls_anchor.TLSClient(directory)
@@ -60,8 +63,16 @@ async def _run(proto: str, material: Path, n: int) -> None:
             ch = await client.connect(HOST, ports[0])
             for _ in range(20):
                 await ch.request(MESSAGE)
-            for _ in range(n):
-                await ch.request(MESSAGE)
+            if kind == "bulk":
+                for _ in range(20):
+                    await ch.bulk(CHUNK)
+                await ch.flush()
+                for _ in range(n):
+                    await ch.bulk(CHUNK)
+                await ch.flush()
+            else:
+                for _ in range(n):
+                    await ch.request(MESSAGE)
             await ch.aclose()
             tg.cancel_scope.cancel()
 
@@ -110,6 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--proto", choices=("m2m", "tls", "core"), default="m2m")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    parser.add_argument(
+        "--kind", choices=("rr", "bulk"), default="rr", help="round trips or 64 KiB writes"
+    )
     args = parser.parse_args(argv)
     if args.make:
         for proto, side in (("m2m", m2m_side), ("tls", tls_anchor)):
@@ -119,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.proto == "core":
         _core(args.n)
         return
-    anyio.run(_run, args.proto, args.material, args.n, backend=args.backend)
+    anyio.run(_run, args.proto, args.material, args.n, args.kind, backend=args.backend)
 
 
 if __name__ == "__main__":

@@ -201,8 +201,13 @@ class DataStream(_StreamBase, ByteStream):
         """
         self._check_send()
         link, sid = self._link, self._chan.stream_id
-        view = memoryview(bytes(item))
         step = max(link.high_water, 1)
+        if type(item) is bytes and len(item) <= step:
+            # the common case: the core keeps these very bytes (no slice, no copy)
+            await link.queue_send(sid, item, message=False)
+            await link.wait_drained(sid)
+            return
+        view = memoryview(bytes(item))
         for offset in range(0, len(view), step):
             await link.queue_send(sid, view[offset : offset + step], message=False)
             await link.wait_drained(sid)

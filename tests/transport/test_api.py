@@ -259,6 +259,36 @@ async def test_upload_several_megabytes_with_checksum() -> None:
     assert int.from_bytes(answer[32:], "big") == len(payload)
 
 
+async def test_send_takes_bytes_bytearray_and_memoryview_of_any_size() -> None:
+    """bytes up to the high-water mark are queued as they are; larger items and other
+    buffer types are copied first, so changing a bytearray after send() returns does not
+    change what the peer receives."""
+    server, _ = echo_server()
+    parts = [hashlib.shake_256(bytes([i])).digest(n) for i, n in enumerate((1, 4096, 300_001))]
+    sent = b""
+    with anyio.fail_after(30):
+        async with (
+            running_tcp(server) as address,
+            await connect(
+                address, identity=CLIENT_ID, tokens=[token(ALL)], peer=SERVER_ID.agent_id
+            ) as s,
+        ):
+            stream = await s.open_stream("files/mixed")
+            async with stream:
+                for part in parts:
+                    mutable = bytearray(part)
+                    for item in (part, mutable, memoryview(part)[1:]):
+                        await stream.send(item)  # type: ignore[arg-type]
+                        sent += bytes(item)
+                    mutable[:] = bytes(len(mutable))  # after send: must not reach the peer
+                await stream.send_eof()
+                answer = b""
+                async for chunk in stream:
+                    answer += chunk
+    assert answer[:32] == hashlib.sha256(sent).digest()
+    assert int.from_bytes(answer[32:], "big") == len(sent)
+
+
 async def test_hundred_concurrent_streams() -> None:
     server, _ = echo_server()
     results: dict[int, bytes] = {}
