@@ -262,6 +262,8 @@ class Dispatcher(Generic[R]):
         link.log.extra = {"peer": event.peer.short, "address": link.address}
         link.log.info("handshake complete (%s)", "server" if self._server_side else "client")
         link.handshake_done.set()
+        if link.on_ready is not None:
+            link.on_ready()
 
     def _connection_closed(self, event: ev.ConnectionClosed) -> None:
         self.mark_closed(event.code, event.reason, event.remote)

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
@@ -214,6 +215,7 @@ class Session:
         "_link",
         "_pump",
         "_routes",
+        "_scope",
         "_server_side",
         "_start_error",
         "_transport",
@@ -251,6 +253,8 @@ class Session:
         self._launched = False
         #: Set when the lifetime is over: the pump and every handler finished.
         self._finished = Flag()
+        #: The lifetime's cancel scope while it runs (its task group's).
+        self._scope: anyio.CancelScope | None = None
         self._start_error: M2MError | None = None
         self._dispatch.on_session_event = self._hook(on_event) if on_event is not None else None
         #: A client that presented tokens waits for the server's verdict in _wait_ready.
@@ -406,9 +410,29 @@ class Session:
     async def _lifetime(self) -> None:
         """Own the session's task group from the handshake to the end. Never raises
         (failures are recorded for :meth:`_wait_ready` and ``close_info``)."""
+        await self._run(math.inf)
+
+    async def _serve(self, deadline: float = math.inf) -> bool:
+        """Run the lifetime in the calling task: the pump runs here, handlers in the
+        session's task group. A server runs it from its connection's task, so an
+        idle server connection is that one task.
+
+        *deadline* (anyio's clock) bounds the lifetime's cancel scope: the server's
+        handshake backstop, lifted by :meth:`_lift_deadline` once the session is
+        ready. Returns whether that deadline cut the lifetime. Never raises, except
+        the cancellation of an enclosing scope."""
+        if self._launched:
+            raise LocalProtocolError("session already started", ErrorCode.INVALID_STATE)
+        self._launched = True
+        return await self._run(deadline)
+
+    async def _run(self, deadline: float) -> bool:
         link, pump, dispatch = self._link, self._pump, self._dispatch
         try:
             async with anyio.create_task_group() as tg:
+                self._scope = tg.cancel_scope
+                if deadline < math.inf:
+                    tg.cancel_scope.deadline = deadline
                 dispatch.bind(tg)
                 link.log.debug("handshake started (%s)",
                                "responder" if self._server_side else "initiator")  # fmt: skip
@@ -429,9 +453,23 @@ class Session:
                         await dispatch.idle.wait()
                 dispatch.bind(None)
                 dispatch.cancel_handlers()
+            return tg.cancel_scope.cancelled_caught
         finally:
+            self._scope = None
+            if not link.closed.is_set():  # cut short (the deadline, a cancellation)
+                dispatch.mark_closed(ErrorCode.CANCELLED, "lifetime cancelled", remote=False)
             dispatch.bind(None)
             self._finished.set()
+
+    def _lift_deadline(self) -> None:
+        """Remove the deadline of :meth:`_serve` (the handshake is over)."""
+        if self._scope is not None:
+            self._scope.deadline = math.inf
+
+    def _abort_handshake(self) -> None:
+        """Cut a session still in its handshake (an eviction): nothing is sent."""
+        self._dispatch.mark_closed(ErrorCode.CANCELLED, "handshake cancelled", remote=False)
+        self._pump.abort()
 
     async def _wait_ready(self) -> None:
         """Wait for the handshake. On failure or cancellation the session is cut and
