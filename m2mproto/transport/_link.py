@@ -121,6 +121,9 @@ def _unbound(event: ev.Event) -> None:  # pragma: no cover - the dispatcher bind
 class _PeerLog(logging.LoggerAdapter[logging.Logger]):
     """Prefixes every line with ``[peer@address]`` (the peer is ``handshake`` until known)."""
 
+    # slotted: one per session (LoggerAdapter keeps a __dict__, never filled)
+    __slots__ = ("extra", "logger", "merge_extra")
+
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         extra = self.extra or {}
         address = extra.get("address")

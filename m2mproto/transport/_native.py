@@ -202,6 +202,9 @@ class NativeStream(anyio.abc.AsyncResource, anyio.TypedAttributeProvider):
     """A connected asyncio transport waiting for its session (not a byte stream:
     only a :class:`NativePump` reads and writes it)."""
 
+    # slotted: one per connection (the bases keep a __dict__, never filled)
+    __slots__ = ("_lost", "_protocol", "_transport")
+
     def __init__(self, protocol: _Protocol, transport: asyncio.Transport) -> None:
         self._protocol = protocol
         self._transport = transport

@@ -504,13 +504,13 @@ class Session:
             payload = link.call(self._conn.ping)
         except M2MError:
             return  # already closed: the caller reports how
-        pings = self._dispatch.pings
-        waiter = pings[payload] = anyio.Event()
+        waiter = self._dispatch.ping_waiter(payload)
         try:
             with anyio.move_on_after(self._conn.config.handshake_timeout):
                 await waiter.wait()  # set by the PONG or by the close
         finally:
-            pings.pop(payload, None)
+            if self._dispatch.pings is not None:
+                self._dispatch.pings.pop(payload, None)
 
     def _hook(self, on_event: EventHook) -> Callable[[ev.Event], None]:
         log = self._link.log
@@ -854,15 +854,15 @@ class Session:
         """
         start = anyio.current_time()
         payload = self._link.call(self._conn.ping)
-        pings = self._dispatch.pings
-        waiter = pings[payload] = anyio.Event()
+        waiter = self._dispatch.ping_waiter(payload)
         try:
             with anyio.move_on_after(timeout):
                 await waiter.wait()
                 self._link.check_open()
                 return anyio.current_time() - start
         finally:
-            pings.pop(payload, None)
+            if self._dispatch.pings is not None:
+                self._dispatch.pings.pop(payload, None)
         raise RequestTimeout("no answer to ping", ErrorCode.TIMEOUT)
 
     # -- close --------------------------------------------------------------------------
