@@ -460,7 +460,6 @@ class Server:
             return
         established = False  # the handshake completed
         watch: _Watch | None = None  # the session counts as live
-        cut = False  # the backstop deadline ended the handshake
         self._addresses[transport] = remote_address(transport)
         try:
             try:
@@ -509,6 +508,8 @@ class Server:
             # Backstop deadline on the lifetime: the core enforces the handshake
             # deadline; this also covers a stuck transport. Lifted by ready().
             cut = await session._serve(anyio.current_time() + self.handshake_timeout + 1.0)
+            if not established and not entry.evicted:  # reported while the address is known
+                self._handshake_ended(session, transport, cut)
         finally:
             self._release(entry)  # still pending: failed, cut, or never started
             if watch is not None:
@@ -517,8 +518,9 @@ class Server:
             if not established:  # evicted, backstop deadline, or failed: make sure it is shut
                 with anyio.CancelScope(shield=True):
                     await anyio.aclose_forcefully(transport)
-        if established or entry.evicted:
-            return
+
+    def _handshake_ended(self, session: Session, transport: AnyTransport, cut: bool) -> None:
+        """Count (and report) a handshake that did not complete; *cut*: by the backstop."""
         self.stats.failed += 1
         if cut:
             self.stats.timed_out += 1
