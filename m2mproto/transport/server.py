@@ -111,12 +111,15 @@ class _Handshaking:
 
 
 class _Watch:
-    """The idle and grant checks of one established session, run on its pump's
-    alarm (:meth:`~._pump.Pump.set_alarm`): no task and no cancel scope of their own.
-    See :class:`Server` for what they close."""
+    """One accepted connection once its session exists: the ready hook (the end of the
+    handshake), then the idle and grant checks of the established session, run on its
+    pump's alarm (:meth:`~._pump.Pump.set_alarm`): no task and no cancel scope of their
+    own. See :class:`Server` for what they close."""
 
     __slots__ = (
         "authorizer",
+        "entry",
+        "established",
         "every",
         "grant_check",
         "idle",
@@ -128,30 +131,59 @@ class _Watch:
     )
 
     def __init__(
-        self, server: Server, session: Session, authorizer: Authorizer | None, source: str
+        self,
+        server: Server,
+        session: Session,
+        authorizer: Authorizer | None,
+        source: str,
+        entry: _Handshaking,
     ) -> None:
         self.server = server
         self.session = session
         self.source = source
+        self.authorizer = authorizer
+        #: The admission slot while the handshake runs.
+        self.entry: _Handshaking | None = entry
+        #: The handshake completed.
+        self.established = False
         #: The session counts in ``server.sessions`` (until :meth:`closed`).
         self.live = False
-        self.authorizer = authorizer
         self.idle = (server.config or Configuration()).idle_timeout
         lister = getattr(authorizer, "grants", None)
         self.every = server.grantless_timeout if callable(lister) else None
-        now = anyio.current_time()
-        self.grant_check = math.inf if self.every is None else now + self.every
+        self.grant_check = math.inf
         #: Open streams count as activity (their own traffic is the core's).
-        self.idle_base = now
+        self.idle_base = 0.0
+        session._link.on_ready = self.ready
 
-    def start(self) -> None:
-        """Count the session as live, uncount it when it closes, arm the first check."""
-        server, session = self.server, self.session
+    def ready(self) -> None:
+        """The handshake completed (``Link.on_ready``, called in the session's task):
+        lift the backstop, free the admission slot, count the session, arm the checks."""
+        server, session, entry = self.server, self.session, self.entry
+        session._link.on_ready = None
+        if entry is None or entry.evicted or session.closed:
+            return
+        session._lift_deadline()  # only the handshake has the backstop
+        server._release(entry)
+        self.entry = None
+        self.established = True
+        source = self.source
+        if server._established[source] >= server.max_sessions_per_source:
+            # handshakes from this source finished together past the cap
+            server.stats.source_limited += 1
+            server.log_throttle.log(logger, logging.WARNING, "refused connections", source,
+                                    "session from %s closed: source limit",
+                                    session.remote_address or source)  # fmt: skip
+            session.request_close(ErrorCode.ENHANCE_YOUR_CALM, "too many sessions")
+            return
         server.stats.established += 1
         server.sessions.add(session)
-        server._established[self.source] += 1
+        server._established[source] += 1
         self.live = True
         session._link.on_closed = self.closed
+        now = anyio.current_time()
+        self.grant_check = math.inf if self.every is None else now + self.every
+        self.idle_base = now
         self.arm()
 
     def closed(self) -> None:
@@ -458,8 +490,7 @@ class Server:
                                   len(self._pending))  # fmt: skip
             await anyio.aclose_forcefully(transport)
             return
-        established = False  # the handshake completed
-        watch: _Watch | None = None  # the session counts as live
+        watch: _Watch | None = None  # once the session exists
         self._addresses[transport] = remote_address(transport)
         try:
             try:
@@ -483,39 +514,18 @@ class Server:
                                  remote_address(transport) or source)  # fmt: skip
                 return  # the slot is released and the transport closed below
             entry.session = session
-
-            def ready() -> None:
-                """The handshake completed (called by the dispatcher, in this task)."""
-                nonlocal established, watch
-                session._link.on_ready = None
-                if entry.evicted or session.closed:
-                    return
-                session._lift_deadline()  # only the handshake has the backstop
-                self._release(entry)
-                established = True
-                if self._established[source] >= self.max_sessions_per_source:
-                    # handshakes from this source finished together past the cap
-                    self.stats.source_limited += 1
-                    self.log_throttle.log(logger, logging.WARNING, "refused connections",
-                                          source, "session from %s closed: source limit",
-                                          session.remote_address or source)  # fmt: skip
-                    session.request_close(ErrorCode.ENHANCE_YOUR_CALM, "too many sessions")
-                    return
-                watch = _Watch(self, session, authorizer, source)
-                watch.start()
-
-            session._link.on_ready = ready
+            watch = _Watch(self, session, authorizer, source, entry)
             # Backstop deadline on the lifetime: the core enforces the handshake
-            # deadline; this also covers a stuck transport. Lifted by ready().
+            # deadline; this also covers a stuck transport. Lifted by watch.ready().
             cut = await session._serve(anyio.current_time() + self.handshake_timeout + 1.0)
-            if not established and not entry.evicted:  # reported while the address is known
+            if not watch.established and not entry.evicted:  # while the address is known
                 self._handshake_ended(session, transport, cut)
         finally:
             self._release(entry)  # still pending: failed, cut, or never started
             if watch is not None:
                 watch.closed()
             self._addresses.pop(transport, None)
-            if not established:  # evicted, backstop deadline, or failed: make sure it is shut
+            if watch is None or not watch.established:  # evicted, cut, failed: shut it
                 with anyio.CancelScope(shield=True):
                     await anyio.aclose_forcefully(transport)
 

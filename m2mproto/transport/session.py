@@ -52,7 +52,15 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol, TypeVar, overload
 
@@ -412,19 +420,20 @@ class Session:
         (failures are recorded for :meth:`_wait_ready` and ``close_info``)."""
         await self._run(math.inf)
 
-    async def _serve(self, deadline: float = math.inf) -> bool:
+    def _serve(self, deadline: float = math.inf) -> Coroutine[Any, Any, bool]:
         """Run the lifetime in the calling task: the pump runs here, handlers in the
         session's task group. A server runs it from its connection's task, so an
         idle server connection is that one task.
 
         *deadline* (anyio's clock) bounds the lifetime's cancel scope: the server's
         handshake backstop, lifted by :meth:`_lift_deadline` once the session is
-        ready. Returns whether that deadline cut the lifetime. Never raises, except
-        the cancellation of an enclosing scope."""
+        ready. The coroutine returns whether that deadline cut the lifetime, and never
+        raises except the cancellation of an enclosing scope. (A plain function returning
+        the lifetime's coroutine: one coroutine frame less per connection.)"""
         if self._launched:
             raise LocalProtocolError("session already started", ErrorCode.INVALID_STATE)
         self._launched = True
-        return await self._run(deadline)
+        return self._run(deadline)
 
     async def _run(self, deadline: float) -> bool:
         link, pump, dispatch = self._link, self._pump, self._dispatch
