@@ -419,6 +419,7 @@ class Dispatcher(Generic[R]):
     def _release(self, chan: Channel) -> None:
         del self._handlers[chan]
         if not self._handlers:
+            self._handlers = {}  # an emptied dict keeps its table: an idle session drops it
             self.idle.set()
 
     async def _worker(self, worker: _Worker) -> None:

@@ -301,6 +301,8 @@ class Link:
     def forget_if_done(self, chan: Channel) -> None:
         if chan.done and self.channels.get(chan.stream_id) is chan:
             del self.channels[chan.stream_id]
+            if not self.channels:  # an emptied dict keeps its table: an idle session drops it
+                self.channels = {}
 
     def reset(self, chan: Channel | int, code: int, *, refuse: bool = False) -> None:
         """Reset a stream we still know (no error if the core already forgot it).
