@@ -514,6 +514,11 @@ class NativePump:
         self._kill_after(self._loop.time() + grace)
         self._write_out()
 
+    def now(self) -> float:
+        """The clock of :meth:`set_alarm`: the loop's (anyio's on asyncio), readable from
+        the loop's callbacks, where the alarm runs."""
+        return self._loop.time()
+
     def set_alarm(self, when: float, callback: Callable[[], None] | None) -> None:
         """Call *callback* at *when* on the loop's clock (one ``call_at`` handle),
         replacing the previous alarm (``None``: no alarm). Never after the end."""

@@ -360,6 +360,11 @@ class Pump:
         self._writer_running = True
         self._tg.start_soon(self._writer_task)
 
+    @staticmethod
+    def now() -> float:
+        """The clock of :meth:`set_alarm` (anyio's)."""
+        return anyio.current_time()
+
     def set_alarm(self, when: float, callback: Callable[[], None] | None) -> None:
         """Call *callback* (synchronously, in the pump's task) at *when* on anyio's
         clock, replacing the previous alarm (``None``: no alarm). It runs on the

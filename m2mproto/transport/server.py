@@ -181,7 +181,7 @@ class _Watch:
         server._established[source] += 1
         self.live = True
         session._link.on_closed = self.closed
-        now = anyio.current_time()
+        now = session._pump.now()  # runs in a callback on the native path
         self.grant_check = math.inf if self.every is None else now + self.every
         self.idle_base = now
         self.arm()
@@ -213,7 +213,7 @@ class _Watch:
         session, server = self.session, self.server
         if session.closed:
             return
-        now = anyio.current_time()
+        now = session._pump.now()  # the alarm is a loop callback on the native path
         if now >= self.grant_check:
             assert self.every is not None
             if not _holds_grant(self.authorizer, session.peer.agent_id):
