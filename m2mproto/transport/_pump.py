@@ -24,7 +24,9 @@ session's lifetime), so an idle connection holds that one task:
   ``TLSStream`` drops the bytes it decrypted if cancelled while it flushes TLS
   protocol output, such as the answer to a key update) the same timer loop
   runs in a task of its own around a plain wait, and the reader's receive is
-  cancelled only at the end of the connection.
+  cancelled only at the end of the connection. The owner's *alarm*
+  (:meth:`Pump.set_alarm`: the server's idle and grant checks) rides on the
+  same timer: the scope expires at the earlier of the two.
 * the *writer* task is spawned in the pump's task group when there is
   something to write (or a close to finish); it drains ``conn.data_to_send()``
   and, once there is nothing left, waits :data:`WRITER_IDLE` seconds for more

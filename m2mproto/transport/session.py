@@ -9,8 +9,9 @@ A :class:`Session` is composed of three objects it owns:
   :class:`~._link.Channel` per open stream, and the close state;
 * a :class:`~._dispatch.Dispatcher`: applies the Connection's events to the
   channels and runs handlers for the streams the peer opens;
-* its lifetime (:meth:`Session._lifetime`): the one task that owns the
-  session's task group (the pump's tasks and the handler workers) from the
+* its lifetime (:meth:`Session._lifetime`; a server runs it in the
+  connection's own task with :meth:`Session._serve`): the one task that owns
+  the session's task group (the pump's tasks and the handler workers) from the
   handshake until the connection is over.
 
 Application calls change the Connection synchronously and wake the pump;
