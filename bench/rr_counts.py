@@ -21,7 +21,9 @@ m2mproto line that constructed each scope or event.
 ``--memory N`` starts a child process that opens N authenticated connections
 (one request each) and holds them idle; the server runs under ``tracemalloc``
 and reports, per idle connection, the bytes still allocated by source file and
-the tasks the server holds for them.
+the tasks the server holds for them. ``--backend trio`` runs that server on trio
+(the clients stay on asyncio); on asyncio ``M2MPROTO_NATIVE=0`` measures the anyio
+streams path instead of the native one.
 
 ``--ir N`` runs N requests in memory (``memory_pair``, one asyncio loop) and
 nothing else (with ``--sites``: and prints the counts per round trip, which are
@@ -32,7 +34,8 @@ get Ir per round trip (client and server together)::
     valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
         python -m bench.rr_counts --ir 200 2>&1 | grep refs
 
-Run: ``python -m bench.rr_counts [--counts 500] [--sites] [--memory 200] [--ir N]``.
+Run: ``python -m bench.rr_counts [--counts 500] [--sites] [--memory 200] [--backend trio]
+[--ir N]``.
 Every phase runs under ``anyio.fail_after``; the child holding connections exits
 when its stdin closes.
 """
@@ -107,14 +110,17 @@ def _task_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> 
     return asyncio.Task(coro, loop=loop, **kwargs)
 
 
-def _run_loop(name: str, func: Callable[[], Any], out: list[Any]) -> threading.Thread:
+def _run_loop(
+    name: str, func: Callable[[], Any], out: list[Any], backend: str = "asyncio"
+) -> threading.Thread:
     def target() -> None:
         async def main() -> Any:
-            asyncio.get_running_loop().set_task_factory(_task_factory)
+            if backend == "asyncio":
+                asyncio.get_running_loop().set_task_factory(_task_factory)
             return await func()
 
         try:
-            out.append(anyio.run(main, backend="asyncio"))
+            out.append(anyio.run(main, backend=backend))
         except BaseException as exc:  # reported by the caller
             out.append(exc)
 
@@ -126,15 +132,21 @@ def _run_loop(name: str, func: Callable[[], Any], out: list[Any]) -> threading.T
 class _ServerThread:
     """The bench server on its own asyncio loop, in a thread of this process."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, backend: str = "asyncio") -> None:
         self.port = 0
         self._ready = threading.Event()
         self._stop: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Runs a callback in the server's loop, from another thread.
+        self._call_soon: Callable[[Callable[[], Any]], Any] | None = None
         self._out: list[Any] = []
 
         async def run() -> None:
-            self._loop = asyncio.get_running_loop()
+            if backend == "trio":
+                import trio
+
+                self._call_soon = trio.lowlevel.current_trio_token().run_sync_soon
+            else:
+                self._call_soon = asyncio.get_running_loop().call_soon_threadsafe
             self._stop = anyio.Event()
             async with anyio.create_task_group() as tg:
 
@@ -146,13 +158,13 @@ class _ServerThread:
                 await self._stop.wait()
                 tg.cancel_scope.cancel()
 
-        self._thread = _run_loop("server", run, self._out)
+        self._thread = _run_loop("server", run, self._out, backend)
         if not self._ready.wait(60):
             raise RuntimeError(f"server did not start: {self._out}")
 
     def call(self, func: Callable[[], Any]) -> Any:
         """Run *func* in the server's loop (synchronously) and return its result."""
-        assert self._loop is not None
+        assert self._call_soon is not None
         done = threading.Event()
         box: list[Any] = []
 
@@ -160,13 +172,13 @@ class _ServerThread:
             box.append(func())
             done.set()
 
-        self._loop.call_soon_threadsafe(run)
+        self._call_soon(run)
         done.wait(30)
         return box[0]
 
     def stop(self) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
+        assert self._call_soon is not None
+        self._call_soon(self._stop.set)
         self._thread.join(30)
 
 
@@ -247,19 +259,27 @@ def _hold(directory: Path, port: int, n: int) -> None:
     anyio.run(run, backend="asyncio")
 
 
-def memory(directory: Path, n: int, lines: str = "") -> dict[str, Any]:
-    """Bytes per idle connection held by the server, by source file (tracemalloc)."""
+def memory(directory: Path, n: int, lines: str = "", backend: str = "asyncio") -> dict[str, Any]:
+    """Bytes per idle connection held by the server, by source file (tracemalloc).
+
+    *backend*: the server's (``asyncio``: the native path unless ``M2MPROTO_NATIVE=0``;
+    ``trio``); the clients always run on asyncio in a child process."""
     tracemalloc.start(1)
-    server = _ServerThread(directory)
+    server = _ServerThread(directory, backend)
 
     def snapshot() -> tuple[tracemalloc.Snapshot, int]:
         gc.collect()
-        loop = asyncio.get_running_loop()
-        return tracemalloc.take_snapshot(), len(asyncio.all_tasks(loop))
+        if backend == "asyncio":
+            tasks = len(asyncio.all_tasks(asyncio.get_running_loop()))
+        else:  # trio (anyio's task list needs no task here)
+            tasks = len(anyio.get_running_tasks())
+        return tracemalloc.take_snapshot(), tasks
 
     def parked() -> collections.Counter[str]:
-        """Where the server's tasks wait (innermost frame of each)."""
+        """Where the server's tasks wait (innermost frame of each; asyncio only)."""
         where: collections.Counter[str] = collections.Counter()
+        if backend != "asyncio":
+            return where
         for task in asyncio.all_tasks(asyncio.get_running_loop()):
             names, coro = [], task.get_coro()
             while coro is not None and hasattr(coro, "cr_code"):
@@ -366,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ir", type=int, default=0, help="in-memory round trips (callgrind)")
     parser.add_argument("--lines", default="", help="by line, for files matching this")
     parser.add_argument("--top", type=int, default=12, help="source files listed (memory)")
+    parser.add_argument(
+        "--backend", default="asyncio", choices=("asyncio", "trio"), help="server's (memory)"
+    )
     parser.add_argument("--hold", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--dir", default="", help=argparse.SUPPRESS)
@@ -392,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
         if args.memory:
-            mem = memory(directory, args.memory, args.lines)
+            mem = memory(directory, args.memory, args.lines, args.backend)
             print(
                 f"server per idle connection: {mem['bytes_per_conn']:.0f} B traced"
                 f" (tracemalloc), {mem['tasks_per_conn']:.2f} tasks",

@@ -87,7 +87,6 @@ class Receiver:
         "_auth",
         "_budgets",
         "_cfg",
-        "_dispatch",
         "_events",
         "_life",
         "_outbox",
@@ -141,9 +140,6 @@ class Receiver:
         self.conn_send = conn_send
         #: Decoded frames of the current record, in reverse order (popped from the end).
         self.frames: list[Frame] = []
-        self._dispatch: dict[type[Any], Callable[[Any], Event | None]] = {
-            cls: getattr(self, name) for cls, name in _HANDLERS.items()
-        }
 
     # -- records -------------------------------------------------------------
 
@@ -182,7 +178,7 @@ class Receiver:
         """Apply one received frame; return at most one event."""
         if self._life.state is State.CLOSING and type(frame) not in _WHILE_CLOSING:
             return None  # we are closing: only the peer's CLOSE matters now
-        return self._dispatch[type(frame)](frame)
+        return _DISPATCH[type(frame)](self, frame)
 
     # -- helpers -------------------------------------------------------------
 
@@ -576,3 +572,8 @@ _HANDLERS: dict[type[Any], str] = {
 # Exhaustiveness: a frame class without a handler fails at import.
 assert set(_HANDLERS) == FRAME_CLASSES, "a Frame class has no receive handler"
 assert all(callable(getattr(Receiver, name, None)) for name in _HANDLERS.values())
+
+#: The same table with the functions themselves: built once here, not per connection.
+_DISPATCH: dict[type[Any], Callable[[Receiver, Any], Event | None]] = {
+    cls: getattr(Receiver, name) for cls, name in _HANDLERS.items()
+}

@@ -444,6 +444,18 @@ class StreamTable:
 
     HISTORY = 1024
 
+    __slots__ = (
+        "_history",
+        "_owed",
+        "local_open",
+        "next_local",
+        "next_remote",
+        "parity",
+        "remote_open",
+        "streams",
+        "totals",
+    )
+
     def __init__(self, initiator: bool) -> None:
         self.parity = 0 if initiator else 1
         self.next_local = self.parity

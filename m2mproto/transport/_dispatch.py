@@ -203,11 +203,12 @@ class Dispatcher(Generic[R]):
         #: Set while no handler runs.
         self.idle = Flag()
         self.idle.set()
-        #: Messages with no route, for ``async for incoming in session``.
-        self.incoming: deque[Incoming] = deque()
+        #: Messages with no route, for ``async for incoming in session`` (made on
+        #: the first one: most sessions never get one).
+        self.incoming: deque[Incoming] | None = None
         self.incoming_signal = Signal()
-        #: Waiters for our pings, by payload.
-        self.pings: dict[bytes, anyio.Event] = {}
+        #: Waiters for our pings, by payload (made on the first ping).
+        self.pings: dict[bytes, anyio.Event] | None = None
         #: The peer's last accepted token summary.
         self.capabilities: object = None
         #: The application's event hook (see ``Session``'s ``on_event``), or None.
@@ -236,7 +237,7 @@ class Dispatcher(Generic[R]):
         """The connection is over: record it and wake every waiter."""
         self._link.mark_closed(code, reason, remote)
         self.incoming_signal.notify()
-        for waiter in self.pings.values():
+        for waiter in (self.pings or {}).values():
             waiter.set()
 
     # -- events -----------------------------------------------------------------------
@@ -262,6 +263,8 @@ class Dispatcher(Generic[R]):
         link.log.extra = {"peer": event.peer.short, "address": link.address}
         link.log.info("handshake complete (%s)", "server" if self._server_side else "client")
         link.handshake_done.set()
+        if link.on_ready is not None:
+            link.on_ready()
 
     def _connection_closed(self, event: ev.ConnectionClosed) -> None:
         self.mark_closed(event.code, event.reason, event.remote)
@@ -280,7 +283,7 @@ class Dispatcher(Generic[R]):
 
     def _ping_acknowledged(self, event: ev.PingAcknowledged) -> None:
         self.last_activity = anyio.current_time()
-        waiter = self.pings.pop(event.payload, None)
+        waiter = self.pings.pop(event.payload, None) if self.pings else None
         if waiter is not None:
             waiter.set()
 
@@ -343,6 +346,8 @@ class Dispatcher(Generic[R]):
         grant = event.grant if event.grant is not None else chan.grant
         if first is Plan.INCOMING:
             assert link.peer is not None
+            if self.incoming is None:
+                self.incoming = deque()
             self.incoming.append(Incoming(link, link.peer, sid, chan.resource, event.value, grant))
             self.incoming_signal.notify()
         else:
@@ -404,9 +409,17 @@ class Dispatcher(Generic[R]):
         self._handlers[chan] = worker
         self._tg.start_soon(self._worker, worker)
 
+    def ping_waiter(self, payload: bytes) -> anyio.Event:
+        """An event set when our ping *payload* is answered (or the session closes)."""
+        if self.pings is None:
+            self.pings = {}
+        waiter = self.pings[payload] = anyio.Event()
+        return waiter
+
     def _release(self, chan: Channel) -> None:
         del self._handlers[chan]
         if not self._handlers:
+            self._handlers = {}  # an emptied dict keeps its table: an idle session drops it
             self.idle.set()
 
     async def _worker(self, worker: _Worker) -> None:

@@ -121,6 +121,9 @@ def _unbound(event: ev.Event) -> None:  # pragma: no cover - the dispatcher bind
 class _PeerLog(logging.LoggerAdapter[logging.Logger]):
     """Prefixes every line with ``[peer@address]`` (the peer is ``handshake`` until known)."""
 
+    # slotted: one per session (LoggerAdapter keeps a __dict__, never filled)
+    __slots__ = ("extra", "logger", "merge_extra")
+
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         extra = self.extra or {}
         address = extra.get("address")
@@ -153,6 +156,8 @@ class Link:
         "handshake_done",
         "high_water",
         "log",
+        "on_closed",
+        "on_ready",
         "peer",
         "pump",
         "source",
@@ -184,6 +189,12 @@ class Link:
         #: then set) or the session closed first.
         self.handshake_done = Flag()
         self.peer: Peer | None = None
+        #: Called (synchronously, in the pump's task) when the handshake completed,
+        #: before any later event: the server's hook that lifts the handshake deadline.
+        self.on_ready: Callable[[], None] | None = None
+        #: Called once (synchronously) when the connection is over: the server's hook
+        #: that stops counting the session as live.
+        self.on_closed: Callable[[], None] | None = None
         #: Set once the connection is over (closed by either side or failed).
         self.closed = Flag()
         self.closed_info: tuple[int, str, bool] | None = None
@@ -199,6 +210,10 @@ class Link:
             self.log.info("connection closed (%s, %s)", code_name(code), who)
         self.closed.set()
         self.handshake_done.set()  # a handshake still waited for has failed
+        on_closed = self.on_closed
+        if on_closed is not None:
+            self.on_closed = None
+            on_closed()
         if self.peer is None:
             # The handshake failed (the core closed itself): its ABORT gets the
             # same short chance to reach the peer as an abort's CLOSE.
@@ -286,6 +301,8 @@ class Link:
     def forget_if_done(self, chan: Channel) -> None:
         if chan.done and self.channels.get(chan.stream_id) is chan:
             del self.channels[chan.stream_id]
+            if not self.channels:  # an emptied dict keeps its table: an idle session drops it
+                self.channels = {}
 
     def reset(self, chan: Channel | int, code: int, *, refuse: bool = False) -> None:
         """Reset a stream we still know (no error if the core already forgot it).

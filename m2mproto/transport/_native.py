@@ -202,6 +202,9 @@ class NativeStream(anyio.abc.AsyncResource, anyio.TypedAttributeProvider):
     """A connected asyncio transport waiting for its session (not a byte stream:
     only a :class:`NativePump` reads and writes it)."""
 
+    # slotted: one per connection (the bases keep a __dict__, never filled)
+    __slots__ = ("_lost", "_protocol", "_transport")
+
     def __init__(self, protocol: _Protocol, transport: asyncio.Transport) -> None:
         self._protocol = protocol
         self._transport = transport
@@ -376,6 +379,7 @@ class NativePump:
     the interface of :class:`~._pump.Pump`."""
 
     __slots__ = (
+        "_alarm_handle",
         "_eof_fed",
         "_finishing",
         "_kill_at",
@@ -392,6 +396,7 @@ class NativePump:
         "_timer_at",
         "_timer_handle",
         "_transport",
+        "_waiter",
         "_write_pending",
         "_wrote_eof",
         "bytes_received",
@@ -442,6 +447,9 @@ class NativePump:
         self._timer_handle: asyncio.TimerHandle | None = None
         self._kill_at = math.inf
         self._kill_handle: asyncio.TimerHandle | None = None
+        self._alarm_handle: asyncio.TimerHandle | None = None
+        #: What :meth:`run` awaits: a bare future, resolved by :meth:`_done`.
+        self._waiter: asyncio.Future[None] | None = None
         self.bytes_sent = 0
         self.bytes_received = 0
 
@@ -506,16 +514,42 @@ class NativePump:
         self._kill_after(self._loop.time() + grace)
         self._write_out()
 
+    def now(self) -> float:
+        """The clock of :meth:`set_alarm`: the loop's (anyio's on asyncio), readable from
+        the loop's callbacks, where the alarm runs."""
+        return self._loop.time()
+
+    def set_alarm(self, when: float, callback: Callable[[], None] | None) -> None:
+        """Call *callback* at *when* on the loop's clock (one ``call_at`` handle),
+        replacing the previous alarm (``None``: no alarm). Never after the end."""
+        if self._alarm_handle is not None:
+            self._alarm_handle.cancel()
+            self._alarm_handle = None
+        if callback is not None and not self.finished.is_set():
+            self._alarm_handle = self._loop.call_at(when, self._on_alarm, callback)
+
+    def _on_alarm(self, callback: Callable[[], None]) -> None:
+        self._alarm_handle = None
+        if not self.finished.is_set():
+            callback()
+
     async def run(self) -> None:
         """Take over the transport's callbacks and wait until the connection is over.
-        Never raises (except cancellation, which cuts the transport)."""
+        Never raises (except cancellation, which cuts the transport).
+
+        The wait is a bare future (resolved by the end of the connection), not an
+        event: an idle connection's one task waits on the smallest thing asyncio has.
+        """
         try:
             if not self._started:
                 self._started = True
                 self._protocol.attach(self)
                 self._write_out()
-            await self.finished.wait()
+            if not self.finished.is_set():
+                waiter = self._waiter = self._loop.create_future()
+                await waiter
         finally:
+            self._waiter = None
             if not self.finished.is_set():  # cancelled: cut, do not wait for the loop
                 self._kill()
                 self._done()
@@ -621,10 +655,13 @@ class NativePump:
     def _done(self) -> None:
         if self.finished.is_set():
             return
-        for handle in (self._timer_handle, self._kill_handle):
+        for handle in (self._timer_handle, self._kill_handle, self._alarm_handle):
             if handle is not None:
                 handle.cancel()
-        self._timer_handle = self._kill_handle = None
+        self._timer_handle = self._kill_handle = self._alarm_handle = None
         self._feed_eof()
         self.finished.set()
         self.flushed.notify()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)

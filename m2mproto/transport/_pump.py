@@ -24,7 +24,9 @@ session's lifetime), so an idle connection holds that one task:
   ``TLSStream`` drops the bytes it decrypted if cancelled while it flushes TLS
   protocol output, such as the answer to a key update) the same timer loop
   runs in a task of its own around a plain wait, and the reader's receive is
-  cancelled only at the end of the connection.
+  cancelled only at the end of the connection. The owner's *alarm*
+  (:meth:`Pump.set_alarm`: the server's idle and grant checks) rides on the
+  same timer: the scope expires at the earlier of the two.
 * the *writer* task is spawned in the pump's task group when there is
   something to write (or a close to finish); it drains ``conn.data_to_send()``
   and, once there is nothing left, waits :data:`WRITER_IDLE` seconds for more
@@ -227,6 +229,8 @@ class Pump:
 
     # slotted: one pump per session, and an idle session should stay small
     __slots__ = (
+        "_alarm",
+        "_alarm_at",
         "_armed",
         "_early_deadline",
         "_eof_fed",
@@ -314,6 +318,9 @@ class Pump:
         self.bytes_received = 0
         #: Times the timer scope expired (the core's deadline, or an early re-arm).
         self.timer_wakeups = 0
+        #: The owner's alarm (:meth:`set_alarm`): when, and what to call.
+        self._alarm_at = math.inf
+        self._alarm: Callable[[], None] | None = None
 
     # -- called by the session ---------------------------------------------------
 
@@ -355,15 +362,32 @@ class Pump:
         self._writer_running = True
         self._tg.start_soon(self._writer_task)
 
+    @staticmethod
+    def now() -> float:
+        """The clock of :meth:`set_alarm` (anyio's)."""
+        return anyio.current_time()
+
+    def set_alarm(self, when: float, callback: Callable[[], None] | None) -> None:
+        """Call *callback* (synchronously, in the pump's task) at *when* on anyio's
+        clock, replacing the previous alarm (``None``: no alarm). It runs on the
+        reader's timer, so a watch of the session costs no task and no scope."""
+        self._alarm = callback
+        self._alarm_at = when if callback is not None else math.inf
+        self._arm(self._alarm_at)
+
     def _check_timer(self) -> None:
         """Bring the reader's timer scope forward if the core's deadline is earlier.
         (A later deadline is left alone: the scope expires early and re-arms.)"""
         timer = self.conn.get_timer()
-        if timer is not None and timer < self._armed:
-            self._armed = timer
+        if timer is not None:
+            self._arm(timer)
+
+    def _arm(self, deadline: float) -> None:
+        if deadline < self._armed:
+            self._armed = deadline
             scope = self._timer_scope
             if scope is not None:
-                scope.deadline = timer
+                scope.deadline = deadline
 
     def _take(self) -> bytes:
         """The bytes to write next: those held for the writer, then the core's."""
@@ -539,7 +563,7 @@ class Pump:
         timer scope, which cancels it) act on the timer and await it again."""
         while True:  # ends when *wait* returns; each turn is one timer period
             timer = self.conn.get_timer()
-            self._armed = math.inf if timer is None else float(timer)
+            self._armed = min(self._alarm_at, math.inf if timer is None else float(timer))
             ended = False
             with anyio.CancelScope(deadline=self._armed) as scope:
                 self._timer_scope = scope
@@ -555,6 +579,13 @@ class Pump:
             now = anyio.current_time()
             with contextlib.suppress(M2MError):
                 self.conn.handle_timer(now)
+            alarm = self._alarm
+            if alarm is not None and now >= self._alarm_at:
+                self._alarm, self._alarm_at = None, math.inf
+                try:
+                    alarm()  # may set the next alarm
+                except Exception:  # pragma: no cover - the owner's bug must not stop the reader
+                    self._log.exception("alarm failed")
             self.settle()
 
     async def _read(self) -> None:

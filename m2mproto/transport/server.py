@@ -48,7 +48,7 @@ import anyio
 from anyio.abc import Listener, SocketAttribute, TaskGroup, TaskStatus
 
 from ..config import Authorizer, Configuration
-from ..errors import ErrorCode, LocalProtocolError, M2MError
+from ..errors import ErrorCode, LocalProtocolError
 from ..identity import AgentId, Identity
 from ..tokens import RevocationStore, TokenAuthorizer
 from ._errors import network_error
@@ -105,8 +105,135 @@ class _Handshaking:
 
     order: int
     source: str
-    scope: anyio.CancelScope
+    #: The connection's session once created (an eviction cuts it).
+    session: Session | None = None
     evicted: bool = False
+
+
+class _Watch:
+    """One accepted connection once its session exists: the ready hook (the end of the
+    handshake), then the idle and grant checks of the established session, run on its
+    pump's alarm (:meth:`~._pump.Pump.set_alarm`): no task and no cancel scope of their
+    own. See :class:`Server` for what they close."""
+
+    __slots__ = (
+        "authorizer",
+        "entry",
+        "established",
+        "every",
+        "grant_check",
+        "idle",
+        "idle_base",
+        "live",
+        "server",
+        "session",
+        "source",
+    )
+
+    def __init__(
+        self,
+        server: Server,
+        session: Session,
+        authorizer: Authorizer | None,
+        source: str,
+        entry: _Handshaking,
+    ) -> None:
+        self.server = server
+        self.session = session
+        self.source = source
+        self.authorizer = authorizer
+        #: The admission slot while the handshake runs.
+        self.entry: _Handshaking | None = entry
+        #: The handshake completed.
+        self.established = False
+        #: The session counts in ``server.sessions`` (until :meth:`closed`).
+        self.live = False
+        self.idle = (server.config or Configuration()).idle_timeout
+        lister = getattr(authorizer, "grants", None)
+        self.every = server.grantless_timeout if callable(lister) else None
+        self.grant_check = math.inf
+        #: Open streams count as activity (their own traffic is the core's).
+        self.idle_base = 0.0
+        session._link.on_ready = self.ready
+
+    def ready(self) -> None:
+        """The handshake completed (``Link.on_ready``, called in the session's task):
+        lift the backstop, free the admission slot, count the session, arm the checks."""
+        server, session, entry = self.server, self.session, self.entry
+        session._link.on_ready = None
+        if entry is None or entry.evicted or session.closed:
+            return
+        session._lift_deadline()  # only the handshake has the backstop
+        server._release(entry)
+        self.entry = None
+        self.established = True
+        source = self.source
+        if server._established[source] >= server.max_sessions_per_source:
+            # handshakes from this source finished together past the cap
+            server.stats.source_limited += 1
+            server.log_throttle.log(logger, logging.WARNING, "refused connections", source,
+                                    "session from %s closed: source limit",
+                                    session.remote_address or source)  # fmt: skip
+            session.request_close(ErrorCode.ENHANCE_YOUR_CALM, "too many sessions")
+            return
+        server.stats.established += 1
+        server.sessions.add(session)
+        server._established[source] += 1
+        self.live = True
+        session._link.on_closed = self.closed
+        now = session._pump.now()  # runs in a callback on the native path
+        self.grant_check = math.inf if self.every is None else now + self.every
+        self.idle_base = now
+        self.arm()
+
+    def closed(self) -> None:
+        """The session is over (or its task ends): it no longer counts (idempotent)."""
+        if self.live:
+            self.live = False
+            server, source = self.server, self.source
+            server.sessions.discard(self.session)
+            server._established[source] -= 1
+            if server._established[source] <= 0:
+                del server._established[source]
+
+    def arm(self) -> None:
+        """Set the session's alarm to the next check (none if nothing is checked)."""
+        session = self.session
+        idle_at = (
+            math.inf
+            if self.idle is None
+            else max(session.last_activity, self.idle_base) + self.idle
+        )
+        when = min(self.grant_check, idle_at)
+        if when < math.inf:
+            session._pump.set_alarm(when, self.check)
+
+    def check(self) -> None:
+        """The alarm: close the session if it holds no valid grant or is idle, else re-arm."""
+        session, server = self.session, self.server
+        if session.closed:
+            return
+        now = session._pump.now()  # the alarm is a loop callback on the native path
+        if now >= self.grant_check:
+            assert self.every is not None
+            if not _holds_grant(self.authorizer, session.peer.agent_id):
+                server.stats.grantless_closed += 1
+                logger.info("session %s@%s closed: no valid grant", session.peer.short_id,
+                            session.remote_address)  # fmt: skip
+                session.request_close(ErrorCode.UNAUTHORIZED, "no valid capability")
+                return
+            self.grant_check = now + self.every
+        idle = self.idle
+        if idle is not None and now >= max(session.last_activity, self.idle_base) + idle:
+            if session.open_streams:
+                self.idle_base = now
+            else:
+                server.stats.idle_closed += 1
+                logger.info("session %s@%s closed: idle", session.peer.short_id,
+                            session.remote_address)  # fmt: skip
+                session.request_close(ErrorCode.IDLE_TIMEOUT, "no activity")
+                return
+        self.arm()
 
 
 def _holds_grant(authorizer: object, peer: AgentId) -> bool:
@@ -308,7 +435,8 @@ class Server:
         for entry in self._pending.values():  # oldest first
             if not entry.evicted and (source is None or entry.source == source):
                 entry.evicted = True
-                entry.scope.cancel()
+                if entry.session is not None:
+                    entry.session._abort_handshake()
                 self._release(entry)
                 self.stats.evicted += 1
                 return True
@@ -333,7 +461,7 @@ class Server:
                 break
             if not self._evict(None):
                 return None
-        entry = _Handshaking(next(self._order), source, anyio.CancelScope())
+        entry = _Handshaking(next(self._order), source)
         self._pending[entry.order] = entry
         self._per_source[source] += 1
         return entry
@@ -362,109 +490,55 @@ class Server:
                                   len(self._pending))  # fmt: skip
             await anyio.aclose_forcefully(transport)
             return
-        established = False
-        cut = False  # the handshake ran out of time (not evicted)
+        watch: _Watch | None = None  # once the session exists
         self._addresses[transport] = remote_address(transport)
         try:
-            authorizer = self.new_authorizer()
-            session = Session.create(
-                transport,
-                identity=self.identity,
-                server_side=True,
-                config=self.config,
-                authorizer=authorizer,
-                tokens=self.tokens,
-                authenticate_peer=self.authenticate_peer,
-                routes=self.router,
-                accept_incoming=False,
-                high_water=self.high_water,
-                static_keys=self.static_keys,
-                on_event=self.on_event,
-            )
-            async with anyio.create_task_group() as tg:
-                session._launch(tg)
-                # Only the handshake is evictable. Backstop deadline: the core enforces
-                # the handshake deadline; this also covers a stuck transport.
-                entry.scope.deadline = anyio.current_time() + self.handshake_timeout + 1.0
-                with entry.scope:
-                    try:
-                        await session._wait_ready()
-                        established = True
-                    except M2MError as exc:
-                        self.stats.failed += 1
-                        if getattr(exc, "close_code", None) == ErrorCode.HANDSHAKE_TIMEOUT:
-                            self.stats.timed_out += 1
-                        self.handshake_failed(exc, transport)
-                    finally:
-                        self._release(entry)
-                cut = entry.scope.cancelled_caught and not entry.evicted
-                del entry  # an idle session keeps no admission slot (nor its scope)
-                if established and self._established[source] >= self.max_sessions_per_source:
-                    # handshakes from this source finished together past the cap
-                    self.stats.source_limited += 1
-                    self.log_throttle.log(logger, logging.WARNING, "refused connections",
-                                          source, "session from %s closed: source limit",
-                                          session.remote_address or source)  # fmt: skip
-                    await session.aclose(ErrorCode.ENHANCE_YOUR_CALM, "too many sessions")
-                elif established:
-                    self.stats.established += 1
-                    self.sessions.add(session)
-                    self._established[source] += 1
-                    try:
-                        await self._watch(session, authorizer)
-                    except BaseException:
-                        await session.abort()
-                        raise
-                    finally:
-                        self.sessions.discard(session)
-                        self._established[source] -= 1
-                        if self._established[source] <= 0:
-                            del self._established[source]
-                    await session.aclose()
+            try:
+                authorizer = self.new_authorizer()
+                session = Session.create(
+                    transport,
+                    identity=self.identity,
+                    server_side=True,
+                    config=self.config,
+                    authorizer=authorizer,
+                    tokens=self.tokens,
+                    authenticate_peer=self.authenticate_peer,
+                    routes=self.router,
+                    accept_incoming=False,
+                    high_water=self.high_water,
+                    static_keys=self.static_keys,
+                    on_event=self.on_event,
+                )
+            except Exception:  # the server's own set-up (authorizer factory, config)
+                logger.exception("cannot serve the connection from %s",
+                                 remote_address(transport) or source)  # fmt: skip
+                return  # the slot is released and the transport closed below
+            entry.session = session
+            watch = _Watch(self, session, authorizer, source, entry)
+            # Backstop deadline on the lifetime: the core enforces the handshake
+            # deadline; this also covers a stuck transport. Lifted by watch.ready().
+            cut = await session._serve(anyio.current_time() + self.handshake_timeout + 1.0)
+            if not watch.established and not entry.evicted:  # while the address is known
+                self._handshake_ended(session, transport, cut)
         finally:
+            self._release(entry)  # still pending: failed, cut, or never started
+            if watch is not None:
+                watch.closed()
             self._addresses.pop(transport, None)
-            if not established:  # evicted, backstop deadline, or failed: make sure it is shut
+            if watch is None or not watch.established:  # evicted, cut, failed: shut it
                 with anyio.CancelScope(shield=True):
                     await anyio.aclose_forcefully(transport)
-        if not established and cut:
-            self.stats.failed += 1
-            self.stats.timed_out += 1
 
-    async def _watch(self, session: Session, authorizer: Authorizer | None) -> None:
-        """Wait until *session* closes, closing it first if it holds no valid grant at
-        a check or is idle at the transport level (see :meth:`__init__`)."""
-        idle = (self.config or Configuration()).idle_timeout
-        lister = getattr(authorizer, "grants", None)
-        every = self.grantless_timeout if callable(lister) else None
-        now = anyio.current_time()
-        grant_check = math.inf if every is None else now + every
-        idle_base = now  # open streams count as activity (their own traffic is the core's)
-        while True:  # until the session closes; each wait ends at the next check
-            idle_at = math.inf if idle is None else max(session.last_activity, idle_base) + idle
-            with anyio.CancelScope(deadline=min(grant_check, idle_at)):
-                await session.wait_closed()
-            if session.closed:
-                return
-            now = anyio.current_time()
-            if now >= grant_check:
-                assert every is not None
-                if not _holds_grant(authorizer, session.peer.agent_id):
-                    self.stats.grantless_closed += 1
-                    logger.info("session %s@%s closed: no valid grant", session.peer.short_id,
-                                session.remote_address)  # fmt: skip
-                    session.request_close(ErrorCode.UNAUTHORIZED, "no valid capability")
-                    break
-                grant_check = now + every
-            if idle is not None and now >= max(session.last_activity, idle_base) + idle:
-                if session.open_streams:
-                    idle_base = now
-                else:
-                    self.stats.idle_closed += 1
-                    logger.info("session %s@%s closed: idle", session.peer.short_id,
-                                session.remote_address)  # fmt: skip
-                    session.request_close(ErrorCode.IDLE_TIMEOUT, "no activity")
-                    break
-        await session.wait_closed()
+    def _handshake_ended(self, session: Session, transport: AnyTransport, cut: bool) -> None:
+        """Count (and report) a handshake that did not complete; *cut*: by the backstop."""
+        self.stats.failed += 1
+        if cut:
+            self.stats.timed_out += 1
+            return
+        exc = session._start_error or session._link.handshake_error()
+        if getattr(exc, "close_code", None) == ErrorCode.HANDSHAKE_TIMEOUT:
+            self.stats.timed_out += 1
+        self.handshake_failed(exc, transport)
 
     # -- listening ------------------------------------------------------------------------
 

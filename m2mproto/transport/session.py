@@ -9,8 +9,9 @@ A :class:`Session` is composed of three objects it owns:
   :class:`~._link.Channel` per open stream, and the close state;
 * a :class:`~._dispatch.Dispatcher`: applies the Connection's events to the
   channels and runs handlers for the streams the peer opens;
-* its lifetime (:meth:`Session._lifetime`): the one task that owns the
-  session's task group (the pump's tasks and the handler workers) from the
+* its lifetime (:meth:`Session._lifetime`; a server runs it in the
+  connection's own task with :meth:`Session._serve`): the one task that owns
+  the session's task group (the pump's tasks and the handler workers) from the
   handshake until the connection is over.
 
 Application calls change the Connection synchronously and wake the pump;
@@ -50,8 +51,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol, TypeVar, overload
 
@@ -214,6 +224,7 @@ class Session:
         "_link",
         "_pump",
         "_routes",
+        "_scope",
         "_server_side",
         "_start_error",
         "_transport",
@@ -251,6 +262,8 @@ class Session:
         self._launched = False
         #: Set when the lifetime is over: the pump and every handler finished.
         self._finished = Flag()
+        #: The lifetime's cancel scope while it runs (its task group's).
+        self._scope: anyio.CancelScope | None = None
         self._start_error: M2MError | None = None
         self._dispatch.on_session_event = self._hook(on_event) if on_event is not None else None
         #: A client that presented tokens waits for the server's verdict in _wait_ready.
@@ -406,9 +419,30 @@ class Session:
     async def _lifetime(self) -> None:
         """Own the session's task group from the handshake to the end. Never raises
         (failures are recorded for :meth:`_wait_ready` and ``close_info``)."""
+        await self._run(math.inf)
+
+    def _serve(self, deadline: float = math.inf) -> Coroutine[Any, Any, bool]:
+        """Run the lifetime in the calling task: the pump runs here, handlers in the
+        session's task group. A server runs it from its connection's task, so an
+        idle server connection is that one task.
+
+        *deadline* (anyio's clock) bounds the lifetime's cancel scope: the server's
+        handshake backstop, lifted by :meth:`_lift_deadline` once the session is
+        ready. The coroutine returns whether that deadline cut the lifetime, and never
+        raises except the cancellation of an enclosing scope. (A plain function returning
+        the lifetime's coroutine: one coroutine frame less per connection.)"""
+        if self._launched:
+            raise LocalProtocolError("session already started", ErrorCode.INVALID_STATE)
+        self._launched = True
+        return self._run(deadline)
+
+    async def _run(self, deadline: float) -> bool:
         link, pump, dispatch = self._link, self._pump, self._dispatch
         try:
             async with anyio.create_task_group() as tg:
+                self._scope = tg.cancel_scope
+                if deadline < math.inf:
+                    tg.cancel_scope.deadline = deadline
                 dispatch.bind(tg)
                 link.log.debug("handshake started (%s)",
                                "responder" if self._server_side else "initiator")  # fmt: skip
@@ -429,9 +463,23 @@ class Session:
                         await dispatch.idle.wait()
                 dispatch.bind(None)
                 dispatch.cancel_handlers()
+            return tg.cancel_scope.cancelled_caught
         finally:
+            self._scope = None
+            if not link.closed.is_set():  # cut short (the deadline, a cancellation)
+                dispatch.mark_closed(ErrorCode.CANCELLED, "lifetime cancelled", remote=False)
             dispatch.bind(None)
             self._finished.set()
+
+    def _lift_deadline(self) -> None:
+        """Remove the deadline of :meth:`_serve` (the handshake is over)."""
+        if self._scope is not None:
+            self._scope.deadline = math.inf
+
+    def _abort_handshake(self) -> None:
+        """Cut a session still in its handshake (an eviction): nothing is sent."""
+        self._dispatch.mark_closed(ErrorCode.CANCELLED, "handshake cancelled", remote=False)
+        self._pump.abort()
 
     async def _wait_ready(self) -> None:
         """Wait for the handshake. On failure or cancellation the session is cut and
@@ -466,13 +514,13 @@ class Session:
             payload = link.call(self._conn.ping)
         except M2MError:
             return  # already closed: the caller reports how
-        pings = self._dispatch.pings
-        waiter = pings[payload] = anyio.Event()
+        waiter = self._dispatch.ping_waiter(payload)
         try:
             with anyio.move_on_after(self._conn.config.handshake_timeout):
                 await waiter.wait()  # set by the PONG or by the close
         finally:
-            pings.pop(payload, None)
+            if self._dispatch.pings is not None:
+                self._dispatch.pings.pop(payload, None)
 
     def _hook(self, on_event: EventHook) -> Callable[[ev.Event], None]:
         log = self._link.log
@@ -816,15 +864,15 @@ class Session:
         """
         start = anyio.current_time()
         payload = self._link.call(self._conn.ping)
-        pings = self._dispatch.pings
-        waiter = pings[payload] = anyio.Event()
+        waiter = self._dispatch.ping_waiter(payload)
         try:
             with anyio.move_on_after(timeout):
                 await waiter.wait()
                 self._link.check_open()
                 return anyio.current_time() - start
         finally:
-            pings.pop(payload, None)
+            if self._dispatch.pings is not None:
+                self._dispatch.pings.pop(payload, None)
         raise RequestTimeout("no answer to ping", ErrorCode.TIMEOUT)
 
     # -- close --------------------------------------------------------------------------
