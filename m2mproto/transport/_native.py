@@ -35,21 +35,33 @@ its own:
 
 Bytes that arrive before the session runs the pump (between the accept and
 the start of its lifetime) are held, at most :data:`HOLD_LIMIT` bytes before
-reading pauses. :class:`NativeStream` is what ``connect()`` and the server's
-listeners hand to the session in place of an anyio stream; ``Link`` picks the
-native pump for it. TLS, NATS, memory streams and trio use the anyio pump.
+reading pauses.
+
+The callbacks run outside any task, and they call anyio (start a handler
+task, read the clock). Where sniffio is installed anyio asks it which library
+runs, and sniffio finds out from the current task or from its context
+variable, which ``anyio.run`` sets and a plain ``asyncio.run`` does not; so
+transports and servers are created in a copy of the caller's context with
+that variable set to ``asyncio`` (:func:`_created_for_callbacks`): every
+callback of theirs runs in a copy of it; the pump schedules its own callbacks
+(timer, alarm, deferred write) in such a context too.
+
+:class:`NativeStream` is what ``connect()`` and the server's listeners hand to
+the session in place of an anyio stream; ``Link`` picks the native pump for it.
+TLS, NATS, memory streams and trio use the anyio pump.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import os
 import socket
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, TaskGroup
@@ -97,6 +109,30 @@ def use_native(native: bool | None) -> bool:
             )
         return True
     return on_asyncio and os.environ.get(ENV_VAR, "1") != "0"
+
+
+_T = TypeVar("_T")
+
+sniffio: Any
+try:
+    import sniffio
+except ImportError:  # pragma: no cover - anyio then asks asyncio for the running loop
+    sniffio = None
+
+
+def _callback_context() -> contextvars.Context:
+    """A copy of this context where anyio, called from a loop callback, finds asyncio."""
+    context = contextvars.copy_context()
+    if sniffio is not None:
+        context.run(sniffio.current_async_library_cvar.set, "asyncio")
+    return context
+
+
+async def _created_for_callbacks(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Await *coro* (a ``loop.create_*`` call) in a :func:`_callback_context`: the
+    transport's and the server's callbacks then run in copies of it."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_task(coro, context=_callback_context())
 
 
 def _on_asyncio() -> bool:
@@ -259,13 +295,17 @@ async def open_native(address: tuple[str, int] | str) -> NativeStream:
     """
     loop = asyncio.get_running_loop()
     if isinstance(address, tuple):
-        transport, protocol = await loop.create_connection(_Protocol, address[0], address[1])
+        transport, protocol = await _created_for_callbacks(
+            loop.create_connection(_Protocol, address[0], address[1])
+        )
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     else:
-        transport, protocol = await loop.create_unix_connection(_Protocol, address)
+        transport, protocol = await _created_for_callbacks(
+            loop.create_unix_connection(_Protocol, address)
+        )
     assert protocol.stream is not None
     return protocol.stream
 
@@ -274,9 +314,11 @@ async def open_native_socket(sock: socket.socket) -> NativeStream:
     """Drive an already connected stream socket (TCP, Unix, one end of a ``socketpair``)."""
     loop = asyncio.get_running_loop()
     if sock.family == socket.AF_UNIX:
-        _t, protocol = await loop.create_unix_connection(_Protocol, sock=sock)
+        _t, protocol = await _created_for_callbacks(
+            loop.create_unix_connection(_Protocol, sock=sock)
+        )
     else:
-        _t, protocol = await loop.create_connection(_Protocol, sock=sock)
+        _t, protocol = await _created_for_callbacks(loop.create_connection(_Protocol, sock=sock))
     assert protocol.stream is not None
     return protocol.stream
 
@@ -292,14 +334,16 @@ class NativeListener(anyio.abc.Listener[NativeStream]):
     async def tcp(cls, host: str, port: int) -> NativeListener:
         accepting = _Accepting()
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(accepting.factory, host, port, reuse_address=True)
+        server = await _created_for_callbacks(
+            loop.create_server(accepting.factory, host, port, reuse_address=True)
+        )
         return cls(server, accepting)
 
     @classmethod
     async def unix(cls, path: str | os.PathLike[str]) -> NativeListener:
         accepting = _Accepting()
         loop = asyncio.get_running_loop()
-        server = await loop.create_unix_server(accepting.factory, path)
+        server = await _created_for_callbacks(loop.create_unix_server(accepting.factory, path))
         return cls(server, accepting)
 
     @property
@@ -380,6 +424,7 @@ class NativePump:
 
     __slots__ = (
         "_alarm_handle",
+        "_context",
         "_eof_fed",
         "_finishing",
         "_kill_at",
@@ -425,6 +470,7 @@ class NativePump:
         self._protocol = stream._protocol
         self._transport = stream.transport
         self._loop = asyncio.get_running_loop()
+        self._context = _callback_context()
         self.on_event = on_event
         self._need_data = need_data
         self._log = log
@@ -461,7 +507,7 @@ class NativePump:
         self.process()
         if not self._write_pending:
             self._write_pending = True
-            self._loop.call_soon(self._write_deferred)
+            self._loop.call_soon(self._write_deferred, context=self._context)
 
     settle = wake
 
@@ -526,7 +572,9 @@ class NativePump:
             self._alarm_handle.cancel()
             self._alarm_handle = None
         if callback is not None and not self.finished.is_set():
-            self._alarm_handle = self._loop.call_at(when, self._on_alarm, callback)
+            self._alarm_handle = self._loop.call_at(
+                when, self._on_alarm, callback, context=self._context
+            )
 
     def _on_alarm(self, callback: Callable[[], None]) -> None:
         self._alarm_handle = None
@@ -619,7 +667,7 @@ class NativePump:
             if self._timer_handle is not None:
                 self._timer_handle.cancel()
             self._timer_at = timer
-            self._timer_handle = self._loop.call_at(timer, self._on_timer)
+            self._timer_handle = self._loop.call_at(timer, self._on_timer, context=self._context)
 
     def _on_timer(self) -> None:
         self._timer_handle = None
@@ -639,7 +687,7 @@ class NativePump:
             self._kill_at = deadline
             if self._kill_handle is not None:
                 self._kill_handle.cancel()
-            self._kill_handle = self._loop.call_at(deadline, self._kill)
+            self._kill_handle = self._loop.call_at(deadline, self._kill, context=self._context)
 
     def _kill(self) -> None:
         self._finishing = True
