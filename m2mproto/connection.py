@@ -354,6 +354,12 @@ class Connection:
             except _Fail as fail:
                 self._fail(fail)
                 continue
+            except TypeError as exc:
+                # Backstop: every decode site validates peer values before they meet a
+                # typed name, but should one slip through (in the compiled build such a
+                # name raises TypeError), the peer gets a close, never the caller a crash.
+                self._fail(_Fail(ErrorCode.INTERNAL_ERROR, f"unexpected type: {exc}"))
+                continue
             if result is None:
                 continue
             return result
