@@ -74,7 +74,11 @@ $(CSTAMP): $(CORE_SOURCES) interop/pyproject.toml
 		--force-reinstall --no-deps .
 	rm -rf build
 	PYTHONSAFEPATH=1 $(CBIN)/python -c 'import m2mproto, sys; sys.exit(0 if m2mproto.COMPILED else "not compiled")'
-	touch $(CSTAMP)
+	# The checkout AFTER site-packages (bench, fuzz and tests' helpers import from it;
+	# m2mproto itself resolves to the installed, compiled package first).
+	echo "$(CURDIR)" > "$$($(CBIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/m2mproto-checkout.pth"
+	# It also is what `make demo VENV=.venv-compiled` needs (tests run that): keep it as is.
+	touch $(CSTAMP) $(CVENV)/.installed
 
 compiled: $(CSTAMP)
 
