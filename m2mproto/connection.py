@@ -568,7 +568,9 @@ class Connection:
         if stream_id not in order:
             order.append(stream_id)
 
-    def send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+    def send(
+        self, stream_id: int, data: bytes | bytearray | memoryview, end_stream: bool = False
+    ) -> None:
         """Queue bytes on a stream (sent as credit allows).
 
         Raises:
