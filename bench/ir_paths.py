@@ -10,7 +10,8 @@ sans-IO ``Connection`` objects in memory (no sockets, no event loop):
 * ``message256``: one 256-byte message (``send_message``, CBOR value);
 * ``roundtrip``: open a stream, a 256-byte request with end-of-stream, the
   reply with end-of-stream, credit returned (as :mod:`bench.rr_ir` ``core``);
-* ``handshake``: one XX handshake between two fresh connections.
+* ``handshake``: one handshake (the default configuration: XXhfs) between two
+  fresh connections.
 
 Under ``valgrind --tool=callgrind`` the difference of the instruction counts
 (Ir) of two values of *N*, divided by the difference of *N*, is the cost of

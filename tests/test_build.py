@@ -74,3 +74,17 @@ def test_version_names_the_build() -> None:
     )
     build = "compiled" if m2mproto.COMPILED else "pure"
     assert out.stdout.strip() == f"m2m {m2mproto.__version__} ({build})", out
+
+
+def test_ir_paths_run_on_this_build() -> None:
+    """The callgrind driver of bench/README.md's pure-vs-compiled table runs every path."""
+    for path in ("stream256", "message256", "stream64k", "roundtrip", "handshake"):
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.ir_paths", path, "2"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, (path, done.stderr[-2000:])
