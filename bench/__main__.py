@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from . import inmem_m2m, noise_anchor, primitives, report
+from . import compiled, inmem_m2m, noise_anchor, primitives, report
 from .common import Settings, Unavailable
 
 __all__ = ["bench_main", "main"]
@@ -53,6 +53,13 @@ def _parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="seconds per figure (default 2, quick 0.4)")
     p.add_argument("--levels", type=_levels, help="concurrency levels, e.g. 1,10,100,1000")
     p.add_argument("--mem-conns", type=int, help="idle connections for the memory figure")
+    p.add_argument(
+        "--compiled",
+        metavar="PY|none",
+        default="auto",
+        help="python of the mypyc-compiled build for the in-memory figures side by side "
+        "(default: .venv-compiled/bin/python when it exists; none: pure only)",
+    )
     return p
 
 
@@ -143,8 +150,14 @@ def _best(old: Any, new: Any) -> Any:
     return new
 
 
-def run(settings: Settings, backends: list[str]) -> dict[str, Any]:
-    """Measure everything; return the JSON-ready results including ``ratios``."""
+def run(
+    settings: Settings, backends: list[str], compiled_python: str | None = None
+) -> dict[str, Any]:
+    """Measure everything; return the JSON-ready results including ``ratios``.
+
+    With *compiled_python*, the in-memory m2mproto figures are also measured on
+    the compiled build (``inmem_m2m_compiled``), in the same interleaved rounds.
+    """
     results: dict[str, Any] = {"meta": _meta(settings, backends)}
     # In-memory figures: interleaved rounds, best of each (noise only ever slows a run down,
     # and interleaving keeps a slow phase of the machine from favouring one side).
@@ -158,6 +171,14 @@ def run(settings: Settings, backends: list[str]) -> dict[str, Any]:
             ("inmem_m2m", inmem_m2m),
         ):
             results[key] = _best(results.get(key), module.measure(settings))
+        if compiled_python is not None and "compiled_unavailable" not in results["meta"]:
+            _log(f"in memory, round {i + 1}/{rounds}: m2mproto compiled ({compiled_python})")
+            try:
+                figures = compiled.measure(compiled_python, settings)
+            except Unavailable as exc:
+                results["meta"]["compiled_unavailable"] = str(exc)
+            else:
+                results["inmem_m2m_compiled"] = _best(results.get("inmem_m2m_compiled"), figures)
     with tempfile.TemporaryDirectory(prefix="m2m-bench-") as tmp:
         results["backends"] = _network(backends, settings, Path(tmp))
     results["ratios"] = report.compute_ratios(results)
@@ -186,7 +207,10 @@ def bench_main(argv: list[str] | None = None, prog: str = "python -m bench") -> 
     )
     backends = ["asyncio", "trio"] if args.backend == "both" else [args.backend]
     t0 = time.monotonic()
-    results = run(settings, backends)
+    compiled_python = compiled.default_python() if args.compiled == "auto" else args.compiled
+    if compiled_python == "none":
+        compiled_python = None
+    results = run(settings, backends, compiled_python)
     results["meta"]["elapsed_s"] = round(time.monotonic() - t0, 1)
     print(report.render_table(results))
     if args.json is not None:

@@ -265,6 +265,7 @@ def render_table(results: dict[str, Any]) -> str:
     )
     for why in (inm.get("unavailable") or {}).values():
         lines.append(f"  (m2mproto: {why})")
+    lines += _compiled_rows(results, w)
 
     lines.append("")
     lines.append("Primitives (cryptography): ops/s")
@@ -373,3 +374,28 @@ def write_plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _compiled_rows(results: dict[str, Any], w: str) -> list[str]:
+    """The in-memory figures of the pure and the mypyc-compiled build side by side."""
+    comp = results.get("inmem_m2m_compiled")
+    why = (results.get("meta") or {}).get("compiled_unavailable")
+    if comp is None:
+        return [f"  (compiled build: {why})"] if why else []
+    pure = results.get("inmem_m2m") or {}
+    head = w.format("In memory: pure vs compiled (mypyc)", "pure", "compiled", "speed-up", "")
+    lines = ["", head]
+    for label, key in (
+        ("XX handshakes/s", "handshakes_s"),
+        ("XXhfs handshakes/s", "handshakes_s_hybrid"),
+        ("64 KiB msgs/s", "transport64k_msgs_s"),
+        ("256 B msgs/s", "transport256_msgs_s"),
+        ("record layer 64 KiB msgs/s", "records64k_msgs_s"),
+        ("record layer 256 B msgs/s", "records256_msgs_s"),
+    ):
+        a, b = pure.get(key), comp.get(key)
+        r = _div(b, a)
+        lines.append(
+            w.format(label, _num(a), _num(b), "-" if r is None else f"{r:.2f}x", "info")
+        )
+    return lines

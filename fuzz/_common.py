@@ -59,8 +59,15 @@ def instrumented(module_name: str) -> Iterator[None]:
 
 def fuzz_main(check: Callable[[bytes], None]) -> None:
     """Run *check* under atheris with the libFuzzer flags from ``sys.argv``."""
+    import os
+
     import atheris
 
+    if os.environ.get("M2M_EXPECT_COMPILED") == "1":
+        import m2mproto
+
+        if not m2mproto.COMPILED:
+            raise SystemExit(f"M2M_EXPECT_COMPILED=1 but {m2mproto.__file__} is pure Python")
     atheris.Setup(sys.argv, check)
     atheris.Fuzz()
 

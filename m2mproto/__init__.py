@@ -23,6 +23,18 @@ from .errors import (
 )
 from .identity import AgentId, Identity
 
+
+def _compiled() -> bool:
+    # The sans-IO core is an extension module when built with M2M_COMPILE=1 (mypyc).
+    from importlib.util import find_spec
+
+    spec = find_spec(".connection", __name__)
+    return spec is not None and spec.origin is not None and not spec.origin.endswith(".py")
+
+
+#: True when the sans-IO core runs as mypyc-compiled extension modules.
+COMPILED: bool = _compiled()
+
 if TYPE_CHECKING:
     from .transport import (
         ANY_PEER,
@@ -70,6 +82,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ANY_PEER",
+    "COMPILED",
     "AgentId",
     "AuthenticationError",
     "AuthorizationError",

@@ -73,19 +73,18 @@ class Handshaking:
         hs = self.hs
         try:
             result = hs.next_event()
-        except HandshakeAborted as exc:
+        except HandshakeAborted as aborted:  # one name per exception type (mypyc)
             outbox.raw += hs.data_to_send()
-            return Ended(exc.code, "peer aborted the handshake", True)
+            return Ended(aborted.code, "peer aborted the handshake", True)
         except M2MError as exc:
             remote = exc.code is ErrorCode.TRUNCATED
             if not remote:  # after the peer's EOF nobody is left to tell (handshake.md 2.8)
                 outbox.raw += hs.abort(exc.code)
             return Ended(exc.code, exc.message, remote)
-        except Exception as exc:  # a fault of a callback (authenticate_peer): fail closed
+        except Exception as fault:  # a fault of a callback (authenticate_peer): fail closed
             outbox.raw += hs.abort(ErrorCode.INTERNAL_ERROR)
-            return Ended(
-                ErrorCode.INTERNAL_ERROR, f"handshake callback failed: {type(exc).__name__}", False
-            )
+            message = f"handshake callback failed: {type(fault).__name__}"
+            return Ended(ErrorCode.INTERNAL_ERROR, message, False)
         if result is None:
             return NEED_DATA
         return result

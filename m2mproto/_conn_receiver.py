@@ -151,11 +151,11 @@ class Receiver:
         """
         try:
             plaintext = self._reader.next_record()
-        except AbortReceived as exc:
+        except AbortReceived as abort:  # one name per exception type (mypyc)
             # spec/handshake.md §2.7: the peer failed the handshake after we finished it.
             # It has no transport keys, so nothing is answered; report its code.
             self._outbox.control.clear()
-            code = decode_abort_code(exc.raw_code.to_bytes(2, "big"))
+            code = decode_abort_code(abort.raw_code.to_bytes(2, "big"))
             self._terminate(code, "peer aborted the handshake", remote=True)
             return None
         except RemoteProtocolError as exc:
@@ -370,9 +370,9 @@ class Receiver:
                 if exc.code is not ErrorCode.MESSAGE_TOO_LARGE:
                     code = ErrorCode.UNAUTHORIZED
                 return self._refuse_message(s, n, code)
-            except Exception as exc:  # a fault of the grant's code, not of the peer
+            except Exception as fault:  # a fault of the grant's code, not of the peer
                 raise _Fail(
-                    ErrorCode.INTERNAL_ERROR, f"grant check failed: {type(exc).__name__}"
+                    ErrorCode.INTERNAL_ERROR, f"grant check failed: {type(fault).__name__}"
                 ) from None
         try:
             value = cbor.decode(data)
@@ -385,7 +385,7 @@ class Receiver:
             self._end_remote(s)
         return MessageReceived(stream_id=s.stream_id, value=value, grant=s.grant, size=len(data))
 
-    def _on_open(self, f: OpenFrame) -> Event | None:
+    def _on_open(self, f: OpenFrame | RequestFrame) -> Event | None:
         sid = f.stream_id
         table = self._table
         if table.is_local_id(sid):
@@ -427,7 +427,7 @@ class Receiver:
         the pair, or the refusal's ``StreamReset`` (the payload is then a
         message on a dead stream: its connection credit goes back at once).
         """
-        opened = self._on_open(f)  # type: ignore[arg-type]  # the fields OPEN has
+        opened = self._on_open(f)  # the fields OPEN has
         events = self._events
         # The open's event is queued before the message is applied: if the message
         # fails the connection, the open was still reported, as for the two frames.
@@ -500,8 +500,8 @@ class Receiver:
             return TokenRejected(code=ErrorCode.TOO_LARGE)
         try:
             grant = self._auth.accept_tokens((f.token,))
-        except TokenBudgetExceeded as exc:
-            raise _Fail(ErrorCode.ENHANCE_YOUR_CALM, exc.message) from None
+        except TokenBudgetExceeded as spent:  # one name per exception type (mypyc)
+            raise _Fail(ErrorCode.ENHANCE_YOUR_CALM, spent.message) from None
         except AuthorizationError as exc:
             return TokenRejected(code=exc.code)
         return TokenAccepted(grant=grant)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -325,7 +326,7 @@ def decode_prefix(
     offset: int = 0,
     *,
     max_depth: int = DEFAULT_MAX_DEPTH,
-    allowed_tags: frozenset[int] = frozenset(),
+    allowed_tags: AbstractSet[int] = frozenset(),
 ) -> tuple[Any, int]:
     """Decode one item starting at *offset*; return ``(value, next_offset)``.
 
@@ -333,7 +334,8 @@ def decode_prefix(
         DecodeError: if the bytes at *offset* are not one item of the profile.
     """
     try:
-        return _Decoder(data, max_depth, allowed_tags).item(offset, 0)
+        tags = allowed_tags if type(allowed_tags) is frozenset else frozenset(allowed_tags)
+        return _Decoder(data, max_depth, tags).item(offset, 0)
     except (IndexError, struct.error, OverflowError, ValueError) as exc:  # defensive
         raise DecodeError(f"CBOR malformed ({type(exc).__name__})") from None
 
@@ -342,7 +344,7 @@ def decode(
     data: bytes | memoryview,
     *,
     max_depth: int = DEFAULT_MAX_DEPTH,
-    allowed_tags: frozenset[int] = frozenset(),
+    allowed_tags: AbstractSet[int] = frozenset(),
 ) -> Any:
     """Decode exactly one item that fills *data* (trailing bytes are an error).
 

@@ -246,6 +246,16 @@ class Configuration:
         )
 
 
+#: Transport parameter keys and the TransportParameters fields they set.
+_PARAM_KEYS: tuple[tuple[int, str], ...] = (
+    (1, "max_concurrent_streams"),
+    (2, "initial_stream_window"),
+    (3, "initial_connection_window"),
+    (4, "max_message_size"),
+    (5, "request_reply"),
+)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TransportParameters:
     """Limits each side advertises in its handshake payload (spec/streams.md §2).
@@ -265,17 +275,9 @@ class TransportParameters:
     #: Key 5: 1 if the sender accepts REQUEST and REPLY frames (absent: 0, it does not).
     request_reply: int = 0
 
-    _KEYS = (
-        (1, "max_concurrent_streams"),
-        (2, "initial_stream_window"),
-        (3, "initial_connection_window"),
-        (4, "max_message_size"),
-        (5, "request_reply"),
-    )
-
     def to_params(self) -> dict[int, Any]:
         """The ``{uint: value}`` map for the handshake payload (key 5 only when 1)."""
-        params = {key: getattr(self, name) for key, name in self._KEYS[:4]}
+        params = {key: getattr(self, name) for key, name in _PARAM_KEYS[:4]}
         if self.request_reply:
             params[5] = 1
         return params
@@ -289,7 +291,7 @@ class TransportParameters:
                 that is not an integer in ``0..2^62-1`` (``1..`` for sizes).
         """
         values: dict[str, int] = {}
-        for key, name in cls._KEYS:
+        for key, name in _PARAM_KEYS:
             if key not in params:
                 continue
             value = params[key]

@@ -354,6 +354,12 @@ class Connection:
             except _Fail as fail:
                 self._fail(fail)
                 continue
+            except TypeError as exc:
+                # Backstop: every decode site validates peer values before they meet a
+                # typed name, but should one slip through (in the compiled build such a
+                # name raises TypeError), the peer gets a close, never the caller a crash.
+                self._fail(_Fail(ErrorCode.INTERNAL_ERROR, f"unexpected type: {exc}"))
+                continue
             if result is None:
                 continue
             return result
@@ -562,7 +568,9 @@ class Connection:
         if stream_id not in order:
             order.append(stream_id)
 
-    def send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+    def send(
+        self, stream_id: int, data: bytes | bytearray | memoryview, end_stream: bool = False
+    ) -> None:
         """Queue bytes on a stream (sent as credit allows).
 
         Raises:

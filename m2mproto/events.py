@@ -93,7 +93,7 @@ class StreamOpened(Event):
     stream_id: int
     resource: str
     #: What the authorizer returned for the open (None without an authorizer).
-    grant: object = None
+    grant: Any = None
 
     def __post_init__(self) -> None:
         _sid(self.stream_id)
@@ -121,7 +121,7 @@ class MessageReceived(Event):
     stream_id: int
     value: Any
     #: What the authorizer returned for the message (None without an authorizer).
-    grant: object = None
+    grant: Any = None
     #: Length of the message's CBOR encoding as received (the flow-control
     #: credit it used); ``None`` if unknown (an event made outside the core).
     #: Not part of equality: it describes the encoding, not the message.
@@ -190,7 +190,7 @@ class KeyUpdated(Event):
 class TokenAccepted(Event):
     """Tokens presented by the peer (handshake or TOKEN frame) verified."""
 
-    grant: object
+    grant: Any
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from enum import Enum, auto
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .cbor import head
 from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError, StreamLimitReached
@@ -442,7 +442,7 @@ class StreamTable:
     graceful end.
     """
 
-    HISTORY = 1024
+    HISTORY: Final = 1024
 
     __slots__ = (
         "_history",

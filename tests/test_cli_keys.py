@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from m2mproto import __version__
+from m2mproto import COMPILED, __version__
 from m2mproto.cli import EXIT_CODES, main
 from m2mproto.identity import AgentId, Identity
 
@@ -27,7 +27,8 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_version() -> None:
     result = run("--version")
     assert result.returncode == 0
-    assert result.stdout.strip() == f"m2m {__version__}"
+    build = "compiled" if COMPILED else "pure"
+    assert result.stdout.strip() == f"m2m {__version__} ({build})"
 
 
 def test_keygen_and_id(tmp_path: Path) -> None:

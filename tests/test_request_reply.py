@@ -4,6 +4,7 @@ fallback, and the receiver's equivalence with OPEN + MESSAGE(last, end-stream)."
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from helpers import Pair, seeded_entropy
@@ -48,17 +49,28 @@ def cfg(seed: int, **kw: object) -> Configuration:
 _SEALED: list[tuple[int, bytes]] = []
 
 
-@pytest.fixture(autouse=True)
-def _spy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Record what each side seals (a spy: the real seal runs)."""
-    original = RecordWriter.seal_to
+class _SpyCipher:
+    """Wraps a writer's sending CipherState and records each record plaintext it seals
+    (a spy: the real encryption runs). Works on the compiled build too, where the
+    record layer's methods cannot be patched."""
 
-    def spy(self: RecordWriter, plaintext: object, parts: list[bytes]) -> None:
-        _SEALED.append((id(self), bytes(plaintext)))  # type: ignore[call-overload]
-        original(self, plaintext, parts)  # type: ignore[arg-type]
+    def __init__(self, inner: Any, writer: RecordWriter) -> None:
+        self._inner = inner
+        self._writer = id(writer)
 
-    _SEALED.clear()
-    monkeypatch.setattr(RecordWriter, "seal_to", spy)
+    def encrypt_with_ad(self, ad: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
+        _SEALED.append((self._writer, bytes(plaintext)))
+        return self._inner.encrypt_with_ad(ad, plaintext)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _spy_on(side: Connection) -> None:
+    writer = side._writer
+    assert writer is not None, "spy installed before the handshake ended"
+    if not isinstance(writer._cipher, _SpyCipher):
+        writer._cipher = _SpyCipher(writer._cipher, writer)
 
 
 def sent_frames(p: Pair, side: Connection, rr: bool = True) -> list[Frame]:
@@ -77,6 +89,8 @@ def sent_frames(p: Pair, side: Connection, rr: bool = True) -> list[Frame]:
 
 def watch(p: Pair) -> Pair:
     """After the handshake: record each side's sealed output from here on."""
+    _spy_on(p.a)
+    _spy_on(p.b)
     _SEALED.clear()
     return p
 

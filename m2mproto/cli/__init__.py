@@ -24,6 +24,14 @@ from ..errors import (
     TokenError,
 )
 
+
+def _build() -> str:
+    """Which build runs: ``compiled`` (mypyc core) or ``pure`` Python."""
+    from .. import COMPILED
+
+    return "compiled" if COMPILED else "pure"
+
+
 __all__ = ["EXIT_CODES", "error_name", "exit_code_for", "main", "report"]
 
 #: Exit status per failure class (stable: scripts rely on them).
@@ -134,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="m2m",
         description="m2mproto reference peer and tooling: secure machine-to-machine messaging.",
     )
-    parser.add_argument("--version", action="version", version=f"m2m {__version__}")
+    parser.add_argument("--version", action="version", version=f"m2m {__version__} ({_build()})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (keys, token, peer, demo, interop, bench):
         module.register(sub)

@@ -130,7 +130,7 @@ def decode_payload(data: bytes, *, from_initiator: bool) -> Payload:
         if key in required or _EXT_MIN <= key <= _EXT_MAX:
             continue
         raise DecodeError(f"handshake payload key {key} is not allowed in this message")
-    missing = sorted(required - obj.keys())
+    missing = sorted(key for key in required if key not in obj)
     if missing:
         raise DecodeError(f"handshake payload lacks required key(s) {missing}")
     identity_key = obj[_KEY_IDENTITY]
@@ -150,9 +150,10 @@ def decode_payload(data: bytes, *, from_initiator: bool) -> Payload:
         tokens = tuple(raw_tokens)
     version: int | None = None
     if not from_initiator:
-        version = obj[_KEY_VERSION]
-        if type(version) is not int or not 1 <= version <= 0xFFFF:
+        raw_version = obj[_KEY_VERSION]  # untyped until checked (a typed name would check first)
+        if type(raw_version) is not int or not 1 <= raw_version <= 0xFFFF:
             raise DecodeError("version (5) must be an integer 1..65535")
+        version = raw_version
     return Payload(
         identity_key=identity_key,
         signature=signature,

@@ -71,6 +71,13 @@ class CipherState:
         if key is not None:
             self.initialize_key(key)
 
+    def __copy__(self) -> CipherState:
+        """An independent state with the same key and nonce (``copy.copy``; hazmat)."""
+        twin = CipherState(self._cipher, protocol_name=self.protocol_name)
+        twin.initialize_key(self._k)
+        twin._n = self._n
+        return twin
+
     def initialize_key(self, key: bytes | None) -> None:
         """InitializeKey(key): set ``k`` (32 bytes, or None for empty) and ``n = 0``.
 

@@ -187,6 +187,8 @@ class Capability:
         if not isinstance(item, list) or len(item) != 2:
             raise TokenError("capability must be [resource, ability]", ErrorCode.MALFORMED)
         resource, ability = item
+        if not isinstance(resource, str) or not isinstance(ability, str):
+            raise TokenError("capability names must be text", ErrorCode.MALFORMED)
         try:
             return cls(resource, ability)  # validates both patterns, once
         except LocalProtocolError as exc:

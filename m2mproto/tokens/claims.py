@@ -136,7 +136,8 @@ def _cnf_key(value: object) -> bytes:
     key = value[_CNF_COSE_KEY]
     if not isinstance(key, dict) or set(key) != {_KTY, _CRV, _X}:
         raise _malformed("cnf COSE_Key must hold exactly kty, crv and x")
-    if key[_KTY] != _KTY_OKP or key[_CRV] != _CRV_ED25519:
+    kty, crv = key[_KTY], key[_CRV]
+    if type(kty) is not int or kty != _KTY_OKP or type(crv) is not int or crv != _CRV_ED25519:
         raise _malformed("cnf COSE_Key must be OKP / Ed25519")
     x = key[_X]
     if not isinstance(x, bytes) or len(x) != 32:

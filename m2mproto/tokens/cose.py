@@ -156,11 +156,12 @@ def decode_sign1(data: bytes) -> Sign1:
         protected: dict[Any, Any] = {}
     else:
         try:
-            protected = cbor.decode(protected_bytes, max_depth=MAX_DEPTH)
+            decoded = cbor.decode(protected_bytes, max_depth=MAX_DEPTH)
         except DecodeError as exc:
             raise _malformed(f"protected header: {exc.message}") from None
-        if not isinstance(protected, dict):
+        if not isinstance(decoded, dict):
             raise _malformed("protected header must encode a map")
+        protected = decoded
         if not protected:
             raise _malformed("an empty protected header must be encoded as a zero-length bstr")
     for label in (*protected, *unprotected):

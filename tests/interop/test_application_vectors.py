@@ -18,7 +18,6 @@ from m2mproto.config import Configuration
 from m2mproto.errors import ErrorCode, TokenError
 from m2mproto.frames import decode_frame, decode_frames, encode_frame
 from m2mproto.identity import AgentId, Identity
-from m2mproto.records import RecordWriter
 from m2mproto.tokens import TokenLimits, verify
 from m2mproto.transport import Context, DataStream, Server, Session, memory_pair
 from m2mproto.transport._errors import StreamResetError
@@ -81,19 +80,38 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+class _SpyCipher:
+    """Wraps a writer's sending CipherState and logs each record plaintext it seals (a
+    spy: the real encryption runs). Works on the compiled build too, where the record
+    layer's methods cannot be patched."""
+
+    def __init__(self, inner: Any, writer: object, log: list[tuple[int, bytes]]) -> None:
+        self._inner, self._writer, self._log = inner, id(writer), log
+
+    def encrypt_with_ad(self, ad: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
+        self._log.append((self._writer, bytes(plaintext)))
+        return self._inner.encrypt_with_ad(ad, plaintext)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class SealLog(list[tuple[int, bytes]]):
+    """Record plaintexts sealed by the watched connections: (id of the writer, plaintext)."""
+
+    def watch(self, *connections: Any) -> int:
+        """Spy on each connection's writer from now on; return the log's current length."""
+        for connection in connections:
+            writer = connection._writer
+            if not isinstance(writer._cipher, _SpyCipher):
+                writer._cipher = _SpyCipher(writer._cipher, writer, self)
+        return len(self)
+
+
 @pytest.fixture
-def sealed(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, bytes]]]:
-    """Every record plaintext sealed in this test, with the id of its writer (a spy:
-    the real seal runs)."""
-    log: list[tuple[int, bytes]] = []
-    original = RecordWriter.seal_to
-
-    def spy(self: RecordWriter, plaintext: Any, parts: list[bytes]) -> None:
-        log.append((id(self), bytes(plaintext)))
-        original(self, plaintext, parts)
-
-    monkeypatch.setattr(RecordWriter, "seal_to", spy)
-    yield log
+def sealed() -> Iterator[SealLog]:
+    """The seal log of the test (connections join it through ``sealed.watch``)."""
+    yield SealLog()
 
 
 def _server(request_reply: bool) -> Server:
@@ -258,7 +276,7 @@ def test_every_exchange_has_a_live_scenario_or_a_reason() -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 async def test_sessions_put_the_vector_frames_on_the_wire(
-    name: str, sealed: list[tuple[int, bytes]]
+    name: str, sealed: SealLog
 ) -> None:
     rr = EXCHANGES[name].get("request_reply", False)
     with anyio.fail_after(20):
@@ -269,7 +287,7 @@ async def test_sessions_put_the_vector_frames_on_the_wire(
                 id(client.connection._writer): "initiator",
                 id(server_side.connection._writer): "responder",
             }
-            start = len(sealed)
+            start = sealed.watch(client.connection, server_side.connection)
             await SCENARIOS[name](client)
             await anyio.sleep(0.05)  # let a trailing frame (an end) be sealed
             got = _frames_by_sender(sealed, writers, start, rr)

@@ -13,28 +13,46 @@ from transport_util import CLIENT_ID, SERVER_ID, make_server, running_tcp, token
 from m2mproto.config import Configuration
 from m2mproto.errors import AuthorizationError, ErrorCode
 from m2mproto.frames import decode_frames
-from m2mproto.records import RecordWriter
 from m2mproto.transport import Context, RequestTimeout, Server, connect, memory_pair
 from m2mproto.transport._errors import StreamResetError
 
 pytestmark = pytest.mark.anyio
 
-#: Record plaintexts sealed during a test: (id of the writer, plaintext).
-Sealed = list[tuple[int, bytes]]
+class _SpyCipher:
+    """Wraps a writer's sending CipherState and logs each record plaintext it seals (a
+    spy: the real encryption runs). Works on the compiled build too, where the record
+    layer's methods cannot be patched."""
+
+    def __init__(self, inner: Any, writer: object, log: list[tuple[int, bytes]]) -> None:
+        self._inner, self._writer, self._log = inner, id(writer), log
+
+    def encrypt_with_ad(self, ad: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
+        self._log.append((self._writer, bytes(plaintext)))
+        return self._inner.encrypt_with_ad(ad, plaintext)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class SealLog(list[tuple[int, bytes]]):
+    """Record plaintexts sealed by the watched connections: (id of the writer, plaintext)."""
+
+    def watch(self, *connections: Any) -> int:
+        """Spy on each connection's writer from now on; return the log's current length."""
+        for connection in connections:
+            writer = connection._writer
+            if not isinstance(writer._cipher, _SpyCipher):
+                writer._cipher = _SpyCipher(writer._cipher, writer, self)
+        return len(self)
+
+
+Sealed = SealLog
 
 
 @pytest.fixture
-def sealed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sealed]:
-    """Every record plaintext sealed in the test (a spy: the real seal runs)."""
-    log: Sealed = []
-    original = RecordWriter.seal_to
-
-    def spy(self: RecordWriter, plaintext: Any, parts: list[bytes]) -> None:
-        log.append((id(self), bytes(plaintext)))
-        original(self, plaintext, parts)
-
-    monkeypatch.setattr(RecordWriter, "seal_to", spy)
-    yield log
+def sealed() -> Iterator[Sealed]:
+    """The seal log of the test (connections join it through ``sealed.watch``)."""
+    yield SealLog()
 
 
 def kinds(log: Sealed, writer: object, start: int = 0) -> list[str]:
@@ -99,7 +117,7 @@ async def test_request_uses_the_frames_only_when_both_advertise(
             client_tokens=[token(TOKEN)],
             config=Configuration(request_reply=client_rr),
         ) as (client, srv_side):
-            start = len(sealed)
+            start = sealed.watch(client.connection, srv_side.connection)
             for i in range(3):
                 assert await client.request("echo", {"i": i}) == {"i": i}
             await client.send("log", "boot", confirm=True)
@@ -116,7 +134,7 @@ async def test_large_request_and_reply_fall_back_and_arrive(sealed: Sealed) -> N
         async with memory_pair(
             server=server(), client_identity=CLIENT_ID, client_tokens=[token(TOKEN)]
         ) as (client, srv_side):
-            start = len(sealed)
+            start = sealed.watch(client.connection, srv_side.connection)
             assert await client.request("echo", big) == big
             sent = kinds(sealed, client.connection._writer, start)
             assert sent[0] == "OpenFrame" and "RequestFrame" not in sent
@@ -158,7 +176,7 @@ async def test_request_reply_over_tcp(sealed: Sealed) -> None:
                 address, identity=CLIENT_ID, tokens=[token(TOKEN)], peer=SERVER_ID.agent_id
             ) as s,
         ):
-            start = len(sealed)
+            start = sealed.watch(s.connection)
             results = []
             async with anyio.create_task_group() as tg:
 
