@@ -114,7 +114,10 @@ def test_full_flow(world: tuple[Path, dict[str, str]], backend: str) -> None:
         ok("token", "revoke", "--key", "a.key", "b.tok", "--out", str(revocations), cwd=d)
         deadline = time.monotonic() + 10
         result = m2m("request", "--key", "b.key", "--token", "b.tok", *client, "echo", "1", cwd=d)
-        while result.returncode == 0 and time.monotonic() < deadline:
+        # until the reload: accepted (0), or refused mid-request (the reload re-checked
+        # the live session: UNAUTHORIZED); from then on the handshake refuses the token
+        racing = (0, EXIT_CODES["authorization"])
+        while result.returncode in racing and time.monotonic() < deadline:
             time.sleep(0.2)
             result = m2m("request", "--key", "b.key", "--token", "b.tok", *client, "echo", "1",
                          cwd=d)  # fmt: skip

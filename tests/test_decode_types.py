@@ -418,21 +418,23 @@ def test_revocation_statement_kid(name: str, value: Any) -> None:
 # -- the backstop: a TypeError while processing peer input closes, never crashes -------------
 
 
-def test_type_error_processing_peer_input_closes_with_internal_error() -> None:
+def test_type_error_processing_peer_input_closes_with_internal_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from helpers import Pair
 
+    from m2mproto import _conn_receiver
     from m2mproto.events import ConnectionClosed
     from m2mproto.frames import FrameKind
 
     p = Pair().handshake()
-    receiver = p.b._receiver
-    assert receiver is not None
 
-    def slipped_through(frame: object) -> None:
+    def slipped_through(receiver: object, frame: object) -> None:
         raise TypeError("a peer value met a typed name")  # what compiled code raises
 
-    for kind in (FrameKind.OPEN, FrameKind.STREAM, FrameKind.MESSAGE):
-        receiver._dispatch[next(s.cls for s in FRAME_SPECS if s.kind is kind)] = slipped_through
+    for kind in (FrameKind.OPEN, FrameKind.STREAM, FrameKind.MESSAGE, FrameKind.REQUEST):
+        cls = next(s.cls for s in FRAME_SPECS if s.kind is kind)
+        monkeypatch.setitem(_conn_receiver._DISPATCH, cls, slipped_through)
     sid = p.a.open_stream("svc/echo")
     p.a.send_message(sid, "hello")
     p.run()  # b's next_event() must not raise

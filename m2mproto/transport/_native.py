@@ -60,6 +60,7 @@ import logging
 import math
 import os
 import socket
+import sys
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
@@ -113,16 +114,12 @@ def use_native(native: bool | None) -> bool:
 
 _T = TypeVar("_T")
 
-sniffio: Any
-try:
-    import sniffio
-except ImportError:  # pragma: no cover - anyio then asks asyncio for the running loop
-    sniffio = None
-
 
 def _callback_context() -> contextvars.Context:
     """A copy of this context where anyio, called from a loop callback, finds asyncio."""
     context = contextvars.copy_context()
+    # anyio asks sniffio if sniffio is installed (anyio then imported it), else asyncio
+    sniffio = sys.modules.get("sniffio")
     if sniffio is not None:
         context.run(sniffio.current_async_library_cvar.set, "asyncio")
     return context
