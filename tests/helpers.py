@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from m2mproto.noise import CipherState, NoiseProtocol
 
 #: The mandatory suite; its ChaChaPoly CipherState is what the record layer runs on.
@@ -135,3 +137,37 @@ class Pair:
     def handshake(self) -> Pair:
         self.run()
         return self
+
+
+# --------------------------------------------------------------------------
+# A spy on sealed records
+# --------------------------------------------------------------------------
+
+
+class _SpyCipher:
+    """Wraps a writer's sending CipherState and logs each record plaintext it seals (a
+    spy: the real encryption runs). Works on the compiled build too, where the record
+    layer's methods cannot be patched."""
+
+    def __init__(self, inner: Any, writer: object, log: list[tuple[int, bytes]]) -> None:
+        self._inner, self._writer, self._log = inner, id(writer), log
+
+    def encrypt_with_ad(self, ad: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
+        self._log.append((self._writer, bytes(plaintext)))
+        return self._inner.encrypt_with_ad(ad, plaintext)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class SealLog(list[tuple[int, bytes]]):
+    """Record plaintexts sealed by the watched connections: (id of the writer, plaintext)."""
+
+    def watch(self, *connections: Any) -> int:
+        """Spy on each connection's writer from now on; return the log's current length."""
+        for connection in connections:
+            writer = connection._writer
+            assert writer is not None, "spy installed before the handshake ended"
+            if not isinstance(writer._cipher, _SpyCipher):
+                writer._cipher = _SpyCipher(writer._cipher, writer, self)
+        return len(self)

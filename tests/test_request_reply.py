@@ -4,10 +4,9 @@ fallback, and the receiver's equivalence with OPEN + MESSAGE(last, end-stream)."
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import pytest
-from helpers import Pair, seeded_entropy
+from helpers import Pair, SealLog, seeded_entropy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -38,7 +37,6 @@ from m2mproto.frames import (
     encode_frame,
 )
 from m2mproto.identity import AgentId
-from m2mproto.records import RecordWriter
 
 
 def cfg(seed: int, **kw: object) -> Configuration:
@@ -46,31 +44,7 @@ def cfg(seed: int, **kw: object) -> Configuration:
 
 
 #: Every record plaintext sealed in the test: (id of the writer, plaintext).
-_SEALED: list[tuple[int, bytes]] = []
-
-
-class _SpyCipher:
-    """Wraps a writer's sending CipherState and records each record plaintext it seals
-    (a spy: the real encryption runs). Works on the compiled build too, where the
-    record layer's methods cannot be patched."""
-
-    def __init__(self, inner: Any, writer: RecordWriter) -> None:
-        self._inner = inner
-        self._writer = id(writer)
-
-    def encrypt_with_ad(self, ad: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
-        _SEALED.append((self._writer, bytes(plaintext)))
-        return self._inner.encrypt_with_ad(ad, plaintext)  # type: ignore[no-any-return]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-def _spy_on(side: Connection) -> None:
-    writer = side._writer
-    assert writer is not None, "spy installed before the handshake ended"
-    if not isinstance(writer._cipher, _SpyCipher):
-        writer._cipher = _SpyCipher(writer._cipher, writer)
+_SEALED = SealLog()
 
 
 def sent_frames(p: Pair, side: Connection, rr: bool = True) -> list[Frame]:
@@ -89,8 +63,7 @@ def sent_frames(p: Pair, side: Connection, rr: bool = True) -> list[Frame]:
 
 def watch(p: Pair) -> Pair:
     """After the handshake: record each side's sealed output from here on."""
-    _spy_on(p.a)
-    _spy_on(p.b)
+    _SEALED.watch(p.a, p.b)
     _SEALED.clear()
     return p
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import SealLog
 from test_vectors import TOKENS, _token_context, conforms
 
 from m2m_interop import generate
@@ -78,34 +79,6 @@ def test_every_exchange_ends_both_halves_or_resets() -> None:
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-class _SpyCipher:
-    """Wraps a writer's sending CipherState and logs each record plaintext it seals (a
-    spy: the real encryption runs). Works on the compiled build too, where the record
-    layer's methods cannot be patched."""
-
-    def __init__(self, inner: Any, writer: object, log: list[tuple[int, bytes]]) -> None:
-        self._inner, self._writer, self._log = inner, id(writer), log
-
-    def encrypt_with_ad(self, ad: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
-        self._log.append((self._writer, bytes(plaintext)))
-        return self._inner.encrypt_with_ad(ad, plaintext)  # type: ignore[no-any-return]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-class SealLog(list[tuple[int, bytes]]):
-    """Record plaintexts sealed by the watched connections: (id of the writer, plaintext)."""
-
-    def watch(self, *connections: Any) -> int:
-        """Spy on each connection's writer from now on; return the log's current length."""
-        for connection in connections:
-            writer = connection._writer
-            if not isinstance(writer._cipher, _SpyCipher):
-                writer._cipher = _SpyCipher(writer._cipher, writer, self)
-        return len(self)
 
 
 @pytest.fixture
@@ -275,9 +248,7 @@ def test_every_exchange_has_a_live_scenario_or_a_reason() -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
-async def test_sessions_put_the_vector_frames_on_the_wire(
-    name: str, sealed: SealLog
-) -> None:
+async def test_sessions_put_the_vector_frames_on_the_wire(name: str, sealed: SealLog) -> None:
     rr = EXCHANGES[name].get("request_reply", False)
     with anyio.fail_after(20):
         # the client always advertises request/reply; the server decides (a peer

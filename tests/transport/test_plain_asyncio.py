@@ -5,7 +5,6 @@ asyncio runs: servers, clients, handlers, timers and alarms must still work."""
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 import anyio
@@ -95,4 +94,3 @@ def test_native_path_under_plain_asyncio_run(monkeypatch: pytest.MonkeyPatch) ->
     assert out["after_pings"] == "still"
     assert out["seen"] == list(range(5))
     assert out["quiet"] == ("IDLE_TIMEOUT", True)  # closed by the server's timer
-    assert os.environ.get(ENV_VAR) is None

@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import SealLog
 from transport_util import CLIENT_ID, SERVER_ID, make_server, running_tcp, token
 
 from m2mproto.config import Configuration
@@ -17,33 +18,6 @@ from m2mproto.transport import Context, RequestTimeout, Server, connect, memory_
 from m2mproto.transport._errors import StreamResetError
 
 pytestmark = pytest.mark.anyio
-
-class _SpyCipher:
-    """Wraps a writer's sending CipherState and logs each record plaintext it seals (a
-    spy: the real encryption runs). Works on the compiled build too, where the record
-    layer's methods cannot be patched."""
-
-    def __init__(self, inner: Any, writer: object, log: list[tuple[int, bytes]]) -> None:
-        self._inner, self._writer, self._log = inner, id(writer), log
-
-    def encrypt_with_ad(self, ad: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
-        self._log.append((self._writer, bytes(plaintext)))
-        return self._inner.encrypt_with_ad(ad, plaintext)  # type: ignore[no-any-return]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-class SealLog(list[tuple[int, bytes]]):
-    """Record plaintexts sealed by the watched connections: (id of the writer, plaintext)."""
-
-    def watch(self, *connections: Any) -> int:
-        """Spy on each connection's writer from now on; return the log's current length."""
-        for connection in connections:
-            writer = connection._writer
-            if not isinstance(writer._cipher, _SpyCipher):
-                writer._cipher = _SpyCipher(writer._cipher, writer, self)
-        return len(self)
 
 
 Sealed = SealLog
